@@ -1,0 +1,38 @@
+// The gateshift operator library: schemas, defined once for every backend.
+//
+// Backends add kernels with TORCH_LIBRARY_IMPL in their own files (cpu/, cuda/);
+// autograd and the fake (meta) implementations are registered from Python
+// (gateshift/_ops.py).
+//
+// Both ops take x as a 5-D view (B, T, C, H, W). The Python layer builds that
+// view from the user's (B*T, C, H, W) tensor, or from a (B, C, T, H, W) tensor by
+// a permute, so one kernel serves both layouts without copies: kernels need only
+// each (H, W) plane to be contiguous and use 64-bit strides for B, T and C.
+
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import gateshift._C` loads this shared library, whose static initialisers
+// register the operators; the Python module itself is empty.
+PyMODINIT_FUNC PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
+}
+
+TORCH_LIBRARY(gateshift, m) {
+  // Returns the output (same layout as x) and the gates (B, T, 2, H, W) in the
+  // accumulation dtype (float32 for half types), which backward needs.
+  m.def(
+      "gate_shift_forward(Tensor x, Tensor weight, Tensor? bias, Tensor? bn_scale, "
+      "Tensor? bn_shift, int channels, bool interleaved) -> (Tensor out, Tensor gates)",
+      {at::Tag::pt2_compliant_tag});
+  // grad_bn_scale/grad_bn_shift are empty when bn_scale/bn_shift are absent.
+  m.def(
+      "gate_shift_backward(Tensor grad_out, Tensor x, Tensor gates, Tensor weight, "
+      "Tensor? bn_scale, Tensor? bn_shift, int channels, bool interleaved) -> "
+      "(Tensor grad_x, Tensor grad_weight, Tensor grad_bias, Tensor grad_bn_scale, "
+      "Tensor grad_bn_shift)",
+      {at::Tag::pt2_compliant_tag});
+}

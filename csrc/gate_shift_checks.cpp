@@ -1,0 +1,128 @@
+#include "gate_shift_checks.h"
+
+#include <c10/util/Exception.h>
+
+#include <vector>
+
+namespace gateshift {
+namespace {
+
+bool is_supported_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+at::ScalarType accumulation_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_parameter(
+    const at::Tensor& p, const char* name, at::IntArrayRef expected_shape, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(
+      p.sizes() == expected_shape,
+      "gate_shift: ", name, " must have shape ", expected_shape, ", got ", p.sizes());
+  TORCH_CHECK_TYPE(
+      p.scalar_type() == x.scalar_type(),
+      "gate_shift: ", name, " must have the dtype of x (", x.scalar_type(), "), got ",
+      p.scalar_type());
+  TORCH_CHECK_VALUE(
+      p.device() == x.device(),
+      "gate_shift: ", name, " must be on the device of x (", x.device(), "), got ", p.device());
+}
+
+GateShiftSizes check_common(
+    const at::Tensor& x,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bn_scale,
+    const std::optional<at::Tensor>& bn_shift,
+    int64_t channels,
+    bool interleaved) {
+  TORCH_CHECK_VALUE(
+      x.dim() == 5, "gate_shift: x must be a 5-D (B, T, C, H, W) tensor, got ", x.dim(), "-D");
+  TORCH_CHECK_TYPE(
+      is_supported_dtype(x.scalar_type()),
+      "gate_shift: x must be float32, float64, float16 or bfloat16, got ", x.scalar_type());
+  const GateShiftSizes s{x.size(0), x.size(1), x.size(2), x.size(3), x.size(4), channels};
+  TORCH_CHECK_VALUE(
+      channels >= 2 && channels % 2 == 0 && channels <= s.channels,
+      "gate_shift: channels must be even, positive and at most C = ", s.channels, ", got ",
+      channels);
+  TORCH_CHECK_VALUE(
+      !interleaved || channels % 4 == 0,
+      "gate_shift: the interleaved channel order needs channels % 4 == 0, got channels = ",
+      channels);
+  check_parameter(weight, "weight", {2, channels / 2, 3, 3, 3}, x);
+  TORCH_CHECK_VALUE(
+      bn_scale.has_value() == bn_shift.has_value(),
+      "gate_shift: bn_scale and bn_shift must be given together");
+  if (bn_scale.has_value()) {
+    check_parameter(*bn_scale, "bn_scale", {channels}, x);
+    check_parameter(*bn_shift, "bn_shift", {channels}, x);
+  }
+  return s;
+}
+
+}  // namespace
+
+bool has_contiguous_planes(const at::Tensor& t) {
+  const int64_t h = t.size(-2), w = t.size(-1);
+  return (w <= 1 || t.stride(-1) == 1) && (h <= 1 || t.stride(-2) == w);
+}
+
+at::Tensor with_contiguous_planes(const at::Tensor& t) {
+  return has_contiguous_planes(t) ? t : t.contiguous();
+}
+
+GateShiftSizes check_forward_args(
+    const at::Tensor& x,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& bn_scale,
+    const std::optional<at::Tensor>& bn_shift,
+    int64_t channels,
+    bool interleaved) {
+  const GateShiftSizes s = check_common(x, weight, bn_scale, bn_shift, channels, interleaved);
+  if (bias.has_value()) {
+    check_parameter(*bias, "bias", {2}, x);
+  }
+  return s;
+}
+
+GateShiftSizes check_backward_args(
+    const at::Tensor& grad_out,
+    const at::Tensor& x,
+    const at::Tensor& gates,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bn_scale,
+    const std::optional<at::Tensor>& bn_shift,
+    int64_t channels,
+    bool interleaved) {
+  const GateShiftSizes s = check_common(x, weight, bn_scale, bn_shift, channels, interleaved);
+  TORCH_CHECK_VALUE(
+      grad_out.sizes() == x.sizes(),
+      "gate_shift_backward: grad_out must have the shape of x ", x.sizes(), ", got ",
+      grad_out.sizes());
+  TORCH_CHECK_TYPE(
+      grad_out.scalar_type() == x.scalar_type(),
+      "gate_shift_backward: grad_out must have the dtype of x (", x.scalar_type(), "), got ",
+      grad_out.scalar_type());
+  TORCH_CHECK_VALUE(
+      grad_out.device() == x.device(),
+      "gate_shift_backward: grad_out must be on the device of x (", x.device(), "), got ",
+      grad_out.device());
+  const std::vector<int64_t> gates_shape{s.batch, s.frames, 2, s.height, s.width};
+  TORCH_CHECK_VALUE(
+      gates.sizes() == at::IntArrayRef(gates_shape),
+      "gate_shift_backward: gates must have shape ", at::IntArrayRef(gates_shape), ", got ",
+      gates.sizes());
+  TORCH_CHECK_TYPE(
+      gates.scalar_type() == accumulation_dtype(x.scalar_type()),
+      "gate_shift_backward: gates must be ", accumulation_dtype(x.scalar_type()),
+      " for x of dtype ", x.scalar_type(), ", got ", gates.scalar_type());
+  TORCH_CHECK_VALUE(
+      gates.device() == x.device(),
+      "gate_shift_backward: gates must be on the device of x (", x.device(), "), got ",
+      gates.device());
+  return s;
+}
+
+}  // namespace gateshift

@@ -1,0 +1,50 @@
+// Argument checks shared by the CPU and CUDA implementations of the gateshift ops.
+//
+// Every message names the op argument and what was expected. The public Python
+// API validates the user's arguments first (with ValueError/TypeError); these
+// checks guard direct calls of torch.ops.gateshift.* and keep the kernels safe.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace gateshift {
+
+// Sizes of one gate-shift problem, read off the 5-D (B, T, C, H, W) view of x.
+struct GateShiftSizes {
+  int64_t batch;     // B: clips
+  int64_t frames;    // T: frames per clip
+  int64_t channels;  // C: all channels of x
+  int64_t height;    // H
+  int64_t width;     // W
+  int64_t gated;     // P: channels [0, P) are gated and shifted, [P, C) pass through
+};
+
+// True when each (H, W) plane of a 5-D tensor is contiguous in memory: the only
+// layout the kernels require (B, T and C may have any strides).
+bool has_contiguous_planes(const at::Tensor& t);
+
+// t itself when its planes are contiguous, otherwise a contiguous copy.
+at::Tensor with_contiguous_planes(const at::Tensor& t);
+
+GateShiftSizes check_forward_args(
+    const at::Tensor& x,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& bn_scale,
+    const std::optional<at::Tensor>& bn_shift,
+    int64_t channels,
+    bool interleaved);
+
+GateShiftSizes check_backward_args(
+    const at::Tensor& grad_out,
+    const at::Tensor& x,
+    const at::Tensor& gates,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bn_scale,
+    const std::optional<at::Tensor>& bn_shift,
+    int64_t channels,
+    bool interleaved);
+
+}  // namespace gateshift

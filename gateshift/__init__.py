@@ -1,0 +1,9 @@
+"""gateshift: fused Gate-Shift (GSM) operators for PyTorch, on the CPU and CUDA."""
+
+from . import _ops  # noqa: F401  (loads the extension, registers autograd and fake kernels)
+from . import reference
+from .functional import gate_shift
+from .modules import GSM
+
+__all__ = ["gate_shift", "GSM", "reference"]
+__version__ = "0.1.0"

@@ -1,0 +1,107 @@
+"""Loads the compiled ops and registers what the dispatcher needs from Python.
+
+The schemas and the CPU/CUDA kernels live in ``csrc/``. Here, once per op:
+
+* a fake (meta) implementation, so ``torch.compile`` and ``torch.export`` trace
+  the ops without running them;
+* autograd: ``gate_shift_forward`` is differentiated by ``gate_shift_backward``,
+  a registered op of its own; double backward raises a clear error.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _C  # noqa: F401  (importing the library registers torch.ops.gateshift)
+
+ops = torch.ops.gateshift
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype kernels accumulate in and store the gates in: float64 or float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def with_contiguous_planes(t: Tensor) -> Tensor:
+    """Mirrors ``with_contiguous_planes`` in csrc/gate_shift_checks.cpp: the kernels
+    read ``t`` as it is when each (H, W) plane is contiguous, else a contiguous copy."""
+    h, w = t.shape[-2:]
+    if (w <= 1 or t.stride(-1) == 1) and (h <= 1 or t.stride(-2) == w):
+        return t
+    return t.contiguous()
+
+
+# ---------------------------------------------------------------------------
+# Fake implementations: output metadata only, matching the C++ kernels exactly.
+# ---------------------------------------------------------------------------
+
+
+@torch.library.register_fake("gateshift::gate_shift_forward")
+def _gate_shift_forward_fake(x, weight, bias, bn_scale, bn_shift, channels, interleaved):
+    b, t, _, h, w = x.shape
+    out = torch.empty_like(with_contiguous_planes(x))
+    gates = x.new_empty((b, t, 2, h, w), dtype=accumulation_dtype(x.dtype))
+    return out, gates
+
+
+@torch.library.register_fake("gateshift::gate_shift_backward")
+def _gate_shift_backward_fake(grad_out, x, gates, weight, bn_scale, bn_shift, channels, interleaved):
+    grad_x = torch.empty_like(with_contiguous_planes(x))
+    grad_weight = weight.new_empty(weight.shape)
+    grad_bias = weight.new_empty((2,))
+    n = channels if bn_scale is not None else 0
+    return grad_x, grad_weight, grad_bias, weight.new_empty((n,)), weight.new_empty((n,))
+
+
+# ---------------------------------------------------------------------------
+# Autograd
+# ---------------------------------------------------------------------------
+
+
+def _forward_setup_context(ctx, inputs, output):
+    x, weight, bias, bn_scale, bn_shift, channels, interleaved = inputs
+    _, gates = output
+    # Only x (alive anyway as the previous layer's output) and the 2-plane gates
+    # are kept: nothing else of x's size.
+    ctx.save_for_backward(x, gates, weight, bn_scale, bn_shift)
+    ctx.channels = channels
+    ctx.interleaved = interleaved
+    ctx.has_bias = bias is not None
+    ctx.mark_non_differentiable(gates)
+
+
+def _forward_backward(ctx, grad_out, _grad_gates):
+    x, gates, weight, bn_scale, bn_shift = ctx.saved_tensors
+    grad_x, grad_weight, grad_bias, grad_scale, grad_shift = ops.gate_shift_backward(
+        grad_out, x, gates, weight, bn_scale, bn_shift, ctx.channels, ctx.interleaved
+    )
+    has_affine = bn_scale is not None
+    return (
+        grad_x,
+        grad_weight,
+        grad_bias if ctx.has_bias else None,
+        grad_scale if has_affine else None,
+        grad_shift if has_affine else None,
+        None,
+        None,
+    )
+
+
+def _backward_setup_context(ctx, inputs, output):
+    pass
+
+
+def _backward_backward(ctx, *grads):
+    raise NotImplementedError(
+        "gateshift.gate_shift does not support double backward (gradients of its "
+        "gradients); use gateshift.reference.gate_shift where second derivatives are needed"
+    )
+
+
+torch.library.register_autograd(
+    "gateshift::gate_shift_forward", _forward_backward, setup_context=_forward_setup_context
+)
+torch.library.register_autograd(
+    "gateshift::gate_shift_backward", _backward_backward, setup_context=_backward_setup_context
+)

@@ -1,0 +1,123 @@
+"""The fused ops, as functions. See ``DESIGN.md`` for the exact math."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._ops import ops
+
+__all__ = ["gate_shift"]
+
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_LAYOUTS = ("TSN", "BCTHW")
+_CHANNEL_ORDERS = ("interleaved", "grouped")
+
+
+def gate_shift(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    *,
+    num_segments: int | None = None,
+    bn_scale: Tensor | None = None,
+    bn_shift: Tensor | None = None,
+    channels: int | None = None,
+    channel_order: str = "interleaved",
+    layout: str = "TSN",
+) -> Tensor:
+    r"""Fused Gate-Shift: BN affine + ReLU, gating conv, tanh, gating, temporal shift, residual.
+
+    One kernel forward and one backward; only ``x`` and the two gate planes are
+    kept for backward. Differentiable in ``x``, ``weight``, ``bias``, ``bn_scale``
+    and ``bn_shift``. Second derivatives are not supported.
+
+    Args:
+        x: features, ``(B*T, C, H, W)`` (``layout="TSN"``: row ``b*T + t`` is frame
+            ``t`` of clip ``b``) or ``(B, C, T, H, W)`` (``layout="BCTHW"``).
+        weight: ``(2, P/2, 3, 3, 3)``, the grouped gating conv
+            (``nn.Conv3d(P, 2, 3, padding=1, groups=2).weight``).
+        bias: ``(2,)`` or ``None``.
+        num_segments: frames per clip ``T``; required for ``"TSN"``, implied by
+            ``x.shape[2]`` for ``"BCTHW"``.
+        bn_scale, bn_shift: ``(P,)`` each, or both ``None``. The gate input is
+            ``relu(bn_scale * x + bn_shift)`` (a folded BatchNorm), else ``x``.
+        channels: ``P``, the number of gated channels (even, ``<= C``); channels
+            ``P..C-1`` pass through. ``None`` means ``C``.
+        channel_order: ``"interleaved"`` (the published GSM module's order, needs
+            ``P % 4 == 0``) or ``"grouped"`` (the paper's equations).
+        layout: ``"TSN"`` or ``"BCTHW"``, as above.
+
+    Returns:
+        A tensor of the shape, dtype and device of ``x``.
+    """
+    if layout not in _LAYOUTS:
+        raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a Tensor, got {type(x).__name__}")
+    if layout == "TSN":
+        if x.dim() != 4:
+            raise ValueError(f"x must be a 4-D (B*T, C, H, W) tensor for layout='TSN', got shape {tuple(x.shape)}")
+        if num_segments is None:
+            raise TypeError("num_segments is required for layout='TSN'")
+        _check_int("num_segments", num_segments, minimum=1)
+        if x.shape[0] % num_segments != 0:
+            raise ValueError(
+                f"x.shape[0] = {x.shape[0]} must be a multiple of num_segments = {num_segments} (B*T rows)"
+            )
+        x5 = x.unflatten(0, (x.shape[0] // num_segments, num_segments))
+    else:
+        if x.dim() != 5:
+            raise ValueError(f"x must be a 5-D (B, C, T, H, W) tensor for layout='BCTHW', got shape {tuple(x.shape)}")
+        if num_segments is not None:
+            _check_int("num_segments", num_segments, minimum=1)
+            if num_segments != x.shape[2]:
+                raise ValueError(f"num_segments = {num_segments} disagrees with x.shape[2] = {x.shape[2]}")
+        x5 = x.transpose(1, 2)
+    p = _check_args(x, x5.shape[2], weight, bias, bn_scale, bn_shift, channels, channel_order)
+    out5, _ = ops.gate_shift_forward(x5, weight, bias, bn_scale, bn_shift, p, channel_order == "interleaved")
+    return out5.flatten(0, 1) if layout == "TSN" else out5.transpose(1, 2)
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_tensor(name: str, t, shape: tuple, x: Tensor) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if t.dtype != x.dtype:
+        raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"{name} must be on the device of x ({x.device}), got {t.device}")
+
+
+def _check_args(x, c, weight, bias, bn_scale, bn_shift, channels, channel_order) -> int:
+    """Validates the user's arguments; returns the number of gated channels P."""
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"x must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    if channel_order not in _CHANNEL_ORDERS:
+        raise ValueError(f"channel_order must be one of {_CHANNEL_ORDERS}, got {channel_order!r}")
+    p = c if channels is None else channels
+    _check_int("channels", p, minimum=2)
+    if p % 2 != 0 or p > c:
+        raise ValueError(f"channels must be even and at most C = {c}, got {p}")
+    if channel_order == "interleaved" and p % 4 != 0:
+        raise ValueError(
+            f"channel_order='interleaved' needs channels % 4 == 0, got channels = {p} "
+            "(use channel_order='grouped')"
+        )
+    _check_tensor("weight", weight, (2, p // 2, 3, 3, 3), x)
+    if bias is not None:
+        _check_tensor("bias", bias, (2,), x)
+    if (bn_scale is None) != (bn_shift is None):
+        raise ValueError("bn_scale and bn_shift must be given together (or both be None)")
+    if bn_scale is not None:
+        _check_tensor("bn_scale", bn_scale, (p,), x)
+        _check_tensor("bn_shift", bn_shift, (p,), x)
+    return p

@@ -1,0 +1,103 @@
+"""Drop-in ``nn.Module`` versions of the published modules, running the fused ops."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .functional import gate_shift
+
+__all__ = ["GSM", "folded_batch_norm"]
+
+
+def folded_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x5: Tensor) -> tuple[Tensor, Tensor]:
+    """BatchNorm as a per-channel affine ``(scale, shift)`` for ``x5`` of shape ``(B, T, P, H, W)``.
+
+    Semantics are ``bn``'s exactly: in training (or without running statistics) the
+    batch mean and biased variance over ``(B, T, H, W)`` normalise, and the running
+    statistics are updated as ``BatchNorm3d`` updates them (momentum or cumulative
+    average, unbiased variance, ``num_batches_tracked``); in eval the running
+    statistics are used. The statistics are one cheap reduction over ``x5``;
+    autograd carries their gradient back to ``x5``.
+    """
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    else:
+        factor = 0.0 if bn.momentum is None else bn.momentum
+    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    if use_batch_stats:
+        count = x5.numel() // max(x5.shape[2], 1)
+        if bn.training and count <= 1:
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input of shape {tuple(x5.shape)} "
+                "(B, T, C, H, W)"
+            )
+        var, mean = torch.var_mean(x5, dim=(0, 1, 3, 4), correction=0)
+        if bn.training and bn.running_mean is not None:
+            with torch.no_grad():
+                unbiased = var * (count / (count - 1))
+                bn.running_mean.mul_(1 - factor).add_(mean.to(bn.running_mean.dtype), alpha=factor)
+                bn.running_var.mul_(1 - factor).add_(unbiased.to(bn.running_var.dtype), alpha=factor)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale.to(x5.dtype), shift.to(x5.dtype)
+
+
+class GSM(nn.Module):
+    """Gate-Shift Module, fused: a drop-in for the published ``GSM(fPlane, num_segments)``.
+
+    Holds the published submodules, ``conv3D`` (``Conv3d(fPlane, 2, 3, padding=1,
+    groups=2)``, zero-initialised so a new module is the identity) and ``bn``
+    (``BatchNorm3d(fPlane)``), so published ``state_dict``\\ s load with
+    ``strict=True``. ``forward`` folds ``bn`` into a per-channel affine and makes
+    one call of :func:`gateshift.gate_shift` for BN + ReLU, the gating conv, tanh,
+    gating, shifts, residual and the published (interleaved) channel order.
+
+    Input and output: ``(B*T, C, H, W)`` with ``C >= fPlane``; channels past
+    ``fPlane`` pass through unchanged.
+    """
+
+    def __init__(self, fPlane: int, num_segments: int = 3):
+        super().__init__()
+        if isinstance(fPlane, bool) or not isinstance(fPlane, int) or fPlane < 4 or fPlane % 4 != 0:
+            raise ValueError(f"fPlane must be a positive multiple of 4 (the interleaved order), got {fPlane!r}")
+        if isinstance(num_segments, bool) or not isinstance(num_segments, int) or num_segments < 1:
+            raise ValueError(f"num_segments must be a positive int, got {num_segments!r}")
+        self.fPlane = fPlane
+        self.num_segments = num_segments
+        self.conv3D = nn.Conv3d(fPlane, 2, (3, 3, 3), stride=1, padding=(1, 1, 1), groups=2)
+        nn.init.constant_(self.conv3D.weight, 0)
+        nn.init.constant_(self.conv3D.bias, 0)
+        self.bn = nn.BatchNorm3d(num_features=fPlane)
+
+    def extra_repr(self) -> str:
+        return f"fPlane={self.fPlane}, num_segments={self.num_segments}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] < self.fPlane:
+            raise ValueError(
+                f"GSM(fPlane={self.fPlane}) expects input (B*T, C >= {self.fPlane}, H, W), got shape {tuple(x.shape)}"
+            )
+        if x.shape[0] % self.num_segments != 0:
+            raise ValueError(
+                f"x.shape[0] = {x.shape[0]} must be a multiple of num_segments = {self.num_segments}"
+            )
+        x5 = x.unflatten(0, (x.shape[0] // self.num_segments, self.num_segments))
+        scale, shift = folded_batch_norm(self.bn, x5[:, :, : self.fPlane])
+        weight, bias = self.conv3D.weight, self.conv3D.bias
+        return gate_shift(
+            x,
+            weight.to(x.dtype),
+            None if bias is None else bias.to(x.dtype),
+            num_segments=self.num_segments,
+            bn_scale=scale,
+            bn_shift=shift,
+            channels=self.fPlane,
+        )

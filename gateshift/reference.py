@@ -1,0 +1,116 @@
+"""Plain-PyTorch Gate-Shift: the oracle for tests and the baseline for benchmarks.
+
+Nothing here is fused or clever. :func:`gate_shift` follows ``DESIGN.md`` section 1
+line by line, and :class:`GSM` performs the published module's sequence of
+operations (BatchNorm3d, ReLU, grouped Conv3d, tanh, gating, zero-padded shifts,
+residual add, interleave, permutes), so that benchmarks compare the fused op with
+what users run today and tests compare it with an independent formulation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["gate_shift", "GSM", "interleave_channels", "shift_from_next", "shift_from_previous"]
+
+
+def shift_from_next(y: Tensor) -> Tensor:
+    """Frame ``t`` takes frame ``t + 1``'s value; the last frame gets zeros. ``y``: ``(B, C, T, H, W)``."""
+    return torch.cat((y[:, :, 1:], torch.zeros_like(y[:, :, :1])), dim=2)
+
+
+def shift_from_previous(y: Tensor) -> Tensor:
+    """Frame ``t`` takes frame ``t - 1``'s value; the first frame gets zeros. ``y``: ``(B, C, T, H, W)``."""
+    return torch.cat((torch.zeros_like(y[:, :, :1]), y[:, :, :-1]), dim=2)
+
+
+def interleave_channels(y: Tensor) -> Tensor:
+    """The published module's channel order inside one group of ``(B, P/2, T, H, W)``.
+
+    In-group channel ``q = i * (P/4) + j`` (``i`` in ``{0, 1}``) moves to position ``2 * j + i``.
+    """
+    b, half = y.shape[:2]
+    return y.unflatten(1, (2, half // 2)).transpose(1, 2).flatten(1, 2)
+
+
+def gate_shift(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    *,
+    num_segments: int,
+    bn_scale: Tensor | None = None,
+    bn_shift: Tensor | None = None,
+    channels: int | None = None,
+    channel_order: str = "interleaved",
+) -> Tensor:
+    """Reference Gate-Shift on ``x`` of shape ``(B*T, C, H, W)``; see ``gateshift.gate_shift``.
+
+    Differentiable through autograd in every tensor argument. No argument checking
+    beyond what the operations themselves do: this is the oracle, kept short.
+    """
+    n, c, h, w = x.shape
+    t = num_segments
+    p = c if channels is None else channels
+    x5 = x.unflatten(0, (n // t, t)).transpose(1, 2)  # (B, C, T, H, W)
+    xg = x5[:, :p]
+    if bn_scale is not None:
+        u = torch.relu(xg * bn_scale.view(1, p, 1, 1, 1) + bn_shift.view(1, p, 1, 1, 1))
+    else:
+        u = xg
+    # Conv3d's zero padding applies to u, so positions outside the clip contribute nothing.
+    gates = torch.tanh(F.conv3d(u, weight, bias, padding=1, groups=2))  # (B, 2, T, H, W)
+    g0, g1 = gates[:, 0:1], gates[:, 1:2]
+    x0, x1 = xg[:, : p // 2], xg[:, p // 2 :]
+    z0 = (1 - g0) * x0 + shift_from_next(g0 * x0)  # group 0 takes from the next frame
+    z1 = (1 - g1) * x1 + shift_from_previous(g1 * x1)  # group 1 takes from the previous frame
+    if channel_order == "interleaved":
+        z0, z1 = interleave_channels(z0), interleave_channels(z1)
+    elif channel_order != "grouped":
+        raise ValueError(f"channel_order must be 'interleaved' or 'grouped', got {channel_order!r}")
+    out5 = torch.cat((z0, z1, x5[:, p:]), dim=1)
+    return out5.transpose(1, 2).flatten(0, 1)
+
+
+class GSM(nn.Module):
+    """The published Gate-Shift Module's computation, op for op, in plain PyTorch.
+
+    Same constructor, submodules and ``state_dict`` keys as the published module
+    (``conv3D``, ``bn``); ``conv3D`` starts at zero so a fresh module is the identity.
+    Input and output are ``(B*T, fPlane, H, W)``.
+    """
+
+    def __init__(self, fPlane: int, num_segments: int = 3):
+        super().__init__()
+        self.fPlane = fPlane
+        self.num_segments = num_segments
+        self.conv3D = nn.Conv3d(fPlane, 2, (3, 3, 3), stride=1, padding=(1, 1, 1), groups=2)
+        nn.init.constant_(self.conv3D.weight, 0)
+        nn.init.constant_(self.conv3D.bias, 0)
+        self.tanh = nn.Tanh()
+        self.bn = nn.BatchNorm3d(num_features=fPlane)
+        self.relu = nn.ReLU()
+
+    def extra_repr(self) -> str:
+        return f"fPlane={self.fPlane}, num_segments={self.num_segments}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        t = self.num_segments
+        b = n // t
+        x = x.view(b, t, c, h, w).permute(0, 2, 1, 3, 4).contiguous()
+        gate = self.tanh(self.conv3D(self.relu(self.bn(x))))
+        half = self.fPlane // 2
+        x0, x1 = x[:, :half], x[:, half:]
+        y0 = gate[:, 0:1] * x0
+        y1 = gate[:, 1:2] * x1
+        r0 = x0 - y0
+        r1 = x1 - y1
+        y0 = shift_from_next(y0) + r0
+        y1 = shift_from_previous(y1) + r1
+        y0 = y0.view(b, 2, half // 2, t, h, w).permute(0, 2, 1, 3, 4, 5).contiguous()
+        y1 = y1.view(b, 2, half // 2, t, h, w).permute(0, 2, 1, 3, 4, 5).contiguous()
+        y = torch.cat((y0.view(b, half, t, h, w), y1.view(b, half, t, h, w)), dim=1)
+        return y.permute(0, 2, 1, 3, 4).contiguous().view(n, c, h, w)
