@@ -2,6 +2,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <utility>
 #include <vector>
 
 namespace gateshift {
@@ -123,6 +124,43 @@ GateShiftSizes check_backward_args(
       "gate_shift_backward: gates must be on the device of x (", x.device(), "), got ",
       gates.device());
   return s;
+}
+
+int64_t check_batch_stats_args(const at::Tensor& x, int64_t channels) {
+  TORCH_CHECK_VALUE(
+      x.dim() == 5, "batch_stats: x must be a 5-D (B, T, C, H, W) tensor, got ", x.dim(), "-D");
+  TORCH_CHECK_TYPE(
+      is_supported_dtype(x.scalar_type()),
+      "batch_stats: x must be float32, float64, float16 or bfloat16, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(
+      channels >= 1 && channels <= x.size(2),
+      "batch_stats: channels must be in [1, C = ", x.size(2), "], got ", channels);
+  return x.size(0) * x.size(1) * x.size(3) * x.size(4);
+}
+
+int64_t check_batch_stats_backward_args(
+    const at::Tensor& grad_mean,
+    const at::Tensor& grad_var,
+    const at::Tensor& x,
+    const at::Tensor& mean,
+    int64_t channels) {
+  const int64_t count = check_batch_stats_args(x, channels);
+  const at::ScalarType acc = accumulation_dtype(x.scalar_type());
+  for (const auto& [t, name] :
+       {std::pair<const at::Tensor&, const char*>{grad_mean, "grad_mean"},
+        {grad_var, "grad_var"},
+        {mean, "mean"}}) {
+    TORCH_CHECK_VALUE(
+        t.dim() == 1 && t.size(0) == channels, "batch_stats_backward: ", name,
+        " must have shape (", channels, "), got ", t.sizes());
+    TORCH_CHECK_TYPE(
+        t.scalar_type() == acc, "batch_stats_backward: ", name, " must be ", acc,
+        " for x of dtype ", x.scalar_type(), ", got ", t.scalar_type());
+    TORCH_CHECK_VALUE(
+        t.device() == x.device(), "batch_stats_backward: ", name,
+        " must be on the device of x (", x.device(), "), got ", t.device());
+  }
+  return count;
 }
 
 }  // namespace gateshift

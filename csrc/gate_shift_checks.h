@@ -47,4 +47,14 @@ GateShiftSizes check_backward_args(
     int64_t channels,
     bool interleaved);
 
+// batch_stats: returns the number of elements per channel, N = B * T * H * W.
+int64_t check_batch_stats_args(const at::Tensor& x, int64_t channels);
+
+int64_t check_batch_stats_backward_args(
+    const at::Tensor& grad_mean,
+    const at::Tensor& grad_var,
+    const at::Tensor& x,
+    const at::Tensor& mean,
+    int64_t channels);
+
 }  // namespace gateshift

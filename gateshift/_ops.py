@@ -4,8 +4,8 @@ The schemas and the CPU/CUDA kernels live in ``csrc/``. Here, once per op:
 
 * a fake (meta) implementation, so ``torch.compile`` and ``torch.export`` trace
   the ops without running them;
-* autograd: ``gate_shift_forward`` is differentiated by ``gate_shift_backward``,
-  a registered op of its own; double backward raises a clear error.
+* autograd: each forward op is differentiated by its ``*_backward`` op, a
+  registered op of its own; double backward raises a clear error.
 """
 
 from __future__ import annotations
@@ -54,6 +54,17 @@ def _gate_shift_backward_fake(grad_out, x, gates, weight, bn_scale, bn_shift, ch
     return grad_x, grad_weight, grad_bias, weight.new_empty((n,)), weight.new_empty((n,))
 
 
+@torch.library.register_fake("gateshift::batch_stats")
+def _batch_stats_fake(x, channels):
+    acc = accumulation_dtype(x.dtype)
+    return x.new_empty((channels,), dtype=acc), x.new_empty((channels,), dtype=acc)
+
+
+@torch.library.register_fake("gateshift::batch_stats_backward")
+def _batch_stats_backward_fake(grad_mean, grad_var, x, mean, channels):
+    return torch.empty_like(with_contiguous_planes(x))
+
+
 # ---------------------------------------------------------------------------
 # Autograd
 # ---------------------------------------------------------------------------
@@ -94,14 +105,30 @@ def _backward_setup_context(ctx, inputs, output):
 
 def _backward_backward(ctx, *grads):
     raise NotImplementedError(
-        "gateshift.gate_shift does not support double backward (gradients of its "
-        "gradients); use gateshift.reference.gate_shift where second derivatives are needed"
+        "gateshift ops do not support double backward (gradients of their gradients); "
+        "use gateshift.reference where second derivatives are needed"
     )
+
+
+def _batch_stats_setup_context(ctx, inputs, output):
+    x, channels = inputs
+    mean, _ = output
+    ctx.save_for_backward(x, mean)
+    ctx.channels = channels
+
+
+def _batch_stats_backward(ctx, grad_mean, grad_var):
+    x, mean = ctx.saved_tensors
+    return ops.batch_stats_backward(grad_mean, grad_var, x, mean, ctx.channels), None
 
 
 torch.library.register_autograd(
     "gateshift::gate_shift_forward", _forward_backward, setup_context=_forward_setup_context
 )
 torch.library.register_autograd(
-    "gateshift::gate_shift_backward", _backward_backward, setup_context=_backward_setup_context
+    "gateshift::batch_stats", _batch_stats_backward, setup_context=_batch_stats_setup_context
 )
+for _backward_op in ("gate_shift_backward", "batch_stats_backward"):
+    torch.library.register_autograd(
+        f"gateshift::{_backward_op}", _backward_backward, setup_context=_backward_setup_context
+    )

@@ -5,13 +5,33 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ._ops import accumulation_dtype, ops
 from .functional import gate_shift
 
-__all__ = ["GSM", "folded_batch_norm"]
+__all__ = ["GSM", "batch_mean_var", "folded_batch_norm"]
 
 
-def folded_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x5: Tensor) -> tuple[Tensor, Tensor]:
-    """BatchNorm as a per-channel affine ``(scale, shift)`` for ``x5`` of shape ``(B, T, P, H, W)``.
+def batch_mean_var(x5: Tensor, channels: int) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance over ``(B, T, H, W)`` of the first ``channels`` channels
+    of ``x5`` ``(B, T, C, H, W)``, in float32 (float64 for float64 input), differentiable.
+
+    Takes the whole tensor rather than a channel slice so that backward does not
+    build a zero-filled gradient of ``x``'s size for the slice.
+    """
+    if x5.device.type == "cpu":
+        return ops.batch_stats(x5, channels)
+    if channels != x5.shape[2]:
+        x5 = x5[:, :, :channels]
+    var, mean = torch.var_mean(x5, dim=(0, 1, 3, 4), correction=0)
+    acc = accumulation_dtype(x5.dtype)
+    return mean.to(acc), var.to(acc)
+
+
+def folded_batch_norm(
+    bn: nn.modules.batchnorm._BatchNorm, x5: Tensor, channels: int
+) -> tuple[Tensor, Tensor]:
+    """BatchNorm of the first ``channels`` channels of ``x5`` ``(B, T, C, H, W)`` as a
+    per-channel affine ``(scale, shift)``, each ``(channels,)`` in ``x5``'s dtype.
 
     Semantics are ``bn``'s exactly: in training (or without running statistics) the
     batch mean and biased variance over ``(B, T, H, W)`` normalise, and the running
@@ -27,13 +47,13 @@ def folded_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x5: Tensor) -> tuple[
         factor = 0.0 if bn.momentum is None else bn.momentum
     use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
     if use_batch_stats:
-        count = x5.numel() // max(x5.shape[2], 1)
+        count = x5.shape[0] * x5.shape[1] * x5.shape[3] * x5.shape[4]
         if bn.training and count <= 1:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input of shape {tuple(x5.shape)} "
                 "(B, T, C, H, W)"
             )
-        var, mean = torch.var_mean(x5, dim=(0, 1, 3, 4), correction=0)
+        mean, var = batch_mean_var(x5, channels)
         if bn.training and bn.running_mean is not None:
             with torch.no_grad():
                 unbiased = var * (count / (count - 1))
@@ -90,7 +110,7 @@ class GSM(nn.Module):
                 f"x.shape[0] = {x.shape[0]} must be a multiple of num_segments = {self.num_segments}"
             )
         x5 = x.unflatten(0, (x.shape[0] // self.num_segments, self.num_segments))
-        scale, shift = folded_batch_norm(self.bn, x5[:, :, : self.fPlane])
+        scale, shift = folded_batch_norm(self.bn, x5, self.fPlane)
         weight, bias = self.conv3D.weight, self.conv3D.bias
         return gate_shift(
             x,

@@ -1,4 +1,4 @@
-// The gateshift operator library: schemas, defined once for every backend.
+// The gateshift operator library: every op's schema, defined once for all backends.
 //
 // Backends add kernels with TORCH_LIBRARY_IMPL in their own files (cpu/, cuda/);
 // autograd and the fake (meta) implementations are registered from Python
@@ -34,5 +34,18 @@ TORCH_LIBRARY(gateshift, m) {
       "Tensor? bn_scale, Tensor? bn_shift, int channels, bool interleaved) -> "
       "(Tensor grad_x, Tensor grad_weight, Tensor grad_bias, Tensor grad_bn_scale, "
       "Tensor grad_bn_shift)",
+      {at::Tag::pt2_compliant_tag});
+
+  // Per-channel batch statistics of the first `channels` channels of x (B, T, C, H, W)
+  // over (B, T, H, W): mean and biased variance, in the accumulation dtype. The
+  // training-mode BatchNorm of the GSM module folds them into bn_scale/bn_shift.
+  m.def(
+      "batch_stats(Tensor x, int channels) -> (Tensor mean, Tensor var)",
+      {at::Tag::pt2_compliant_tag});
+  // d/dx of (mean, var): grad_mean / N + grad_var * 2 (x - mean) / N for the
+  // first `channels` channels, zero for the rest.
+  m.def(
+      "batch_stats_backward(Tensor grad_mean, Tensor grad_var, Tensor x, Tensor mean, "
+      "int channels) -> Tensor grad_x",
       {at::Tag::pt2_compliant_tag});
 }
