@@ -9,18 +9,50 @@ GPU needed); otherwise the CPU kernels alone. Environment:
     GATESHIFT_FORCE_CPU=1    skip CUDA even when it could be built
     TORCH_CUDA_ARCH_LIST     GPU architectures (default "8.0;8.6;8.9;9.0+PTX")
     MAX_JOBS                 parallel compile jobs (default: 2)
-    CUDA_HOME                the CUDA toolkit; set it when nvcc on PATH is a wrapper
-                             script, which torch would mistake for the toolkit
+    CUDA_HOME                the CUDA toolkit (default: the one nvcc on PATH runs from)
 """
 
 import glob
 import os
 import shutil
+import subprocess
 
 from setuptools import find_packages, setup
 
-import torch
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+def cuda_toolkit_root():
+    """The CUDA toolkit that nvcc belongs to, or None.
+
+    nvcc on PATH may be a wrapper script, whose folder torch would mistake for the
+    toolkit; nvcc reports the toolkit it really runs from (TOP) in a dry run.
+    """
+    for name in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(name):
+            return os.environ[name]
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    try:
+        run = subprocess.run(
+            [nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        for line in (run.stdout + run.stderr).splitlines():
+            if "TOP=" in line:
+                return os.path.normpath(line.split("TOP=", 1)[1].strip().strip('"'))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+
+
+# torch.utils.cpp_extension reads CUDA_HOME when it is imported.
+if cuda_toolkit_root() is not None:
+    os.environ["CUDA_HOME"] = cuda_toolkit_root()
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = "csrc"
@@ -103,12 +135,7 @@ setup(
     packages=find_packages(include=["gateshift", "gateshift.*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.6"],
+    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
     ext_modules=[make_extension()],
     cmdclass={"build_ext": BuildExtension},
-    entry_points={
-        "console_scripts": [
-            "gateshift-bench=gateshift.bench:main",
-            "gateshift-check=gateshift.check:main",
-        ]
-    },
 )

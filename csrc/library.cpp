@@ -9,17 +9,7 @@
 // a permute, so one kernel serves both layouts without copies: kernels need only
 // each (H, W) plane to be contiguous and use 64-bit strides for B, T and C.
 
-#include <Python.h>
 #include <torch/library.h>
-
-extern "C" {
-// `import gateshift._C` loads this shared library, whose static initialisers
-// register the operators; the Python module itself is empty.
-PyMODINIT_FUNC PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module);
-}
-}
 
 TORCH_LIBRARY(gateshift, m) {
   // Returns the output (same layout as x) and the gates (B, T, 2, H, W) in the

@@ -1,0 +1,97 @@
+"""Helpers shared by the gateshift tests: problem cases, random inputs, comparisons."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+@dataclasses.dataclass
+class Case:
+    """One gate-shift problem: sizes and which optional arguments are present."""
+
+    B: int
+    T: int
+    C: int
+    H: int
+    W: int
+    P: int | None = None  # gated channels; None = C
+    order: str = "interleaved"
+    affine: bool = True
+    bias: bool = True
+
+    @property
+    def gated(self) -> int:
+        return self.C if self.P is None else self.P
+
+    def __str__(self):
+        return (
+            f"B{self.B}T{self.T}C{self.C}H{self.H}W{self.W}P{self.gated}-{self.order}"
+            f"{'-bn' if self.affine else ''}{'-bias' if self.bias else ''}"
+        )
+
+
+def make_inputs(case: Case, gen: torch.Generator, dtype=torch.float64, device="cpu"):
+    """Random x and parameters for ``case``: (x, weight, bias, bn_scale, bn_shift).
+
+    The gating weights are large enough that the gates cover much of (-1, 1), and
+    the BN shift puts a good part of the ReLU inputs on each side of zero.
+    """
+    p = case.gated
+
+    def rand(*shape, scale=1.0, offset=0.0):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale + offset).to(dtype=dtype, device=device)
+
+    x = rand(case.B * case.T, case.C, case.H, case.W)
+    weight = rand(2, p // 2, 3, 3, 3, scale=1.5 / (27 * p / 2) ** 0.5)
+    bias = rand(2, scale=0.5) if case.bias else None
+    scale = rand(p, scale=0.3, offset=1.0) if case.affine else None
+    shift = rand(p, scale=0.5) if case.affine else None
+    return x, weight, bias, scale, shift
+
+
+def op_kwargs(case: Case, bn_scale, bn_shift) -> dict:
+    return dict(
+        num_segments=case.T,
+        bn_scale=bn_scale,
+        bn_shift=bn_shift,
+        channels=case.P,
+        channel_order=case.order,
+    )
+
+
+def run_with_grads(fn, case: Case, inputs, grad_out):
+    """Output of ``fn`` on ``inputs`` and the gradients of ``<out, grad_out>`` in every tensor input."""
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in inputs]
+    x, weight, bias, scale, shift = leaves
+    out = fn(x, weight, bias, **op_kwargs(case, scale, shift))
+    present = [t for t in leaves if t is not None]
+    grads = torch.autograd.grad(out, present, grad_out.to(out.dtype))
+    return out.detach(), list(grads)
+
+
+def assert_close_to_reference(actual, expected64, low_precision_ref=None, *, what="", rtol=None, atol=None):
+    """Compare ``actual`` with the float64 reference ``expected64``.
+
+    float32/float64: plain tolerances. bfloat16/float16: the error may be at most
+    twice the error of the reference computed in that same dtype (plus one unit
+    of that dtype at the largest magnitude, for when the reference happens to be
+    exact), the standard flash-attention uses for its low-precision kernels.
+    """
+    expected = expected64.to(torch.float64)
+    got = actual.to(torch.float64)
+    assert got.shape == expected.shape, f"{what}: shape {tuple(got.shape)} != {tuple(expected.shape)}"
+    assert torch.isfinite(got).all(), f"{what}: non-finite values"
+    if actual.dtype in LOW_PRECISION:
+        ref_err = (low_precision_ref.to(torch.float64) - expected).abs().max().item()
+        err = (got - expected).abs().max().item()
+        floor = torch.finfo(actual.dtype).eps * expected.abs().max().item()
+        assert err <= 2 * ref_err + floor, f"{what}: error {err:.3g} > 2 x reference's own {ref_err:.3g}"
+    else:
+        if rtol is None:
+            rtol, atol = (1e-10, 1e-10) if actual.dtype == torch.float64 else (2e-5, 2e-5)
+        scale = max(expected.abs().max().item(), 1.0)
+        torch.testing.assert_close(got, expected, rtol=rtol, atol=atol * scale, msg=lambda m: f"{what}: {m}")

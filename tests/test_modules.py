@@ -1,0 +1,172 @@
+"""gateshift.GSM as a drop-in for the published module (gateshift.reference.GSM)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import gateshift
+from gateshift import reference
+
+
+def randomise(module: nn.Module, gen: torch.Generator) -> None:
+    """Non-trivial weights and statistics (a fresh GSM is the identity map)."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            scale = 0.3 if "conv3D" in name else 0.2
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale + (1.0 if name == "bn.weight" else 0.0))
+        if module.bn.running_mean is not None:
+            module.bn.running_mean.copy_(torch.randn(module.bn.num_features, generator=gen) * 0.3)
+            module.bn.running_var.copy_(torch.rand(module.bn.num_features, generator=gen) + 0.5)
+
+
+def pair(fplane, segments, gen, dtype=torch.float64, **bn_options):
+    published = reference.GSM(fplane, segments)
+    if bn_options:
+        published.bn = nn.BatchNorm3d(fplane, **bn_options)
+    randomise(published, gen)
+    published = published.to(dtype)
+    fused = gateshift.GSM(fplane, segments)
+    fused.bn = copy.deepcopy(published.bn)
+    fused.load_state_dict(published.state_dict(), strict=True)
+    return published, fused.to(dtype)
+
+
+def features(gen, b, t, c, h, w, dtype=torch.float64):
+    return (torch.randn(b * t, c, h, w, generator=gen, dtype=torch.float64) * 1.5 + 0.3).to(dtype)
+
+
+def test_state_dict_is_the_published_modules(gen):
+    published = reference.GSM(16, 8)
+    fused = gateshift.GSM(16, 8)
+    assert list(fused.state_dict()) == list(published.state_dict())
+    for key, value in published.state_dict().items():
+        assert fused.state_dict()[key].shape == value.shape
+    randomise(published, gen)
+    fused.load_state_dict(published.state_dict(), strict=True)
+    published.load_state_dict(fused.state_dict(), strict=True)  # and back
+    for key, value in published.state_dict().items():
+        assert torch.equal(fused.state_dict()[key], value)
+
+
+def test_new_module_is_the_identity_like_the_published_one(gen):
+    fused = gateshift.GSM(8, 4)
+    x = features(gen, 2, 4, 8, 5, 5, dtype=torch.float32)
+    # Zero gates: no shift, and the interleaving permutes channels only.
+    torch.testing.assert_close(fused(x), reference.GSM(8, 4)(x))
+
+
+@pytest.mark.parametrize("segments,shape", [(8, (2, 32, 6, 7)), (3, (3, 8, 5, 1)), (1, (2, 12, 4, 4))])
+def test_training_steps_match_published_module(segments, shape, gen):
+    b, c, h, w = shape
+    published, fused = pair(c, segments, gen)
+    for step in range(3):
+        x = features(gen, b, segments, c, h, w)
+        x1 = x.clone().requires_grad_()
+        x2 = x.clone().requires_grad_()
+        y1, y2 = published(x1), fused(x2)
+        torch.testing.assert_close(y2, y1, msg=lambda m: f"step {step} output: {m}")
+        g = torch.randn(y1.shape, generator=gen, dtype=y1.dtype)
+        y1.backward(g)
+        y2.backward(g)
+        torch.testing.assert_close(x2.grad, x1.grad, msg=lambda m: f"step {step} grad x: {m}")
+        for (name, p1), p2 in zip(published.named_parameters(), fused.parameters()):
+            torch.testing.assert_close(p2.grad, p1.grad, msg=lambda m: f"step {step} grad {name}: {m}")
+        for (name, b1), b2 in zip(published.named_buffers(), fused.buffers()):
+            torch.testing.assert_close(b2, b1, msg=lambda m: f"step {step} buffer {name}: {m}")
+        # An SGD step on both, so the next step starts from new weights.
+        with torch.no_grad():
+            for p1, p2 in zip(published.parameters(), fused.parameters()):
+                p1 -= 0.1 * p1.grad
+                p2 -= 0.1 * p2.grad
+                p1.grad = p2.grad = None
+    assert int(fused.bn.num_batches_tracked) == 3
+
+
+def test_eval_uses_running_statistics(gen):
+    published, fused = pair(16, 4, gen)
+    published.eval()
+    fused.eval()
+    x = features(gen, 2, 4, 16, 5, 6)
+    before = copy.deepcopy(fused.bn.state_dict())
+    torch.testing.assert_close(fused(x), published(x))
+    for key, value in fused.bn.state_dict().items():
+        assert torch.equal(value, before[key]), f"eval changed bn.{key}"
+
+
+@pytest.mark.parametrize(
+    "bn_options",
+    [dict(momentum=None), dict(track_running_stats=False), dict(affine=False), dict(eps=1e-3, momentum=0.3)],
+    ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
+)
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_options(bn_options, training, gen):
+    published, fused = pair(8, 3, gen, **bn_options)
+    published.train(training)
+    fused.train(training)
+    for _ in range(2):
+        x = features(gen, 2, 3, 8, 4, 5)
+        torch.testing.assert_close(fused(x), published(x))
+        for b1, b2 in zip(published.buffers(), fused.buffers()):
+            torch.testing.assert_close(b2, b1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_low_precision_training_step(dtype, gen):
+    published, fused = pair(16, 4, gen, dtype=torch.float64)
+    x = features(gen, 2, 4, 16, 6, 6)
+    published_lp = copy.deepcopy(published).to(dtype)
+    fused = fused.to(dtype)
+    x64, xlp, xf = (x.clone().requires_grad_() for _ in range(3))
+    outs = [published(x64), published_lp(xlp.to(dtype)), fused(xf.to(dtype))]
+    g = torch.randn(outs[0].shape, generator=gen, dtype=torch.float64)
+    for out in outs:
+        out.backward(g.to(out.dtype))
+    exact, ref_lp, ours = outs
+    tol = dict(rtol=0, atol=1e-4) if dtype == torch.float32 else None
+    for name, a, r in [("out", ours, ref_lp), ("grad x", xf.grad, xlp.grad)]:
+        e = exact.detach() if name == "out" else x64.grad
+        err = (a.double() - e).abs().max().item()
+        if tol:
+            assert err <= tol["atol"] * max(1.0, e.abs().max().item()), f"{name}: {err}"
+        else:
+            ref_err = (r.double() - e).abs().max().item()
+            assert err <= 2 * ref_err + 1e-3 * e.abs().max().item(), f"{name}: {err} vs reference's {ref_err}"
+
+
+def test_extra_channels_pass_through(gen):
+    fused = gateshift.GSM(8, 2)
+    randomise(fused, gen)
+    x = features(gen, 2, 2, 12, 3, 3, dtype=torch.float32)
+    y = fused(x)
+    assert torch.equal(y[:, 8:], x[:, 8:])
+    torch.testing.assert_close(y[:, :8], fused(x[:, :8].contiguous()))
+
+
+def test_repr_and_constructor_errors():
+    assert "fPlane=16, num_segments=8" in repr(gateshift.GSM(16, 8))
+    assert gateshift.GSM(16).num_segments == 3  # the published default
+    for bad in (6, 0, -4, 8.0):
+        with pytest.raises(ValueError, match="fPlane"):
+            gateshift.GSM(bad)
+    with pytest.raises(ValueError, match="num_segments"):
+        gateshift.GSM(8, 0)
+
+
+def test_training_needs_more_than_one_value_per_channel(gen):
+    fused = gateshift.GSM(8, 1)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        fused(torch.randn(1, 8, 1, 1, generator=gen))
+    fused.eval()
+    assert fused(torch.randn(1, 8, 1, 1, generator=gen)).shape == (1, 8, 1, 1)
+
+
+def test_module_input_errors(gen):
+    fused = gateshift.GSM(8, 4)
+    with pytest.raises(ValueError, match="expects input"):
+        fused(torch.randn(8, 4, 3, 3, generator=gen))
+    with pytest.raises(ValueError, match="multiple of num_segments"):
+        fused(torch.randn(6, 8, 3, 3, generator=gen))
