@@ -135,7 +135,8 @@ setup(
     packages=find_packages(include=["gateshift", "gateshift.*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.6"],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    extras_require={"test": ["pytest>=7", "hypothesis>=6"], "plot": ["matplotlib"]},
     ext_modules=[make_extension()],
     cmdclass={"build_ext": BuildExtension},
+    entry_points={"console_scripts": ["gateshift-bench=gateshift.bench:main"]},
 )
