@@ -91,6 +91,18 @@ def sources(pattern: str):
     return sorted(glob.glob(os.path.join(CSRC, pattern)))
 
 
+def make_emulator_extension():
+    """The CUDA kernels' device code built for the CPU under the execution emulator
+    (gateshift.testing.cuda_emulator): always built, no CUDA needed."""
+    return CppExtension(
+        "gateshift._cuda_emulator",
+        sources("emulator/*.cpp") + [os.path.join(CSRC, "gate_shift_checks.cpp")],
+        include_dirs=[os.path.join(ROOT, CSRC)],
+        extra_compile_args={"cxx": ["-O2", "-pthread", "-Wall", "-Wno-unknown-pragmas"]},
+        extra_link_args=["-pthread"],
+    )
+
+
 def make_extension():
     cxx_flags = ["-O3", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
     link_flags = ["-fopenmp"]
@@ -135,8 +147,8 @@ setup(
     packages=find_packages(include=["gateshift", "gateshift.*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.6"],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6"], "plot": ["matplotlib"]},
-    ext_modules=[make_extension()],
+    extras_require={"test": ["pytest>=7", "hypothesis>=6", "numpy"], "plot": ["matplotlib"]},
+    ext_modules=[make_extension(), make_emulator_extension()],
     cmdclass={"build_ext": BuildExtension},
     entry_points={"console_scripts": ["gateshift-bench=gateshift.bench:main"]},
 )

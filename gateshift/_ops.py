@@ -37,7 +37,6 @@ def with_contiguous_planes(t: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------
 
 
-@torch.library.register_fake("gateshift::gate_shift_forward")
 def _gate_shift_forward_fake(x, weight, bias, bn_scale, bn_shift, channels, interleaved):
     b, t, _, h, w = x.shape
     out = torch.empty_like(with_contiguous_planes(x))
@@ -45,7 +44,6 @@ def _gate_shift_forward_fake(x, weight, bias, bn_scale, bn_shift, channels, inte
     return out, gates
 
 
-@torch.library.register_fake("gateshift::gate_shift_backward")
 def _gate_shift_backward_fake(grad_out, x, gates, weight, bn_scale, bn_shift, channels, interleaved):
     grad_x = torch.empty_like(with_contiguous_planes(x))
     grad_weight = weight.new_empty(weight.shape)
@@ -54,13 +52,11 @@ def _gate_shift_backward_fake(grad_out, x, gates, weight, bn_scale, bn_shift, ch
     return grad_x, grad_weight, grad_bias, weight.new_empty((n,)), weight.new_empty((n,))
 
 
-@torch.library.register_fake("gateshift::batch_stats")
 def _batch_stats_fake(x, channels):
     acc = accumulation_dtype(x.dtype)
     return x.new_empty((channels,), dtype=acc), x.new_empty((channels,), dtype=acc)
 
 
-@torch.library.register_fake("gateshift::batch_stats_backward")
 def _batch_stats_backward_fake(grad_mean, grad_var, x, mean, channels):
     return torch.empty_like(with_contiguous_planes(x))
 
@@ -82,32 +78,24 @@ def _forward_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(gates)
 
 
-def _forward_backward(ctx, grad_out, _grad_gates):
-    x, gates, weight, bn_scale, bn_shift = ctx.saved_tensors
-    grad_x, grad_weight, grad_bias, grad_scale, grad_shift = ops.gate_shift_backward(
-        grad_out, x, gates, weight, bn_scale, bn_shift, ctx.channels, ctx.interleaved
-    )
-    has_affine = bn_scale is not None
-    return (
-        grad_x,
-        grad_weight,
-        grad_bias if ctx.has_bias else None,
-        grad_scale if has_affine else None,
-        grad_shift if has_affine else None,
-        None,
-        None,
-    )
+def _make_forward_backward(backward_op):
+    def backward(ctx, grad_out, _grad_gates):
+        x, gates, weight, bn_scale, bn_shift = ctx.saved_tensors
+        grad_x, grad_weight, grad_bias, grad_scale, grad_shift = backward_op(
+            grad_out, x, gates, weight, bn_scale, bn_shift, ctx.channels, ctx.interleaved
+        )
+        has_affine = bn_scale is not None
+        return (
+            grad_x,
+            grad_weight,
+            grad_bias if ctx.has_bias else None,
+            grad_scale if has_affine else None,
+            grad_shift if has_affine else None,
+            None,
+            None,
+        )
 
-
-def _backward_setup_context(ctx, inputs, output):
-    pass
-
-
-def _backward_backward(ctx, *grads):
-    raise NotImplementedError(
-        "gateshift ops do not support double backward (gradients of their gradients); "
-        "use gateshift.reference where second derivatives are needed"
-    )
+    return backward
 
 
 def _batch_stats_setup_context(ctx, inputs, output):
@@ -122,13 +110,40 @@ def _batch_stats_backward(ctx, grad_mean, grad_var):
     return ops.batch_stats_backward(grad_mean, grad_var, x, mean, ctx.channels), None
 
 
-torch.library.register_autograd(
-    "gateshift::gate_shift_forward", _forward_backward, setup_context=_forward_setup_context
-)
+def _no_setup_context(ctx, inputs, output):
+    pass
+
+
+def _double_backward(ctx, *grads):
+    raise NotImplementedError(
+        "gateshift ops do not support double backward (gradients of their gradients); "
+        "use gateshift.reference where second derivatives are needed"
+    )
+
+
+def register_gate_shift_ops(namespace: str) -> None:
+    """Fake kernels and autograd for ``<namespace>::gate_shift_forward/backward``.
+
+    Used for the ``gateshift`` library and for the emulated CUDA library of
+    ``gateshift.testing.cuda_emulator``, which declares the same schemas.
+    """
+    library = getattr(torch.ops, namespace)
+    torch.library.register_fake(f"{namespace}::gate_shift_forward")(_gate_shift_forward_fake)
+    torch.library.register_fake(f"{namespace}::gate_shift_backward")(_gate_shift_backward_fake)
+    torch.library.register_autograd(
+        f"{namespace}::gate_shift_forward",
+        _make_forward_backward(library.gate_shift_backward),
+        setup_context=_forward_setup_context,
+    )
+    torch.library.register_autograd(
+        f"{namespace}::gate_shift_backward", _double_backward, setup_context=_no_setup_context
+    )
+
+
+register_gate_shift_ops("gateshift")
+torch.library.register_fake("gateshift::batch_stats")(_batch_stats_fake)
+torch.library.register_fake("gateshift::batch_stats_backward")(_batch_stats_backward_fake)
 torch.library.register_autograd(
     "gateshift::batch_stats", _batch_stats_backward, setup_context=_batch_stats_setup_context
 )
-for _backward_op in ("gate_shift_backward", "batch_stats_backward"):
-    torch.library.register_autograd(
-        f"gateshift::{_backward_op}", _backward_backward, setup_context=_backward_setup_context
-    )
+torch.library.register_autograd("gateshift::batch_stats_backward", _double_backward, setup_context=_no_setup_context)

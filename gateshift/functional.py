@@ -51,6 +51,34 @@ def gate_shift(
     Returns:
         A tensor of the shape, dtype and device of ``x``.
     """
+    return gate_shift_with(
+        ops.gate_shift_forward,
+        x,
+        weight,
+        bias,
+        num_segments=num_segments,
+        bn_scale=bn_scale,
+        bn_shift=bn_shift,
+        channels=channels,
+        channel_order=channel_order,
+        layout=layout,
+    )
+
+
+def gate_shift_with(
+    forward_op,
+    x,
+    weight,
+    bias=None,
+    *,
+    num_segments=None,
+    bn_scale=None,
+    bn_shift=None,
+    channels=None,
+    channel_order="interleaved",
+    layout="TSN",
+) -> Tensor:
+    """:func:`gate_shift` on a given ``gate_shift_forward`` op (the emulated CUDA one, in tests)."""
     if layout not in _LAYOUTS:
         raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
     if not isinstance(x, Tensor):
@@ -75,7 +103,7 @@ def gate_shift(
                 raise ValueError(f"num_segments = {num_segments} disagrees with x.shape[2] = {x.shape[2]}")
         x5 = x.transpose(1, 2)
     p = _check_args(x, x5.shape[2], weight, bias, bn_scale, bn_shift, channels, channel_order)
-    out5, _ = ops.gate_shift_forward(x5, weight, bias, bn_scale, bn_shift, p, channel_order == "interleaved")
+    out5, _ = forward_op(x5, weight, bias, bn_scale, bn_shift, p, channel_order == "interleaved")
     return out5.flatten(0, 1) if layout == "TSN" else out5.transpose(1, 2)
 
 

@@ -1,0 +1,590 @@
+// CUDA kernels of the fused Gate-Shift op (DESIGN.md section 1).
+//
+// Device code only: it includes nothing but the portability header, the shared
+// launch configuration and c10's scalar types, so that the same source is built
+// by nvcc for GPUs and by the host compiler under the CPU emulator (tests).
+//
+// TILING. A block owns one clip b, one 8 x 8 tile of the (H, W) plane and a run
+// of frames [t0, t1) (launch_config.h). It slides over the frames keeping a
+// window of three, so each frame of the tile is pulled from DRAM once and its
+// re-reads come within two or three steps, from L2.
+//
+// FORWARD, per element of x (fp32, all channels gated):
+//   reads   x once from DRAM for the gate conv (u = relu(scale * x + shift) is
+//           formed while staging); the tile's halo, (10 * 10) / (8 * 8) = 1.56x
+//           of the tile, comes from L2 because neighbouring tiles read it too;
+//           the output step re-reads x[t] and x[t +- 1] of the tile two steps
+//           later, from L2;
+//   writes  the output once, and the gates: 2 planes per frame, 2/C of x.
+//   DRAM:   4 + 4 + 4 * 2/C bytes = 1.0x (C = 64: 1.03x) of the 8-byte floor.
+//   L2 -> SM: 4 * (1.56 + 2) + 4 bytes.
+//   FLOP:   27 multiply-adds per gated channel and frame (54 FLOP), as in DESIGN.md.
+//   Shared memory loads per multiply-add: a thread updates a strip of 4 pixels for
+//   3 gate frames (108 FMA per channel) from 18 staged inputs and 27 weights.
+// BACKWARD, per element:
+//   reads   x and dz (the output gradient, channel order undone) for da, the gate
+//           gradient, over the tile and halo; x, dz and dz of the neighbour frame
+//           again for dx, within two steps, from L2; the gates (2/C);
+//   writes  dx once; per-block partial sums of the parameter gradients,
+//           (29 P + 2) floats per block, read back by one small kernel.
+//   DRAM:   4 + 4 + 4 bytes (+ 2/C + partials) = 1.0x of the 12-byte floor.
+//
+// The sliding windows' re-reads are L2 hits when the blocks resident at once keep
+// their last ~4 frames (tile + halo, all channels) in L2: 8 * 100 * C * 4 bytes
+// per block, e.g. 132 SMs x 2 blocks at C = 64 is 27 MB (H100: 50 MB of L2). At
+// larger C fewer re-reads hit; the worst case, every re-read from DRAM, is
+// 12 bytes forward (1.5x) and 20 backward (1.67x).
+//
+// DETERMINISM. No atomics: every sum runs in a fixed order (per-slice partials
+// combined in slice order, pixel groups combined by a fixed shuffle tree, block
+// partials summed in block order by sum_partials_kernel). Parameter gradients are
+// bitwise reproducible on every run, deterministic mode or not.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "../gate_shift_indexing.h"
+#include "../portability.h"
+#include "launch_config.h"
+
+namespace gateshift::cuda {
+
+// Accumulation type: float for float and the half types, double for double.
+template <typename T>
+struct AccumulateType {
+  using type = float;
+};
+template <>
+struct AccumulateType<double> {
+  using type = double;
+};
+template <typename T>
+using acc_type = typename AccumulateType<T>::type;
+
+GATESHIFT_DEVICE float device_tanh(float v) {
+  return tanhf(v);
+}
+GATESHIFT_DEVICE double device_tanh(double v) {
+  return tanh(v);
+}
+
+template <typename T>
+GATESHIFT_DEVICE T relu(T v) {
+  return v < T(0) ? T(0) : v;  // keeps NaN, as torch.relu does
+}
+
+template <typename T>
+GATESHIFT_DEVICE T min_of(T a, T b) {
+  return a < b ? a : b;
+}
+
+template <typename T>
+GATESHIFT_DEVICE T max_of(T a, T b) {
+  return a < b ? b : a;
+}
+
+// Sums v over the 8 adjacent lanes of a pixel-group set, in a fixed tree.
+template <typename T>
+GATESHIFT_DEVICE T sum_over_pixel_groups(T v) {
+  static_assert(kPixelGroups == 8, "the shuffle tree below combines 8 lanes");
+  v += __shfl_xor_sync(0xffffffffu, v, 4);
+  v += __shfl_xor_sync(0xffffffffu, v, 2);
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v;
+}
+
+// Which clip, frames and tile a block owns (the grid is 1-D: clips x chunks x tiles).
+struct BlockWork {
+  int64_t b, t0, t1, h0, w0;
+};
+
+struct GridShape {
+  int64_t tiles, tiles_w, chunks, frames_per_chunk;
+};
+
+GATESHIFT_DEVICE BlockWork block_work(int64_t block, const GridShape& g, int64_t T) {
+  BlockWork w;
+  const int64_t tile = block % g.tiles;
+  const int64_t rest = block / g.tiles;
+  w.b = rest / g.chunks;
+  w.t0 = (rest % g.chunks) * g.frames_per_chunk;
+  w.t1 = min_of(T, w.t0 + g.frames_per_chunk);
+  w.h0 = (tile / g.tiles_w) * kTileH;
+  w.w0 = (tile % g.tiles_w) * kTileW;
+  return w;
+}
+
+// Sizes and layout of one problem; x, out, grad_out and grad_x are (B, T, C, H, W)
+// with contiguous (H, W) planes and 64-bit strides for B, T and C.
+struct Sizes {
+  int64_t B, T, C, H, W, P;
+  bool interleaved;
+};
+
+struct Strides {
+  int64_t b, t, c;
+  GATESHIFT_DEVICE int64_t plane(int64_t bi, int64_t ti, int64_t ci) const {
+    return bi * b + ti * t + ci * c;
+  }
+};
+
+template <typename scalar_t>
+struct ForwardParams {
+  using acc_t = acc_type<scalar_t>;
+  Sizes n;
+  GridShape grid;
+  const scalar_t* x;
+  Strides xs;
+  scalar_t* out;
+  Strides os;
+  acc_t* gates;  // (B, T, 2, H, W)
+  const scalar_t* weight;  // (2, P/2, 3, 3, 3)
+  const scalar_t* bias;    // (2) or null
+  const scalar_t* scale;   // (P) or null
+  const scalar_t* shift;   // (P) or null
+};
+
+template <typename scalar_t>
+struct BackwardParams {
+  using acc_t = acc_type<scalar_t>;
+  Sizes n;
+  GridShape grid;
+  const scalar_t* grad_out;
+  Strides gos;
+  const scalar_t* x;
+  Strides xs;
+  const acc_t* gates;
+  const scalar_t* weight;
+  const scalar_t* scale;
+  const scalar_t* shift;
+  scalar_t* grad_x;
+  Strides gxs;
+  acc_t* partials;  // (blocks, partial_stride(P)), see launch_config.h
+};
+
+// ---------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------
+
+// Minimum one block per SM in the launch bounds: otherwise ptxas caps the double
+// instantiation at 128 registers and spills. float needs 122 registers (ptxas
+// report), two blocks per SM.
+template <typename scalar_t>
+GATESHIFT_GLOBAL void __launch_bounds__(kThreads, 1) gate_shift_forward_kernel(const ForwardParams<scalar_t> p) {
+  using acc_t = acc_type<scalar_t>;
+  GATESHIFT_DYNAMIC_SHARED(acc_t, shared);
+  acc_t* const u_s = shared;                                    // [kForwardChunk][kHaloPixels]
+  acc_t* const w_s = u_s + kForwardChunk * kHaloPixels;         // [kForwardChunk][kWeightStride]
+  acc_t* const part_s = w_s + kForwardChunk * kWeightStride;    // [kSlices][2][kTilePixels]
+  acc_t* const gate_s = part_s + kSlices * 2 * kTilePixels;     // [3][2][kTilePixels]
+
+  const Sizes& n = p.n;
+  const int tid = threadIdx.x;
+  const BlockWork bw = block_work(blockIdx.x, p.grid, n.T);
+  const int64_t half = n.P / 2;
+  // Output frames [t0, t1) need gate frames [glo, ghi), which need input frames [slo, shi).
+  const int64_t glo = max_of<int64_t>(bw.t0 - 1, 0), ghi = min_of(bw.t1 + 1, n.T);
+  const int64_t slo = max_of<int64_t>(glo - 1, 0), shi = min_of(ghi + 1, n.T);
+  const bool affine = p.scale != nullptr;
+
+  // Gate-conv role: a strip of kStrip pixels of one tile row, and a slice of the channels.
+  const int lane = tid % kPixelLanes, slice = tid / kPixelLanes;
+  const int row = lane / (kTileW / kStrip), col0 = (lane % (kTileW / kStrip)) * kStrip;
+
+  // acc[m][k][q]: gate frame s - 1 + m, group k, pixel q of the strip (input frame s).
+  acc_t acc[3][2][kStrip];
+#pragma unroll
+  for (int m = 0; m < 3; ++m)
+#pragma unroll
+    for (int k = 0; k < 2; ++k)
+#pragma unroll
+      for (int q = 0; q < kStrip; ++q)
+        acc[m][k][q] = acc_t(0);
+
+  // Gate frame tg is complete in acc_frame: combine the slices, add the bias, tanh.
+  const auto finish_gate_frame = [&](int64_t tg, const acc_t (&acc_frame)[2][kStrip]) {
+#pragma unroll
+    for (int k = 0; k < 2; ++k)
+#pragma unroll
+      for (int q = 0; q < kStrip; ++q)
+        part_s[(slice * 2 + k) * kTilePixels + row * kTileW + col0 + q] = acc_frame[k][q];
+    __syncthreads();
+    if (tid < 2 * kTilePixels) {
+      const int k = tid / kTilePixels, pix = tid % kTilePixels;
+      acc_t a = p.bias != nullptr ? static_cast<acc_t>(p.bias[k]) : acc_t(0);
+      for (int sl = 0; sl < kSlices; ++sl) {
+        a += part_s[(sl * 2 + k) * kTilePixels + pix];
+      }
+      const acc_t g = device_tanh(a);
+      gate_s[((tg % 3) * 2 + k) * kTilePixels + pix] = g;
+      const int64_t h = bw.h0 + pix / kTileW, w = bw.w0 + pix % kTileW;
+      if (tg >= bw.t0 && tg < bw.t1 && h < n.H && w < n.W) {
+        p.gates[((bw.b * n.T + tg) * 2 + k) * n.H * n.W + h * n.W + w] = g;
+      }
+    }
+    __syncthreads();
+  };
+
+  // out[t] = (1 - g[t]) x[t] + g[t +- 1] x[t +- 1]: group 0 takes from the next
+  // frame, group 1 from the previous one, zero at the clip ends. Coalesced along W.
+  const auto write_output_frame = [&](int64_t t) {
+    for (int64_t e = tid; e < n.C * kTilePixels; e += kThreads) {
+      const int64_t c = e / kTilePixels;
+      const int pix = static_cast<int>(e % kTilePixels);
+      const int64_t h = bw.h0 + pix / kTileW, w = bw.w0 + pix % kTileW;
+      if (h >= n.H || w >= n.W) {
+        continue;
+      }
+      const int64_t hw = h * n.W + w;
+      const scalar_t xv_raw = p.x[p.xs.plane(bw.b, t, c) + hw];
+      if (c >= n.P) {  // pass-through channel
+        p.out[p.os.plane(bw.b, t, c) + hw] = xv_raw;
+        continue;
+      }
+      const int k = c >= half ? 1 : 0;
+      const acc_t xv = static_cast<acc_t>(xv_raw);
+      const acc_t g = gate_s[((t % 3) * 2 + k) * kTilePixels + pix];
+      acc_t v = xv - g * xv;
+      const int64_t tn = k == 0 ? t + 1 : t - 1;
+      if (tn >= 0 && tn < n.T) {
+        const acc_t gn = gate_s[((tn % 3) * 2 + k) * kTilePixels + pix];
+        v += gn * static_cast<acc_t>(p.x[p.xs.plane(bw.b, tn, c) + hw]);
+      }
+      p.out[p.os.plane(bw.b, t, output_channel(c, n.P, n.interleaved)) + hw] = static_cast<scalar_t>(v);
+    }
+  };
+
+  for (int64_t s = slo; s < shi; ++s) {
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      for (int64_t c0 = k * half; c0 < (k + 1) * half; c0 += kForwardChunk) {
+        const int chunk = static_cast<int>(min_of<int64_t>(kForwardChunk, (k + 1) * half - c0));
+        // Stage u = relu(scale * x + shift) of the chunk over tile + halo; zero
+        // outside the plane (the conv's zero padding applies to u), and the weights.
+        for (int e = tid; e < chunk * kHaloPixels; e += kThreads) {
+          const int cc = e / kHaloPixels, hp = e % kHaloPixels;
+          const int64_t h = bw.h0 + hp / kHaloW - 1, w = bw.w0 + hp % kHaloW - 1;
+          acc_t v = acc_t(0);
+          if (h >= 0 && h < n.H && w >= 0 && w < n.W) {
+            const int64_t c = c0 + cc;
+            const acc_t xv = static_cast<acc_t>(p.x[p.xs.plane(bw.b, s, c) + h * n.W + w]);
+            v = affine ? relu(static_cast<acc_t>(p.scale[c]) * xv + static_cast<acc_t>(p.shift[c])) : xv;
+          }
+          u_s[e] = v;
+        }
+        for (int e = tid; e < chunk * 27; e += kThreads) {
+          w_s[(e / 27) * kWeightStride + e % 27] = static_cast<acc_t>(p.weight[c0 * 27 + e]);
+        }
+        __syncthreads();
+        for (int cc = slice; cc < chunk; cc += kSlices) {
+          const acc_t* u = u_s + cc * kHaloPixels + row * kHaloW + col0;
+          const acc_t* wt = w_s + cc * kWeightStride;
+#pragma unroll
+          for (int j = 0; j < 3; ++j) {
+            acc_t r[kStrip + 2];
+#pragma unroll
+            for (int q = 0; q < kStrip + 2; ++q) {
+              r[q] = u[j * kHaloW + q];
+            }
+#pragma unroll
+            for (int l = 0; l < 3; ++l) {
+              // Tap i links input frame s with gate frame s + 1 - i.
+              const acc_t w_prev = wt[2 * 9 + j * 3 + l];  // i = 2: gate frame s - 1
+              const acc_t w_cur = wt[1 * 9 + j * 3 + l];   // i = 1: gate frame s
+              const acc_t w_next = wt[0 * 9 + j * 3 + l];  // i = 0: gate frame s + 1
+#pragma unroll
+              for (int q = 0; q < kStrip; ++q) {
+                acc[0][k][q] += w_prev * r[q + l];
+                acc[1][k][q] += w_cur * r[q + l];
+                acc[2][k][q] += w_next * r[q + l];
+              }
+            }
+          }
+        }
+        __syncthreads();
+      }
+    }
+    // Gate frame s - 1 has all its inputs now; so has frame s when it is the clip's
+    // last. Output frame t needs gate frames t - 1 .. t + 1, so it follows frame t + 1.
+    if (s - 1 >= glo) {
+      finish_gate_frame(s - 1, acc[0]);
+      if (s - 2 >= bw.t0 && s - 2 < bw.t1) {
+        write_output_frame(s - 2);
+      }
+    }
+    if (s == n.T - 1 && s >= glo && s < ghi) {
+      finish_gate_frame(s, acc[1]);
+      if (s - 1 >= bw.t0 && s - 1 < bw.t1) {
+        write_output_frame(s - 1);
+      }
+      if (s >= bw.t0 && s < bw.t1) {
+        write_output_frame(s);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < 2; ++k)
+#pragma unroll
+      for (int q = 0; q < kStrip; ++q) {
+        acc[0][k][q] = acc[1][k][q];
+        acc[1][k][q] = acc[2][k][q];
+        acc[2][k][q] = acc_t(0);
+      }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Backward
+// ---------------------------------------------------------------------------
+
+template <typename scalar_t>
+GATESHIFT_GLOBAL void __launch_bounds__(kThreads) gate_shift_backward_kernel(const BackwardParams<scalar_t> p) {
+  using acc_t = acc_type<scalar_t>;
+  GATESHIFT_DYNAMIC_SHARED(acc_t, shared);
+  acc_t* const da_s = shared;                                 // [3][2][kHaloPixels]
+  acc_t* const dg_s = da_s + 3 * 2 * kHaloPixels;             // [kDaSlices][2][kDaLanes]
+  acc_t* const gate_s = dg_s + kDaSlices * 2 * kDaLanes;      // [2][kTilePixels]
+  acc_t* const x_s = gate_s + 2 * kTilePixels;                // [kChannelLanes][kStageStride]
+  acc_t* const dz_s = x_s + kChannelLanes * kStageStride;     // the same for dz
+  acc_t* const dzn_s = dz_s + kChannelLanes * kStageStride;   // and dz of the neighbour frame
+
+  const Sizes& n = p.n;
+  const int tid = threadIdx.x;
+  const BlockWork bw = block_work(blockIdx.x, p.grid, n.T);
+  const int64_t half = n.P / 2, HW = n.H * n.W;
+  const bool affine = p.scale != nullptr;
+  acc_t* const partial = p.partials + static_cast<int64_t>(blockIdx.x) * partial_stride(n.P);
+  acc_t* const dbias = partial + n.P * 27;
+  acc_t* const dscale = dbias + 2;
+  acc_t* const dshift = dscale + n.P;
+
+  for (int64_t e = tid; e < partial_stride(n.P); e += kThreads) {
+    partial[e] = acc_t(0);
+  }
+  __syncthreads();
+
+  // da_k[f] = (1 - g_k[f]^2) sum_{c in G_k} x_c[f] (dz_c[f -+ 1] - dz_c[f]) over tile +
+  // halo: the adjoint of the shifts (group 0's frame f fed output f - 1, group 1's
+  // output f + 1), through tanh. Zero outside the plane: the transposed conv's padding.
+  const auto compute_da_frame = [&](int64_t f) {
+    const int lane = tid % kDaLanes, slice = tid / kDaLanes;
+    acc_t dg0 = acc_t(0), dg1 = acc_t(0);
+    const int64_t h = bw.h0 + lane / kHaloW - 1, w = bw.w0 + lane % kHaloW - 1;
+    if (lane < kHaloPixels && h >= 0 && h < n.H && w >= 0 && w < n.W) {
+      const int64_t hw = h * n.W + w;
+      for (int64_t c = slice; c < half; c += kDaSlices) {
+        const int64_t oc = output_channel(c, n.P, n.interleaved);
+        const acc_t dz = static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, f, oc) + hw]);
+        const acc_t dzn = f >= 1 ? static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, f - 1, oc) + hw]) : acc_t(0);
+        dg0 += static_cast<acc_t>(p.x[p.xs.plane(bw.b, f, c) + hw]) * (dzn - dz);
+      }
+      for (int64_t c = half + slice; c < n.P; c += kDaSlices) {
+        const int64_t oc = output_channel(c, n.P, n.interleaved);
+        const acc_t dz = static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, f, oc) + hw]);
+        const acc_t dzn =
+            f + 1 < n.T ? static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, f + 1, oc) + hw]) : acc_t(0);
+        dg1 += static_cast<acc_t>(p.x[p.xs.plane(bw.b, f, c) + hw]) * (dzn - dz);
+      }
+    }
+    dg_s[(slice * 2 + 0) * kDaLanes + lane] = dg0;
+    dg_s[(slice * 2 + 1) * kDaLanes + lane] = dg1;
+    __syncthreads();
+    if (tid < 2 * kHaloPixels) {
+      const int k = tid / kHaloPixels, hp = tid % kHaloPixels;
+      const int64_t hh = bw.h0 + hp / kHaloW - 1, ww = bw.w0 + hp % kHaloW - 1;
+      acc_t da = acc_t(0);
+      if (hh >= 0 && hh < n.H && ww >= 0 && ww < n.W) {
+        acc_t dg = acc_t(0);
+        for (int sl = 0; sl < kDaSlices; ++sl) {
+          dg += dg_s[(sl * 2 + k) * kDaLanes + hp];
+        }
+        const acc_t g = p.gates[((bw.b * n.T + f) * 2 + k) * HW + hh * n.W + ww];
+        da = dg * (acc_t(1) - g * g);
+      }
+      da_s[((f % 3) * 2 + k) * kHaloPixels + hp] = da;
+    }
+    __syncthreads();
+    // dbias: da over the tile's own pixels and frames, summed in pixel order.
+    if (f >= bw.t0 && f < bw.t1 && tid < 2) {
+      acc_t sum = acc_t(0);
+      for (int pix = 0; pix < kTilePixels; ++pix) {
+        sum += da_s[((f % 3) * 2 + tid) * kHaloPixels + (pix / kTileW + 1) * kHaloW + pix % kTileW + 1];
+      }
+      dbias[tid] += sum;
+    }
+  };
+
+  // dx, and the parameter gradients' partial sums, of frame t.
+  const auto backward_frame = [&](int64_t t) {
+    if (tid < 2 * kTilePixels) {
+      const int k = tid / kTilePixels, pix = tid % kTilePixels;
+      const int64_t h = bw.h0 + pix / kTileW, w = bw.w0 + pix % kTileW;
+      gate_s[tid] = h < n.H && w < n.W ? p.gates[((bw.b * n.T + t) * 2 + k) * HW + h * n.W + w] : acc_t(0);
+    }
+    const int pg = tid % kPixelGroups, cl = tid / kPixelGroups;
+    for (int64_t c0 = 0; c0 < n.C; c0 += kChannelLanes) {
+      // Stage x, dz and the neighbour frame's dz of kChannelLanes channels, coalesced.
+      // (Not unrolled: eight iterations of loads in flight cost 40 registers.)
+#pragma unroll 1
+      for (int e = tid; e < kChannelLanes * kTilePixels; e += kThreads) {
+        const int cc = e / kTilePixels, pix = e % kTilePixels;
+        const int64_t c = c0 + cc, h = bw.h0 + pix / kTileW, w = bw.w0 + pix % kTileW;
+        acc_t xv = acc_t(0), dz = acc_t(0), dzn = acc_t(0);
+        if (c < n.C && h < n.H && w < n.W) {
+          const int64_t hw = h * n.W + w;
+          if (c < n.P) {
+            const int64_t oc = output_channel(c, n.P, n.interleaved);
+            const int64_t tn = c < half ? t - 1 : t + 1;
+            xv = static_cast<acc_t>(p.x[p.xs.plane(bw.b, t, c) + hw]);
+            dz = static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, t, oc) + hw]);
+            if (tn >= 0 && tn < n.T) {
+              dzn = static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, tn, oc) + hw]);
+            }
+          } else {
+            dz = static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, t, c) + hw]);
+          }
+        }
+        x_s[cc * kStageStride + pix] = xv;
+        dz_s[cc * kStageStride + pix] = dz;
+        dzn_s[cc * kStageStride + pix] = dzn;
+      }
+      __syncthreads();
+
+      const int64_t c = c0 + cl;
+      acc_t dw[27];
+#pragma unroll
+      for (int e = 0; e < 27; ++e) {
+        dw[e] = acc_t(0);
+      }
+      acc_t dsc = acc_t(0), dsh = acc_t(0);
+      if (c < n.P) {
+        const int k = c < half ? 0 : 1;
+        acc_t wt[27];
+#pragma unroll
+        for (int e = 0; e < 27; ++e) {
+          wt[e] = static_cast<acc_t>(p.weight[c * 27 + e]);
+        }
+        const acc_t sc = affine ? static_cast<acc_t>(p.scale[c]) : acc_t(1);
+        const acc_t sh = affine ? static_cast<acc_t>(p.shift[c]) : acc_t(0);
+#pragma unroll 1
+        for (int pix = pg; pix < kTilePixels; pix += kPixelGroups) {
+          const int py = pix / kTileW, px = pix % kTileW;
+          if (bw.h0 + py >= n.H || bw.w0 + px >= n.W) {
+            continue;
+          }
+          const acc_t xv = x_s[cl * kStageStride + pix];
+          const acc_t u = affine ? relu(sc * xv + sh) : xv;
+          acc_t du = acc_t(0);
+          // Tap (i, j, l) links u at (t, h, w) with da at (t - i + 1, h - j + 1, w - l + 1).
+#pragma unroll
+          for (int i = 0; i < 3; ++i) {
+            const int64_t f = t - i + 1;
+            if (f < 0 || f >= n.T) {
+              continue;
+            }
+            const acc_t* d = da_s + ((f % 3) * 2 + k) * kHaloPixels + (py + 2) * kHaloW + (px + 2);
+#pragma unroll
+            for (int j = 0; j < 3; ++j)
+#pragma unroll
+              for (int l = 0; l < 3; ++l) {
+                const acc_t dv = d[-j * kHaloW - l];
+                du += wt[i * 9 + j * 3 + l] * dv;
+                dw[i * 9 + j * 3 + l] += u * dv;
+              }
+          }
+          const acc_t g = gate_s[k * kTilePixels + pix];
+          acc_t dx = (acc_t(1) - g) * dz_s[cl * kStageStride + pix] + g * dzn_s[cl * kStageStride + pix];
+          if (affine) {
+            // ReLU passes du where its input was positive; the affine scales it.
+            const acc_t dum = sc * xv + sh > acc_t(0) ? du : acc_t(0);
+            dx += dum * sc;
+            dsc += dum * xv;
+            dsh += dum;
+          } else {
+            dx += du;
+          }
+          x_s[cl * kStageStride + pix] = dx;  // this thread's own slot: dx, staged for the store
+        }
+      } else if (c < n.C) {  // pass-through channel: dx = dz
+        for (int pix = pg; pix < kTilePixels; pix += kPixelGroups) {
+          x_s[cl * kStageStride + pix] = dz_s[cl * kStageStride + pix];
+        }
+      }
+      if (c0 < n.P) {  // block-uniform: every lane of every warp takes part in the shuffles
+#pragma unroll
+        for (int e = 0; e < 27; ++e) {
+          dw[e] = sum_over_pixel_groups(dw[e]);
+        }
+        dsc = sum_over_pixel_groups(dsc);
+        dsh = sum_over_pixel_groups(dsh);
+        if (pg == 0 && c < n.P) {  // one owner per channel: no atomics
+#pragma unroll
+          for (int e = 0; e < 27; ++e) {
+            partial[c * 27 + e] += dw[e];
+          }
+          dscale[c] += dsc;
+          dshift[c] += dsh;
+        }
+      }
+      __syncthreads();
+#pragma unroll 1
+      for (int e = tid; e < kChannelLanes * kTilePixels; e += kThreads) {
+        const int cc = e / kTilePixels, pix = e % kTilePixels;
+        const int64_t cg = c0 + cc, h = bw.h0 + pix / kTileW, w = bw.w0 + pix % kTileW;
+        if (cg < n.C && h < n.H && w < n.W) {
+          p.grad_x[p.gxs.plane(bw.b, t, cg) + h * n.W + w] = static_cast<scalar_t>(x_s[cc * kStageStride + pix]);
+        }
+      }
+      __syncthreads();
+    }
+  };
+
+  // dx at frame t needs da at t - 1 .. t + 1: keep da one frame ahead.
+  int64_t next_da = max_of<int64_t>(bw.t0 - 1, 0);
+  for (int64_t t = bw.t0; t < bw.t1; ++t) {
+    for (; next_da <= min_of(t + 1, n.T - 1); ++next_da) {
+      compute_da_frame(next_da);
+    }
+    backward_frame(t);
+  }
+}
+
+// Sums the per-block partials in block order (bitwise reproducible) into the
+// parameter gradients, one thread per parameter.
+template <typename scalar_t>
+GATESHIFT_GLOBAL void __launch_bounds__(kThreads) sum_partials_kernel(
+    const acc_type<scalar_t>* partials,
+    int64_t blocks,
+    int64_t P,
+    scalar_t* grad_weight,
+    scalar_t* grad_bias,
+    scalar_t* grad_scale,  // null without the BN affine
+    scalar_t* grad_shift) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t stride = partial_stride(P);
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (j >= stride) {
+    return;
+  }
+  acc_t sum = acc_t(0);
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    sum += partials[blk * stride + j];
+  }
+  const scalar_t v = static_cast<scalar_t>(sum);
+  if (j < P * 27) {
+    grad_weight[j] = v;
+  } else if (j < P * 27 + 2) {
+    grad_bias[j - P * 27] = v;
+  } else if (j < P * 27 + 2 + P) {
+    if (grad_scale != nullptr) {
+      grad_scale[j - P * 27 - 2] = v;
+    }
+  } else if (grad_shift != nullptr) {
+    grad_shift[j - P * 27 - 2 - P] = v;
+  }
+}
+
+}  // namespace gateshift::cuda

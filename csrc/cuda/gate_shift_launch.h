@@ -1,0 +1,157 @@
+// From tensors to kernel launches, once for the real CUDA backend
+// (gate_shift_cuda.cu) and the CPU emulator (emulator/gate_shift_emulated.cpp).
+//
+// A Backend provides
+//   at::Tensor empty(at::IntArrayRef sizes, at::TensorOptions)  device memory
+//   at::Tensor empty_like(const at::Tensor&)                     (at::empty_like's strides)
+//   int64_t num_sms()                                            multiprocessors
+//   void launch(kernel, int64_t blocks, int threads, size_t shared_bytes, params...)
+// so both run the same checks, layouts, launch configuration and kernels.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <c10/util/Exception.h>
+
+#include <limits>
+#include <optional>
+#include <tuple>
+
+#include "../gate_shift_checks.h"
+#include "gate_shift_kernel.cuh"
+#include "launch_config.h"
+
+namespace gateshift::cuda {
+
+inline Strides strides_of(const at::Tensor& t) {
+  return Strides{t.stride(0), t.stride(1), t.stride(2)};
+}
+
+template <typename scalar_t>
+const scalar_t* data_or_null(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->const_data_ptr<scalar_t>() : nullptr;
+}
+
+inline void check_grid(const LaunchConfig& config) {
+  TORCH_CHECK(
+      config.blocks <= std::numeric_limits<int32_t>::max(),
+      "gate_shift: the input needs ", config.blocks, " thread blocks, more than a CUDA grid holds");
+}
+
+inline GridShape grid_shape(const LaunchConfig& c) {
+  return GridShape{c.tiles(), c.tiles_w, c.chunks, c.frames_per_chunk};
+}
+
+template <typename Backend>
+std::tuple<at::Tensor, at::Tensor> gate_shift_forward(
+    Backend& backend,
+    const at::Tensor& x_in,
+    const at::Tensor& weight_in,
+    const std::optional<at::Tensor>& bias_in,
+    const std::optional<at::Tensor>& bn_scale_in,
+    const std::optional<at::Tensor>& bn_shift_in,
+    int64_t channels,
+    bool interleaved) {
+  const GateShiftSizes s =
+      check_forward_args(x_in, weight_in, bias_in, bn_scale_in, bn_shift_in, channels, interleaved);
+  const at::Tensor x = with_contiguous_planes(x_in);
+  const at::Tensor weight = weight_in.contiguous();
+  const auto contiguous = [](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
+    return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
+  };
+  const std::optional<at::Tensor> bias = contiguous(bias_in), bn_scale = contiguous(bn_scale_in),
+                                  bn_shift = contiguous(bn_shift_in);
+  at::Tensor out = backend.empty_like(x);
+  at::Tensor gates = backend.empty(
+      {s.batch, s.frames, 2, s.height, s.width},
+      x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+  if (x.numel() == 0) {
+    return {out, gates};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gate_shift_forward_cuda", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const LaunchConfig config =
+        make_launch_config(s.batch, s.frames, s.height, s.width, s.gated, backend.num_sms(), sizeof(acc_t));
+    check_grid(config);
+    ForwardParams<scalar_t> p;
+    p.n = Sizes{s.batch, s.frames, s.channels, s.height, s.width, s.gated, interleaved};
+    p.grid = grid_shape(config);
+    p.x = x.const_data_ptr<scalar_t>();
+    p.xs = strides_of(x);
+    p.out = out.mutable_data_ptr<scalar_t>();
+    p.os = strides_of(out);
+    p.gates = gates.mutable_data_ptr<acc_t>();
+    p.weight = weight.const_data_ptr<scalar_t>();
+    p.bias = data_or_null<scalar_t>(bias);
+    p.scale = data_or_null<scalar_t>(bn_scale);
+    p.shift = data_or_null<scalar_t>(bn_shift);
+    backend.launch(gate_shift_forward_kernel<scalar_t>, config.blocks, kThreads, config.forward_shared, p);
+  });
+  return {out, gates};
+}
+
+template <typename Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gate_shift_backward(
+    Backend& backend,
+    const at::Tensor& grad_out_in,
+    const at::Tensor& x_in,
+    const at::Tensor& gates_in,
+    const at::Tensor& weight_in,
+    const std::optional<at::Tensor>& bn_scale_in,
+    const std::optional<at::Tensor>& bn_shift_in,
+    int64_t channels,
+    bool interleaved) {
+  const GateShiftSizes s = check_backward_args(
+      grad_out_in, x_in, gates_in, weight_in, bn_scale_in, bn_shift_in, channels, interleaved);
+  const at::Tensor x = with_contiguous_planes(x_in);
+  const at::Tensor grad_out = with_contiguous_planes(grad_out_in);
+  const at::Tensor gates = gates_in.contiguous();
+  const at::Tensor weight = weight_in.contiguous();
+  const bool affine = bn_scale_in.has_value();
+  const at::Tensor bn_scale = affine ? bn_scale_in->contiguous() : at::Tensor();
+  const at::Tensor bn_shift = affine ? bn_shift_in->contiguous() : at::Tensor();
+  const int64_t P = s.gated;
+
+  at::Tensor grad_x = backend.empty_like(x);
+  at::Tensor grad_weight = backend.empty(weight.sizes(), weight.options());
+  at::Tensor grad_bias = backend.empty({2}, weight.options());
+  at::Tensor grad_scale = backend.empty({affine ? P : 0}, weight.options());
+  at::Tensor grad_shift = backend.empty({affine ? P : 0}, weight.options());
+  if (x.numel() == 0) {  // nothing to sum: the parameter gradients are zero
+    for (at::Tensor* t : {&grad_weight, &grad_bias, &grad_scale, &grad_shift}) {
+      t->zero_();
+    }
+    return {grad_x, grad_weight, grad_bias, grad_scale, grad_shift};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gate_shift_backward_cuda", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const LaunchConfig config =
+        make_launch_config(s.batch, s.frames, s.height, s.width, P, backend.num_sms(), sizeof(acc_t));
+    check_grid(config);
+    at::Tensor partials =
+        backend.empty({config.blocks, partial_stride(P)}, x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+    BackwardParams<scalar_t> p;
+    p.n = Sizes{s.batch, s.frames, s.channels, s.height, s.width, P, interleaved};
+    p.grid = grid_shape(config);
+    p.grad_out = grad_out.const_data_ptr<scalar_t>();
+    p.gos = strides_of(grad_out);
+    p.x = x.const_data_ptr<scalar_t>();
+    p.xs = strides_of(x);
+    p.gates = gates.const_data_ptr<acc_t>();
+    p.weight = weight.const_data_ptr<scalar_t>();
+    p.scale = affine ? bn_scale.const_data_ptr<scalar_t>() : nullptr;
+    p.shift = affine ? bn_shift.const_data_ptr<scalar_t>() : nullptr;
+    p.grad_x = grad_x.mutable_data_ptr<scalar_t>();
+    p.gxs = strides_of(grad_x);
+    p.partials = partials.mutable_data_ptr<acc_t>();
+    backend.launch(gate_shift_backward_kernel<scalar_t>, config.blocks, kThreads, config.backward_shared, p);
+    backend.launch(
+        sum_partials_kernel<scalar_t>, config.finish_blocks, kThreads, 0,
+        static_cast<const acc_t*>(p.partials), config.blocks, P, grad_weight.mutable_data_ptr<scalar_t>(),
+        grad_bias.mutable_data_ptr<scalar_t>(), affine ? grad_scale.mutable_data_ptr<scalar_t>() : nullptr,
+        affine ? grad_shift.mutable_data_ptr<scalar_t>() : nullptr);
+  });
+  return {grad_x, grad_weight, grad_bias, grad_scale, grad_shift};
+}
+
+}  // namespace gateshift::cuda

@@ -1,0 +1,94 @@
+// Launch configuration of the Gate-Shift CUDA kernels, computed in ONE place for
+// the real launcher (gate_shift_cuda.cu) and the CPU emulator, so that the
+// emulated launch cannot drift from the real one. Plain C++: no CUDA headers.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+namespace gateshift::cuda {
+
+// A block owns one clip, one 8 x 8 tile of (H, W) and a run of frames. Small
+// tiles keep a block's working set (a few frames of the tile and its halo, all
+// channels) small enough to stay in L2 between the reads of the same data.
+constexpr int kTileH = 8;
+constexpr int kTileW = 8;
+constexpr int kTilePixels = kTileH * kTileW;
+constexpr int kHaloH = kTileH + 2;  // the 3x3 convolutions need one more pixel on each side
+constexpr int kHaloW = kTileW + 2;
+constexpr int kHaloPixels = kHaloH * kHaloW;
+constexpr int kThreads = 256;
+
+// Forward: 16 pixel lanes (each a strip of 4 pixels of a tile row) x 16 channel slices.
+constexpr int kStrip = 4;
+constexpr int kPixelLanes = kTilePixels / kStrip;
+constexpr int kSlices = kThreads / kPixelLanes;
+constexpr int kForwardChunk = 32;  // channels of u staged in shared memory at once
+constexpr int kWeightStride = 28;  // 27 taps, padded
+
+// Backward, gradient of the gates (da): 128 halo-pixel lanes x 2 channel slices.
+constexpr int kDaLanes = 128;
+constexpr int kDaSlices = kThreads / kDaLanes;
+// Backward, dx and the parameter gradients: 32 channel lanes x 8 pixel groups, the
+// pixel group fastest, so that the 8 partial sums of a channel sit in 8 adjacent
+// lanes of one warp and are combined with shuffles.
+constexpr int kPixelGroups = 8;
+constexpr int kChannelLanes = kThreads / kPixelGroups;
+// Row stride of the staged (channel, pixel) tiles: a warp reads 4 channels x 8
+// pixels, and 72 = 8 (mod 32) puts those 32 reads in 32 different banks.
+constexpr int kStageStride = 72;
+
+
+// Per-block partial sums of the parameter gradients, in the accumulation dtype:
+// [dweight (P * 27) | dbias (2) | dbn_scale (P) | dbn_shift (P)].
+constexpr int64_t partial_stride(int64_t gated_channels) {  // constexpr: usable in device code
+  return gated_channels * 27 + 2 + 2 * gated_channels;
+}
+
+struct LaunchConfig {
+  int64_t tiles_h, tiles_w;    // tiles covering a plane
+  int64_t frames_per_chunk;    // frames of a clip one block owns
+  int64_t chunks;              // runs of frames per clip
+  int64_t blocks;              // clips x chunks x tiles, a 1-D grid
+  std::size_t forward_shared;  // bytes of dynamic shared memory
+  std::size_t backward_shared;
+  int64_t finish_blocks;  // grid of the kernel that sums the per-block partials
+
+  int64_t tiles() const {
+    return tiles_h * tiles_w;
+  }
+};
+
+// acc_bytes: sizeof the accumulation type (4 for float and half types, 8 for double).
+// num_sms: multiprocessors of the device; the emulator passes its own count.
+inline LaunchConfig make_launch_config(
+    int64_t B, int64_t T, int64_t H, int64_t W, int64_t P, int64_t num_sms, std::size_t acc_bytes) {
+  LaunchConfig c{};
+  c.tiles_h = (H + kTileH - 1) / kTileH;
+  c.tiles_w = (W + kTileW - 1) / kTileW;
+  // Late layers (7 x 7 planes: one tile) would leave a grid of B blocks, too few
+  // to fill the device: cut clips into runs of frames until there are about two
+  // blocks per multiprocessor. A run recomputes the gates of the frames on either
+  // side of it, so whole clips are kept whenever the grid is large enough.
+  const int64_t per_chunk = std::max<int64_t>(1, B * c.tiles());
+  const int64_t wanted = (2 * std::max<int64_t>(num_sms, 1) + per_chunk - 1) / per_chunk;
+  const int64_t chunks = std::clamp<int64_t>(wanted, 1, std::max<int64_t>(T, 1));
+  c.frames_per_chunk = (T + chunks - 1) / chunks;
+  c.chunks = (T + c.frames_per_chunk - 1) / std::max<int64_t>(c.frames_per_chunk, 1);
+  c.blocks = B * c.chunks * c.tiles();
+  c.forward_shared = acc_bytes *
+      (kForwardChunk * kHaloPixels          // u of a channel chunk, tile + halo
+       + kForwardChunk * kWeightStride      // its gating weights
+       + kSlices * 2 * kTilePixels          // per-slice partial gate sums
+       + 3 * 2 * kTilePixels);              // finished gates, a ring of three frames
+  c.backward_shared = acc_bytes *
+      (3 * 2 * kHaloPixels                  // da, a ring of three frames, tile + halo
+       + kDaSlices * 2 * kDaLanes           // per-slice partial dg sums
+       + 2 * kTilePixels                    // gates of the current frame
+       + 3 * kChannelLanes * kStageStride); // staged x, dz and the neighbour frame's dz
+  c.finish_blocks = (partial_stride(P) + kThreads - 1) / kThreads;
+  return c;
+}
+
+}  // namespace gateshift::cuda

@@ -1,0 +1,1 @@
+"""Testing utilities of gateshift: the CPU emulator of the CUDA kernels."""
