@@ -229,6 +229,9 @@ def benchmark_case(
     profile_dir: str | None = None,
 ) -> list[Record]:
     gen = torch.Generator().manual_seed(seed)
+    # Every case compiles the same forward code anew; without a reset dynamo would
+    # reach its recompile limit after a few shapes and silently run eager.
+    torch._dynamo.reset()
     published = spec.published(shape.channels, shape.frames)
     _randomise_gsm(published, gen)
     models = {}

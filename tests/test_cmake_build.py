@@ -32,14 +32,21 @@ expected = reference.gate_shift(x.flatten(0, 1), w, b, num_segments=4, bn_scale=
 torch.testing.assert_close(out.flatten(0, 1), expected)
 mean, var = torch.ops.gateshift.batch_stats(x, 8)
 torch.testing.assert_close(var, x.var(dim=(0, 1, 3, 4), correction=0))
+if sys.argv[4] == "1":
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("gateshift::gate_shift_forward", "CUDA"), "no CUDA kernels"
 print("ok")
 """
+# CI builds the CMake library with GATESHIFT_WITH_CUDA=ON and says so here.
+WITH_CUDA = os.environ.get("GATESHIFT_CMAKE_WITH_CUDA", "0")
 
 
 @pytest.mark.skipif(LIBRARY is None, reason="GATESHIFT_CMAKE_LIBRARY not set (CI sets it after the CMake build)")
 def test_cmake_library_loads_and_computes(gen):
     seed = str(gen.initial_seed())
     run = subprocess.run(
-        [sys.executable, "-c", CHECK, LIBRARY, str(REFERENCE), seed], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", CHECK, LIBRARY, str(REFERENCE), seed, WITH_CUDA],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stdout + run.stderr
