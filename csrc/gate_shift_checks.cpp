@@ -16,15 +16,29 @@ at::ScalarType accumulation_dtype(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// allow_accumulation_dtype: the folded BatchNorm affine may also come in float32
+// for half-precision x, so that its gradients (sums over B*T*H*W elements) are
+// not rounded to half precision before they reach the batch statistics.
 void check_parameter(
-    const at::Tensor& p, const char* name, at::IntArrayRef expected_shape, const at::Tensor& x) {
+    const at::Tensor& p,
+    const char* name,
+    at::IntArrayRef expected_shape,
+    const at::Tensor& x,
+    bool allow_accumulation_dtype = false) {
   TORCH_CHECK_VALUE(
       p.sizes() == expected_shape,
       "gate_shift: ", name, " must have shape ", expected_shape, ", got ", p.sizes());
-  TORCH_CHECK_TYPE(
-      p.scalar_type() == x.scalar_type(),
-      "gate_shift: ", name, " must have the dtype of x (", x.scalar_type(), "), got ",
-      p.scalar_type());
+  if (allow_accumulation_dtype) {
+    TORCH_CHECK_TYPE(
+        p.scalar_type() == x.scalar_type() || p.scalar_type() == accumulation_dtype(x.scalar_type()),
+        "gate_shift: ", name, " must have the dtype of x (", x.scalar_type(), ") or ",
+        accumulation_dtype(x.scalar_type()), ", got ", p.scalar_type());
+  } else {
+    TORCH_CHECK_TYPE(
+        p.scalar_type() == x.scalar_type(),
+        "gate_shift: ", name, " must have the dtype of x (", x.scalar_type(), "), got ",
+        p.scalar_type());
+  }
   TORCH_CHECK_VALUE(
       p.device() == x.device(),
       "gate_shift: ", name, " must be on the device of x (", x.device(), "), got ", p.device());
@@ -56,8 +70,11 @@ GateShiftSizes check_common(
       bn_scale.has_value() == bn_shift.has_value(),
       "gate_shift: bn_scale and bn_shift must be given together");
   if (bn_scale.has_value()) {
-    check_parameter(*bn_scale, "bn_scale", {channels}, x);
-    check_parameter(*bn_shift, "bn_shift", {channels}, x);
+    check_parameter(*bn_scale, "bn_scale", {channels}, x, /*allow_accumulation_dtype=*/true);
+    check_parameter(*bn_shift, "bn_shift", {channels}, x, /*allow_accumulation_dtype=*/true);
+    TORCH_CHECK_TYPE(
+        bn_scale->scalar_type() == bn_shift->scalar_type(), "gate_shift: bn_scale (",
+        bn_scale->scalar_type(), ") and bn_shift (", bn_shift->scalar_type(), ") must have the same dtype");
   }
   return s;
 }

@@ -48,8 +48,9 @@ def _gate_shift_backward_fake(grad_out, x, gates, weight, bn_scale, bn_shift, ch
     grad_x = torch.empty_like(with_contiguous_planes(x))
     grad_weight = weight.new_empty(weight.shape)
     grad_bias = weight.new_empty((2,))
-    n = channels if bn_scale is not None else 0
-    return grad_x, grad_weight, grad_bias, weight.new_empty((n,)), weight.new_empty((n,))
+    if bn_scale is None:
+        return grad_x, grad_weight, grad_bias, weight.new_empty((0,)), weight.new_empty((0,))
+    return grad_x, grad_weight, grad_bias, bn_scale.new_empty((channels,)), bn_shift.new_empty((channels,))
 
 
 def _batch_stats_fake(x, channels):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._ops import ops
+from ._ops import accumulation_dtype, ops
 
 __all__ = ["gate_shift"]
 
@@ -42,6 +42,8 @@ def gate_shift(
             ``x.shape[2]`` for ``"BCTHW"``.
         bn_scale, bn_shift: ``(P,)`` each, or both ``None``. The gate input is
             ``relu(bn_scale * x + bn_shift)`` (a folded BatchNorm), else ``x``.
+            In ``x``'s dtype, or float32 when ``x`` is float16/bfloat16 (what
+            :class:`gateshift.GSM` passes: their gradients then stay float32).
         channels: ``P``, the number of gated channels (even, ``<= C``); channels
             ``P..C-1`` pass through. ``None`` means ``C``.
         channel_order: ``"interleaved"`` (the published GSM module's order, needs
@@ -114,13 +116,16 @@ def _check_int(name: str, value, minimum: int) -> None:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
-def _check_tensor(name: str, t, shape: tuple, x: Tensor) -> None:
+def _check_tensor(name: str, t, shape: tuple, x: Tensor, dtypes: tuple | None = None) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
-    if t.dtype != x.dtype:
+    if dtypes is None and t.dtype != x.dtype:
         raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {t.dtype}")
+    if dtypes is not None and t.dtype not in dtypes:
+        allowed = " or ".join(str(d) for d in dict.fromkeys(dtypes))
+        raise TypeError(f"{name} must be {allowed} for x of dtype {x.dtype}, got {t.dtype}")
     if t.device != x.device:
         raise ValueError(f"{name} must be on the device of x ({x.device}), got {t.device}")
 
@@ -146,6 +151,11 @@ def _check_args(x, c, weight, bias, bn_scale, bn_shift, channels, channel_order)
     if (bn_scale is None) != (bn_shift is None):
         raise ValueError("bn_scale and bn_shift must be given together (or both be None)")
     if bn_scale is not None:
-        _check_tensor("bn_scale", bn_scale, (p,), x)
-        _check_tensor("bn_shift", bn_shift, (p,), x)
+        # The folded BN affine may be float32 for half-precision x: its gradients,
+        # sums over all of B*T*H*W, then stay in float32 too.
+        affine_dtypes = (x.dtype, accumulation_dtype(x.dtype))
+        _check_tensor("bn_scale", bn_scale, (p,), x, affine_dtypes)
+        _check_tensor("bn_shift", bn_shift, (p,), x, affine_dtypes)
+        if bn_scale.dtype != bn_shift.dtype:
+            raise TypeError(f"bn_scale ({bn_scale.dtype}) and bn_shift ({bn_shift.dtype}) must have the same dtype")
     return p

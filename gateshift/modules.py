@@ -31,7 +31,10 @@ def folded_batch_norm(
     bn: nn.modules.batchnorm._BatchNorm, x5: Tensor, channels: int
 ) -> tuple[Tensor, Tensor]:
     """BatchNorm of the first ``channels`` channels of ``x5`` ``(B, T, C, H, W)`` as a
-    per-channel affine ``(scale, shift)``, each ``(channels,)`` in ``x5``'s dtype.
+    per-channel affine ``(scale, shift)``, each ``(channels,)`` in the accumulation
+    dtype (float32, or float64 for float64 ``x5``): rounding them to half precision
+    would round the BN's gradient before the batch statistics' backward cancels
+    most of it.
 
     Semantics are ``bn``'s exactly: in training (or without running statistics) the
     batch mean and biased variance over ``(B, T, H, W)`` normalise, and the running
@@ -67,7 +70,8 @@ def folded_batch_norm(
     shift = -mean * scale
     if bn.bias is not None:
         shift = shift + bn.bias
-    return scale.to(x5.dtype), shift.to(x5.dtype)
+    acc = accumulation_dtype(x5.dtype)
+    return scale.to(acc), shift.to(acc)
 
 
 class GSM(nn.Module):

@@ -143,3 +143,23 @@ def test_default_channels_and_order_are_the_published_modules(gen):
     out = gateshift.gate_shift(x, weight, bias, num_segments=3, bn_scale=scale, bn_shift=shift)
     expected = reference.gate_shift(x, weight, bias, num_segments=3, bn_scale=scale, bn_shift=shift, channels=8)
     torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("impl", ["cpu", "cuda_emulator"])
+def test_float32_affine_for_half_precision_input(dtype, impl, gen):
+    # The GSM module passes its folded BatchNorm in float32: the affine's gradients
+    # (sums over B*T*H*W) must come back in float32, not rounded to half precision.
+    from gateshift.testing import cuda_emulator
+
+    fn = gateshift.gate_shift if impl == "cpu" else cuda_emulator.gate_shift
+    case = Case(2, 3, 8, 4, 5)
+    x, weight, bias, scale, shift = make_inputs(case, gen)
+    inputs = [x.to(dtype), weight.to(dtype), bias.to(dtype), scale.float(), shift.float()]
+    grad_out = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    out, grads = run_with_grads(fn, case, inputs, grad_out.to(dtype))
+    assert out.dtype == dtype
+    assert [g.dtype for g in grads] == [dtype, dtype, dtype, torch.float32, torch.float32]
+    out64, grads64 = run_with_grads(reference.gate_shift, case, [t.double() for t in inputs], grad_out)
+    for g, g64 in zip(grads[3:], grads64[3:]):  # float32 sums: well within half precision's error
+        torch.testing.assert_close(g.double(), g64, rtol=2e-2, atol=2e-2 * g64.abs().max().item())

@@ -114,7 +114,16 @@ def test_batch_norm_options(bn_options, training, gen):
             torch.testing.assert_close(b2, b1)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def relu_input(published: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The BatchNorm output (ReLU input) of the published module in training mode, in float64."""
+    bn, t = published.bn, published.num_segments
+    x5 = x.double().unflatten(0, (-1, t)).transpose(1, 2)
+    var, mean = torch.var_mean(x5, dim=(0, 2, 3, 4), correction=0, keepdim=True)
+    w, b = bn.weight.double().view(1, -1, 1, 1, 1), bn.bias.double().view(1, -1, 1, 1, 1)
+    return ((x5 - mean) * torch.rsqrt(var + bn.eps) * w + b).transpose(1, 2).flatten(0, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_low_precision_training_step(dtype, gen):
     published, fused = pair(16, 4, gen, dtype=torch.float64)
     x = features(gen, 2, 4, 16, 6, 6)
@@ -126,15 +135,22 @@ def test_low_precision_training_step(dtype, gen):
     for out in outs:
         out.backward(g.to(out.dtype))
     exact, ref_lp, ours = outs
-    tol = dict(rtol=0, atol=1e-4) if dtype == torch.float32 else None
-    for name, a, r in [("out", ours, ref_lp), ("grad x", xf.grad, xlp.grad)]:
-        e = exact.detach() if name == "out" else x64.grad
-        err = (a.double() - e).abs().max().item()
-        if tol:
-            assert err <= tol["atol"] * max(1.0, e.abs().max().item()), f"{name}: {err}"
+    # Where the BN output is within a few units of `dtype` of zero, rounding x may
+    # flip the ReLU's mask, in the reference as in ours, and move the gradient of that
+    # one element by its whole du: such elements are not compared.
+    eps = torch.finfo(dtype).eps
+    pre = relu_input(published, x)
+    away = pre.abs() > 4 * eps * (pre.abs().max() + 1)
+    for name, a, r, e, mask in [
+        ("out", ours, ref_lp, exact, torch.ones_like(away)),
+        ("grad x", xf.grad, xlp.grad, x64.grad, away),
+    ]:
+        err = ((a.double() - e.detach()).abs() * mask).max().item()
+        if dtype == torch.float32:
+            assert err <= 1e-4 * max(1.0, e.abs().max().item()), f"{name}: {err}"
         else:
-            ref_err = (r.double() - e).abs().max().item()
-            assert err <= 2 * ref_err + 1e-3 * e.abs().max().item(), f"{name}: {err} vs reference's {ref_err}"
+            ref_err = ((r.double() - e.detach()).abs() * mask).max().item()
+            assert err <= 2 * ref_err + eps * e.abs().max().item(), f"{name}: {err} vs reference's {ref_err}"
 
 
 def test_extra_channels_pass_through(gen):

@@ -237,9 +237,14 @@ Problem<scalar_t> make_problem(
     p.bias[0] = b[0];
     p.bias[1] = b[1];
   }
-  if (bn_scale.has_value()) {
-    p.scale = to_acc(*bn_scale);
-    p.shift = to_acc(*bn_shift);
+  if (bn_scale.has_value()) {  // x's dtype or already the accumulation dtype
+    const at::ScalarType acc = c10::CppTypeToScalarType<acc_t>::value;
+    const auto acc_vector = [&](const at::Tensor& t) {
+      const at::Tensor c = t.to(acc).contiguous();
+      return std::vector<acc_t>(c.const_data_ptr<acc_t>(), c.const_data_ptr<acc_t>() + c.numel());
+    };
+    p.scale = acc_vector(*bn_scale);
+    p.shift = acc_vector(*bn_shift);
   }
   // About one task per thread: whole clips when there are enough of them,
   // otherwise clips cut into runs of frames.
@@ -681,8 +686,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gate_shif
   const at::Tensor grad_bias = take(P * kTaps, 2);
   at::Tensor grad_scale, grad_shift;
   if (bn_scale.has_value()) {
-    grad_scale = take(P * kTaps + 2, P);
-    grad_shift = take(P * kTaps + 2 + P, P);
+    // In bn_scale's dtype: float32 stays float32 for half-precision x.
+    grad_scale = totals.narrow(0, P * kTaps + 2, P).to(bn_scale->scalar_type(), false, /*copy=*/true);
+    grad_shift = totals.narrow(0, P * kTaps + 2 + P, P).to(bn_shift->scalar_type(), false, /*copy=*/true);
   } else {
     grad_scale = at::empty({0}, weight.options());
     grad_shift = at::empty({0}, weight.options());

@@ -144,8 +144,8 @@ struct ForwardParams {
   acc_t* gates;  // (B, T, 2, H, W)
   const scalar_t* weight;  // (2, P/2, 3, 3, 3)
   const scalar_t* bias;    // (2) or null
-  const scalar_t* scale;   // (P) or null
-  const scalar_t* shift;   // (P) or null
+  const acc_t* scale;      // (P) or null, converted to the accumulation type by the launcher
+  const acc_t* shift;      // (P) or null
 };
 
 template <typename scalar_t>
@@ -159,8 +159,8 @@ struct BackwardParams {
   Strides xs;
   const acc_t* gates;
   const scalar_t* weight;
-  const scalar_t* scale;
-  const scalar_t* shift;
+  const acc_t* scale;  // (P) or null
+  const acc_t* shift;
   scalar_t* grad_x;
   Strides gxs;
   acc_t* partials;  // (blocks, partial_stride(P)), see launch_config.h
@@ -272,7 +272,7 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads, 1) gate_shift_forward_kernel(c
           if (h >= 0 && h < n.H && w >= 0 && w < n.W) {
             const int64_t c = c0 + cc;
             const acc_t xv = static_cast<acc_t>(p.x[p.xs.plane(bw.b, s, c) + h * n.W + w]);
-            v = affine ? relu(static_cast<acc_t>(p.scale[c]) * xv + static_cast<acc_t>(p.shift[c])) : xv;
+            v = affine ? relu(p.scale[c] * xv + p.shift[c]) : xv;
           }
           u_s[e] = v;
         }
@@ -467,8 +467,8 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) gate_shift_backward_kernel(con
         for (int e = 0; e < 27; ++e) {
           wt[e] = static_cast<acc_t>(p.weight[c * 27 + e]);
         }
-        const acc_t sc = affine ? static_cast<acc_t>(p.scale[c]) : acc_t(1);
-        const acc_t sh = affine ? static_cast<acc_t>(p.shift[c]) : acc_t(0);
+        const acc_t sc = affine ? p.scale[c] : acc_t(1);
+        const acc_t sh = affine ? p.shift[c] : acc_t(0);
 #pragma unroll 1
         for (int pix = pg; pix < kTilePixels; pix += kPixelGroups) {
           const int py = pix / kTileW, px = pix % kTileW;
@@ -553,16 +553,17 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) gate_shift_backward_kernel(con
 }
 
 // Sums the per-block partials in block order (bitwise reproducible) into the
-// parameter gradients, one thread per parameter.
-template <typename scalar_t>
+// parameter gradients, one thread per parameter. The BN affine's gradients have
+// the affine's dtype (affine_t), which may be the accumulation type.
+template <typename scalar_t, typename affine_t>
 GATESHIFT_GLOBAL void __launch_bounds__(kThreads) sum_partials_kernel(
     const acc_type<scalar_t>* partials,
     int64_t blocks,
     int64_t P,
     scalar_t* grad_weight,
     scalar_t* grad_bias,
-    scalar_t* grad_scale,  // null without the BN affine
-    scalar_t* grad_shift) {
+    affine_t* grad_scale,  // null without the BN affine
+    affine_t* grad_shift) {
   using acc_t = acc_type<scalar_t>;
   const int64_t stride = partial_stride(P);
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
@@ -573,17 +574,16 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) sum_partials_kernel(
   for (int64_t blk = 0; blk < blocks; ++blk) {
     sum += partials[blk * stride + j];
   }
-  const scalar_t v = static_cast<scalar_t>(sum);
   if (j < P * 27) {
-    grad_weight[j] = v;
+    grad_weight[j] = static_cast<scalar_t>(sum);
   } else if (j < P * 27 + 2) {
-    grad_bias[j - P * 27] = v;
+    grad_bias[j - P * 27] = static_cast<scalar_t>(sum);
   } else if (j < P * 27 + 2 + P) {
     if (grad_scale != nullptr) {
-      grad_scale[j - P * 27 - 2] = v;
+      grad_scale[j - P * 27 - 2] = static_cast<affine_t>(sum);
     }
   } else if (grad_shift != nullptr) {
-    grad_shift[j - P * 27 - 2 - P] = v;
+    grad_shift[j - P * 27 - 2 - P] = static_cast<affine_t>(sum);
   }
 }
 

@@ -16,6 +16,7 @@
 #include <limits>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 
 #include "../gate_shift_checks.h"
 #include "gate_shift_kernel.cuh"
@@ -30,6 +31,15 @@ inline Strides strides_of(const at::Tensor& t) {
 template <typename scalar_t>
 const scalar_t* data_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->const_data_ptr<scalar_t>() : nullptr;
+}
+
+inline at::ScalarType accumulation_dtype(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The BN affine in the accumulation dtype (it may come in x's dtype or in that one).
+inline std::optional<at::Tensor> affine_for_kernel(const std::optional<at::Tensor>& t, const at::Tensor& x) {
+  return t.has_value() ? std::optional<at::Tensor>(t->to(accumulation_dtype(x)).contiguous()) : std::nullopt;
 }
 
 inline void check_grid(const LaunchConfig& config) {
@@ -59,12 +69,12 @@ std::tuple<at::Tensor, at::Tensor> gate_shift_forward(
   const auto contiguous = [](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
     return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
   };
-  const std::optional<at::Tensor> bias = contiguous(bias_in), bn_scale = contiguous(bn_scale_in),
-                                  bn_shift = contiguous(bn_shift_in);
+  const std::optional<at::Tensor> bias = contiguous(bias_in), bn_scale = affine_for_kernel(bn_scale_in, x_in),
+                                  bn_shift = affine_for_kernel(bn_shift_in, x_in);
   at::Tensor out = backend.empty_like(x);
   at::Tensor gates = backend.empty(
       {s.batch, s.frames, 2, s.height, s.width},
-      x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+      x.options().dtype(accumulation_dtype(x)));
   if (x.numel() == 0) {
     return {out, gates};
   }
@@ -83,8 +93,8 @@ std::tuple<at::Tensor, at::Tensor> gate_shift_forward(
     p.gates = gates.mutable_data_ptr<acc_t>();
     p.weight = weight.const_data_ptr<scalar_t>();
     p.bias = data_or_null<scalar_t>(bias);
-    p.scale = data_or_null<scalar_t>(bn_scale);
-    p.shift = data_or_null<scalar_t>(bn_shift);
+    p.scale = data_or_null<acc_t>(bn_scale);
+    p.shift = data_or_null<acc_t>(bn_shift);
     backend.launch(gate_shift_forward_kernel<scalar_t>, config.blocks, kThreads, config.forward_shared, p);
   });
   return {out, gates};
@@ -108,15 +118,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gate_shif
   const at::Tensor gates = gates_in.contiguous();
   const at::Tensor weight = weight_in.contiguous();
   const bool affine = bn_scale_in.has_value();
-  const at::Tensor bn_scale = affine ? bn_scale_in->contiguous() : at::Tensor();
-  const at::Tensor bn_shift = affine ? bn_shift_in->contiguous() : at::Tensor();
+  const std::optional<at::Tensor> bn_scale = affine_for_kernel(bn_scale_in, x_in);
+  const std::optional<at::Tensor> bn_shift = affine_for_kernel(bn_shift_in, x_in);
   const int64_t P = s.gated;
 
   at::Tensor grad_x = backend.empty_like(x);
   at::Tensor grad_weight = backend.empty(weight.sizes(), weight.options());
   at::Tensor grad_bias = backend.empty({2}, weight.options());
-  at::Tensor grad_scale = backend.empty({affine ? P : 0}, weight.options());
-  at::Tensor grad_shift = backend.empty({affine ? P : 0}, weight.options());
+  // The affine's gradients come in the affine's dtype.
+  const at::TensorOptions affine_options = affine ? bn_scale_in->options() : weight.options();
+  at::Tensor grad_scale = backend.empty({affine ? P : 0}, affine_options);
+  at::Tensor grad_shift = backend.empty({affine ? P : 0}, affine_options);
   if (x.numel() == 0) {  // nothing to sum: the parameter gradients are zero
     for (at::Tensor* t : {&grad_weight, &grad_bias, &grad_scale, &grad_shift}) {
       t->zero_();
@@ -139,17 +151,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gate_shif
     p.xs = strides_of(x);
     p.gates = gates.const_data_ptr<acc_t>();
     p.weight = weight.const_data_ptr<scalar_t>();
-    p.scale = affine ? bn_scale.const_data_ptr<scalar_t>() : nullptr;
-    p.shift = affine ? bn_shift.const_data_ptr<scalar_t>() : nullptr;
+    p.scale = data_or_null<acc_t>(bn_scale);
+    p.shift = data_or_null<acc_t>(bn_shift);
     p.grad_x = grad_x.mutable_data_ptr<scalar_t>();
     p.gxs = strides_of(grad_x);
     p.partials = partials.mutable_data_ptr<acc_t>();
     backend.launch(gate_shift_backward_kernel<scalar_t>, config.blocks, kThreads, config.backward_shared, p);
-    backend.launch(
-        sum_partials_kernel<scalar_t>, config.finish_blocks, kThreads, 0,
-        static_cast<const acc_t*>(p.partials), config.blocks, P, grad_weight.mutable_data_ptr<scalar_t>(),
-        grad_bias.mutable_data_ptr<scalar_t>(), affine ? grad_scale.mutable_data_ptr<scalar_t>() : nullptr,
-        affine ? grad_shift.mutable_data_ptr<scalar_t>() : nullptr);
+    const auto finish = [&](auto* affine_type) {
+      using affine_t = std::remove_pointer_t<decltype(affine_type)>;
+      backend.launch(
+          sum_partials_kernel<scalar_t, affine_t>, config.finish_blocks, kThreads, 0,
+          static_cast<const acc_t*>(p.partials), config.blocks, P, grad_weight.mutable_data_ptr<scalar_t>(),
+          grad_bias.mutable_data_ptr<scalar_t>(), affine ? grad_scale.mutable_data_ptr<affine_t>() : nullptr,
+          affine ? grad_shift.mutable_data_ptr<affine_t>() : nullptr);
+    };
+    if (affine_options.dtype() == weight.options().dtype()) {
+      finish(static_cast<scalar_t*>(nullptr));
+    } else {
+      finish(static_cast<acc_t*>(nullptr));
+    }
   });
   return {grad_x, grad_weight, grad_bias, grad_scale, grad_shift};
 }
