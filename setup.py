@@ -147,8 +147,10 @@ setup(
     packages=find_packages(include=["gateshift", "gateshift.*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.6"],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6", "numpy"], "plot": ["matplotlib"]},
+    extras_require={"test": ["pytest>=7", "hypothesis>=6", "numpy", "matplotlib"], "plot": ["matplotlib"]},
     ext_modules=[make_extension(), make_emulator_extension()],
     cmdclass={"build_ext": BuildExtension},
-    entry_points={"console_scripts": ["gateshift-bench=gateshift.bench:main"]},
+    entry_points={
+        "console_scripts": ["gateshift-bench=gateshift.bench:main", "gateshift-check=gateshift.check:main"]
+    },
 )

@@ -6,11 +6,14 @@ For each case (an op at a shape, dtype and device) and each implementation
 * ``compile`` ``torch.compile`` of that module;
 * ``fused``   ours;
 
-on identical inputs and weights, it measures
+on identical inputs and weights, it measures (the model-level case, a TSN-style
+ResNet with a GSM in each block, runs through the same code: a training step of
+the whole network with the published GSM against ours)
 
 * ``fwd_ms``       a training-mode forward (autograd recording), median over repetitions;
 * ``fwd_bwd_ms``   a training-mode forward + backward, median;
 * ``infer_ms``     an eval-mode forward under ``torch.no_grad``, median;
+* ``speedup_vs_*`` forward+backward time of ``eager``/``compile`` over this one's;
 * ``saved_bytes``  bytes autograd keeps for backward (distinct storages, input included);
 * ``peak_bytes``   peak device memory of forward + backward above the inputs (CUDA only);
 * ``fwd_bw_frac``  the DESIGN.md bandwidth floor of forward (one read of x, one write of
@@ -41,6 +44,7 @@ from torch import Tensor, nn
 
 import gateshift
 from gateshift import reference
+from gateshift.tsn import TSNResNet
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 IMPLS = ("eager", "compile", "fused")
@@ -70,26 +74,69 @@ class Shape:
 
 @dataclasses.dataclass(frozen=True)
 class OpSpec:
-    """An op that joins the benchmark: how to build its published and fused modules."""
+    """An op that joins the benchmark: its published-semantics and fused modules."""
 
     name: str
     published: Callable[[int, int], nn.Module]  # (channels, frames) -> module
     fused: Callable[[int, int], nn.Module]
 
 
-def _randomise_gsm(module: nn.Module, gen: torch.Generator) -> None:
-    # A fresh GSM has zero gates (the identity): give it trained-looking weights.
+def _randomise(module: nn.Module, gen: torch.Generator) -> None:
+    # Fresh GSMs have zero gates (the identity): give every module trained-looking weights.
     with torch.no_grad():
-        fan_in = module.conv3D.weight[0].numel()
-        module.conv3D.weight.copy_(torch.randn(module.conv3D.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
-        module.conv3D.bias.copy_(torch.randn(2, generator=gen) * 0.1)
-        module.bn.weight.copy_(torch.rand(module.bn.num_features, generator=gen) + 0.5)
-        module.bn.bias.copy_(torch.randn(module.bn.num_features, generator=gen) * 0.1)
+        for name, p in module.named_parameters():
+            if name.endswith("bn.weight"):
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+            elif p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / p[0].numel()) ** 0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
 
 
 OPS = {
     "gsm": OpSpec("gsm", lambda c, t: reference.GSM(c, t), lambda c, t: gateshift.GSM(c, t)),
 }
+
+
+@dataclasses.dataclass
+class Workload:
+    """One benchmark case: a published-semantics module, its fused twin holding the
+    same weights, and the input they run on."""
+
+    op: str
+    shape: str
+    label: str
+    published: nn.Module
+    fused: nn.Module
+    input_shape: tuple[int, ...]
+    # Bytes a fused op must move at least (DESIGN.md section 3), or None for a model.
+    floor_bytes: Callable[[int], tuple[int, int]] | None = None
+
+
+def op_workload(spec: OpSpec, shape: Shape, gen: torch.Generator) -> Workload:
+    published = spec.published(shape.channels, shape.frames)
+    _randomise(published, gen)
+    fused = spec.fused(shape.channels, shape.frames)
+    fused.load_state_dict(published.state_dict())
+    rows = shape.clips * shape.frames
+    return Workload(
+        spec.name, str(shape), shape.label, published, fused, (rows, shape.channels, shape.height, shape.width),
+        # forward: read x, write out; backward: read x and dout, write dx
+        floor_bytes=lambda x_bytes: (2 * x_bytes, 3 * x_bytes),
+    )
+
+
+def model_workload(clips: int, frames: int, size: int, gen: torch.Generator) -> Workload:
+    """A TSN-style ResNet with a GSM in each block: the published GSM against ours."""
+    published = TSNResNet(reference.GSM, num_segments=frames)
+    _randomise(published, gen)
+    fused = TSNResNet(gateshift.GSM, num_segments=frames)
+    fused.load_state_dict(published.state_dict())
+    return Workload(
+        "tsn-resnet", f"{clips}x{frames}x3x{size}x{size}", "model, GSM in 3 blocks", published, fused,
+        (clips * frames, 3, size, size),
+    )
+
 
 # GSM placements in real networks (DESIGN.md section 4): (fPlane, H, W) per block.
 _BN_INCEPTION = [(64, 28), (64, 28), (128, 28), (224, 14), (192, 14), (160, 14), (96, 14), (128, 14), (352, 7), (352, 7)]
@@ -209,15 +256,18 @@ class Record:
     speedup_vs_eager: float = math.nan
     speedup_vs_compile: float = math.nan
 
+    @property
+    def saved_mb(self) -> float:
+        return self.saved_bytes / 2**20
+
 
 def _iqr(values: Sequence[float]) -> float:
     q = statistics.quantiles(values, n=4)
     return q[2] - q[0]
 
 
-def benchmark_case(
-    spec: OpSpec,
-    shape: Shape,
+def benchmark_workload(
+    w: Workload,
     dtype: torch.dtype,
     device: torch.device,
     impls: Sequence[str],
@@ -225,38 +275,32 @@ def benchmark_case(
     warmup: int,
     repeat: int,
     bandwidth: float,
-    seed: int = 0,
+    gen: torch.Generator,
     profile_dir: str | None = None,
 ) -> list[Record]:
-    gen = torch.Generator().manual_seed(seed)
     # Every case compiles the same forward code anew; without a reset dynamo would
     # reach its recompile limit after a few shapes and silently run eager.
     torch._dynamo.reset()
-    published = spec.published(shape.channels, shape.frames)
-    _randomise_gsm(published, gen)
     models = {}
     for impl in impls:
-        if impl == "fused":
-            m = spec.fused(shape.channels, shape.frames)
-            m.load_state_dict(published.state_dict())
-        else:
-            m = copy.deepcopy(published)
-        m = m.to(device=device, dtype=dtype)
+        m = copy.deepcopy(w.fused if impl == "fused" else w.published).to(device=device, dtype=dtype)
         models[impl] = torch.compile(m) if impl == "compile" else m
-    rows = shape.clips * shape.frames
-    x = torch.randn(rows, shape.channels, shape.height, shape.width, generator=gen).to(device=device, dtype=dtype)
-    grad = torch.randn(x.shape, generator=gen).to(device=device, dtype=dtype)
+    x = torch.randn(w.input_shape, generator=gen).to(device=device, dtype=dtype)
     x_leaf = x.clone().requires_grad_()
 
-    # The reference output every implementation is compared with (eval mode: no
-    # BN statistics updates, so all see the same state).
-    ref = copy.deepcopy(published).to(device=device, dtype=dtype).eval()
+    # The output every implementation is compared with: the published module in
+    # eval mode (no BN statistics updates, so every implementation sees one state).
+    ref = copy.deepcopy(w.published).to(device=device, dtype=dtype).eval()
     with torch.no_grad():
         expected = ref(x).float()
+    grad = torch.randn(expected.shape, generator=gen).to(device=device, dtype=dtype)
 
     x_bytes = x.numel() * x.element_size()
-    floor_fwd = 2 * x_bytes / bandwidth * 1e3  # ms: read x once, write out once
-    floor_fwd_bwd = floor_fwd + 3 * x_bytes / bandwidth * 1e3  # backward: read x, dout; write dx
+    floor_fwd = floor_fwd_bwd = math.nan
+    if w.floor_bytes is not None:
+        fwd_bytes, bwd_bytes = w.floor_bytes(x_bytes)
+        floor_fwd = fwd_bytes / bandwidth * 1e3  # ms
+        floor_fwd_bwd = (fwd_bytes + bwd_bytes) / bandwidth * 1e3
 
     records = []
     for impl, model in models.items():
@@ -284,24 +328,25 @@ def benchmark_case(
             synchronize(device)
             peak = torch.cuda.max_memory_allocated(device) - base
         if profile_dir is not None:
-            _profile(step, device, profile_dir, f"{spec.name}-{impl}-{shape}-{dtype_name(dtype)}")
+            _profile(step, device, profile_dir, f"{w.op}-{impl}-{w.shape}-{dtype_name(dtype)}")
+        model.zero_grad(set_to_none=True)
         x_leaf.grad = None
         records.append(
             Record(
-                op=spec.name,
+                op=w.op,
                 impl=impl,
-                shape=str(shape),
-                label=shape.label,
+                shape=w.shape,
+                label=w.label,
                 dtype=dtype_name(dtype),
                 device=device_name(device),
-                numel=shape.numel,
+                numel=x.numel(),
                 fwd_ms=statistics.median(fwd),
                 fwd_ms_iqr=_iqr(fwd),
                 fwd_bwd_ms=statistics.median(fwd_bwd),
                 fwd_bwd_ms_iqr=_iqr(fwd_bwd),
                 infer_ms=statistics.median(infer),
                 saved_bytes=saved,
-                saved_ratio=saved / x_bytes,
+                saved_ratio=saved / x_bytes if w.floor_bytes is not None else math.nan,
                 peak_bytes=peak,
                 fwd_bw_frac=floor_fwd / statistics.median(fwd),
                 fwd_bwd_bw_frac=floor_fwd_bwd / statistics.median(fwd_bwd),
@@ -358,6 +403,7 @@ TABLE_COLUMNS = [
     ("infer_ms", "infer ms", "{:.3f}"),
     ("speedup_vs_eager", "x eager", "{:.1f}"),
     ("speedup_vs_compile", "x compile", "{:.1f}"),
+    ("saved_mb", "saved MB", "{:.1f}"),
     ("saved_ratio", "saved/x", "{:.2f}"),
     ("fwd_bw_frac", "fwd bw", "{:.0%}"),
     ("max_abs_err", "max err", "{:.1e}"),
@@ -469,10 +515,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", default="8,16", help="frames per clip for presets (default: 8,16)")
     p.add_argument("--clips", type=int, default=None, help="clips per batch for presets (default: 2 on cpu, 32 on cuda)")
     p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated ops (default: {','.join(OPS)})")
+    p.add_argument("--model", choices=("on", "off"), default=None,
+                   help="the model-level case (default: on with --quick or no shapes given)")
+    p.add_argument("--model-size", type=int, default=None,
+                   help="frame size of the model-level case (default: 64 with --quick, else 112)")
     p.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated implementations (default: {','.join(IMPLS)})")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per measurement")
     p.add_argument("--repeat", type=int, default=None, help="timed calls per measurement (medians reported)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default: 0)")
+    p.add_argument("--compile-model", action="store_true", help="also torch.compile the model-level case (slow on CPUs)")
     p.add_argument("--json", metavar="PATH", help="write one record per (case, impl) as JSON")
     p.add_argument("--csv", metavar="PATH", help="write the records as CSV")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of speed-up and memory per case (needs matplotlib)")
@@ -484,11 +536,14 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        parser.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    if args.device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda[:N], got {args.device}")
     if args.device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch.cuda.is_available() is False")
-    if args.device.type not in ("cpu", "cuda"):
-        parser.error(f"--device must be cpu or cuda, got {args.device}")
     args.ops = [o for o in args.ops.split(",") if o]
     for o in args.ops:
         if o not in OPS:
@@ -503,6 +558,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--frames wants comma-separated integers, got {args.frames!r}")
     if args.clips is None:
         args.clips = 2 if args.device.type == "cpu" else 32
+    args.model_clips = 2 if args.device.type == "cpu" else 16
     if args.warmup is None:
         args.warmup = 3 if args.device.type == "cpu" else 10
     if args.repeat is None:
@@ -511,8 +567,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--repeat must be at least 2 (a median and a spread)")
     shapes = list(args.shape or [])
     presets = list(args.preset or [])
-    if args.quick or (not shapes and not presets):
+    default_run = args.quick or (not shapes and not presets)
+    if default_run:
         presets = presets or ["reference"]
+    args.model = (args.model == "on") if args.model is not None else default_run
+    if args.model_size is None:
+        args.model_size = 64 if args.quick else 112
+    if args.model_size < 16:
+        parser.error(f"--model-size must be at least 16, got {args.model_size}")
     for name in presets:
         shapes += preset_shapes(name, args.clips, [8] if name == "reference" else args.frames)
     args.shapes = shapes
@@ -538,15 +600,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"# {meta['command']}")
     print(f"# {meta['device']}, torch {meta['torch']}, {args.dtype}, copy bandwidth {bandwidth / 1e9:.1f} GB/s, "
           f"medians of {args.repeat} after {args.warmup} warm-up")
-    cases = [(OPS[o], s) for o in args.ops for s in args.shapes]
-    progress = Progress(len(cases), enabled=not args.no_progress)
+    gen = torch.Generator().manual_seed(args.seed)
+    workloads = [lambda spec=OPS[o], s=s: op_workload(spec, s, gen) for o in args.ops for s in args.shapes]
+    if args.model:
+        # Compiling the whole network takes minutes on a CPU: the model-level case
+        # compares eager and fused unless --impls names compile alone.
+        workloads.append(lambda: model_workload(args.model_clips, 8, args.model_size, gen))
+    progress = Progress(len(workloads), enabled=not args.no_progress)
     records: list[Record] = []
-    for spec, shape in cases:
-        records += benchmark_case(
-            spec, shape, dtype, device, args.impls,
-            warmup=args.warmup, repeat=args.repeat, bandwidth=bandwidth, profile_dir=args.profile,
+    for make in workloads:
+        w = make()
+        impls = args.impls
+        if w.floor_bytes is None and len(impls) > 1 and not args.compile_model:
+            impls = [i for i in impls if i != "compile"]
+        # A network step costs as much as hundreds of op calls: fewer repetitions.
+        model_case = w.floor_bytes is None
+        records += benchmark_workload(
+            w, dtype, device, impls,
+            warmup=max(1, args.warmup // 2) if model_case else args.warmup,
+            repeat=max(3, args.repeat // 3) if model_case else args.repeat,
+            bandwidth=bandwidth, gen=gen, profile_dir=args.profile,
         )
-        progress.step(f"{spec.name} {shape}")
+        progress.step(f"{w.op} {w.shape}")
     print(format_table(records))
     if args.json:
         write_json(args.json, records, meta)

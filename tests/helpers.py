@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-LOW_PRECISION = (torch.bfloat16, torch.float16)
+from gateshift.testing.compare import compare_to_reference
 
 
 @dataclasses.dataclass
@@ -73,25 +73,9 @@ def run_with_grads(fn, case: Case, inputs, grad_out):
     return out.detach(), list(grads)
 
 
-def assert_close_to_reference(actual, expected64, low_precision_ref=None, *, what="", rtol=None, atol=None):
-    """Compare ``actual`` with the float64 reference ``expected64``.
-
-    float32/float64: plain tolerances. bfloat16/float16: the error may be at most
-    twice the error of the reference computed in that same dtype (plus one unit
-    of that dtype at the largest magnitude, for when the reference happens to be
-    exact), the standard flash-attention uses for its low-precision kernels.
-    """
-    expected = expected64.to(torch.float64)
-    got = actual.to(torch.float64)
-    assert got.shape == expected.shape, f"{what}: shape {tuple(got.shape)} != {tuple(expected.shape)}"
-    assert torch.isfinite(got).all(), f"{what}: non-finite values"
-    if actual.dtype in LOW_PRECISION:
-        ref_err = (low_precision_ref.to(torch.float64) - expected).abs().max().item()
-        err = (got - expected).abs().max().item()
-        floor = torch.finfo(actual.dtype).eps * expected.abs().max().item()
-        assert err <= 2 * ref_err + floor, f"{what}: error {err:.3g} > 2 x reference's own {ref_err:.3g}"
-    else:
-        if rtol is None:
-            rtol, atol = (1e-10, 1e-10) if actual.dtype == torch.float64 else (2e-5, 2e-5)
-        scale = max(expected.abs().max().item(), 1.0)
-        torch.testing.assert_close(got, expected, rtol=rtol, atol=atol * scale, msg=lambda m: f"{what}: {m}")
+def assert_close_to_reference(actual, expected64, low_precision_ref=None, *, what=""):
+    """Assert gateshift.testing.compare's rule: plain tolerances for float32/float64,
+    at most twice the reference's own error in bfloat16/float16."""
+    c = compare_to_reference(actual, expected64, low_precision_ref)
+    assert c.finite, f"{what}: non-finite values"
+    assert c.ok, f"{what}: error {c.error:.3g} > bound {c.bound:.3g}"

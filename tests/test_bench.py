@@ -1,0 +1,135 @@
+"""gateshift-bench and gateshift-check: argument parsing, output schemas, and that
+every implementation a benchmark times computes what the reference computes."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from gateshift import bench, check
+
+TINY = ["--shape", "1,3,8,5,6", "--repeat", "2", "--warmup", "1", "--model", "off", "--no-progress"]
+REQUIRED = {"impl", "shape", "dtype", "device", "fwd_ms", "fwd_bwd_ms", "saved_bytes"}
+
+
+def test_defaults_are_the_quick_reference_case_and_the_model():
+    args = bench.parse_args(["--quick"])
+    assert args.device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert [str(s) for s in args.shapes] == ["2x8x64x28x28"]
+    assert args.model and args.impls == ["eager", "compile", "fused"] and args.ops == ["gsm"]
+
+
+def test_presets_and_custom_shapes():
+    args = bench.parse_args(["--preset", "resnet50", "--frames", "8,16", "--clips", "3", "--shape", "1,2,8,4,4"])
+    shapes = [str(s) for s in args.shapes]
+    assert shapes[0] == "1x2x8x4x4"
+    assert "3x8x64x56x56" in shapes and "3x16x512x7x7" in shapes and len(shapes) == 1 + 2 * 4
+    assert not args.model  # shapes were given: no model case unless asked for
+    labels = {s.label for s in bench.parse_args(["--preset", "bn-inception", "--frames", "8"]).shapes}
+    assert "bn-inception 5b" in labels and len(labels) == 10
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--shape", "1,2,3"], "B,T,C,H,W"),
+        (["--shape", "1,2,0,4,4"], "positive"),
+        (["--ops", "tsm9"], "unknown op"),
+        (["--impls", "fused,numba"], "unknown implementation"),
+        (["--repeat", "1"], "at least 2"),
+        (["--frames", "8,x"], "comma-separated integers"),
+        (["--device", "tpu"], "cpu or cuda"),
+        (["--dtype", "int8"], "invalid choice"),
+        (["--model-size", "8"], "at least 16"),
+    ],
+)
+def test_bad_arguments_exit_with_a_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error for a machine without CUDA")
+def test_cuda_without_a_gpu_is_an_error(capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--device", "cuda"])
+    assert "torch.cuda.is_available() is False" in capsys.readouterr().err
+
+
+def test_json_and_csv_records(tmp_path, capsys):
+    out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    assert bench.main([*TINY, "--impls", "eager,fused", "--json", str(out_json), "--csv", str(out_csv)]) == 0
+    table = capsys.readouterr().out
+    assert "fwd+bwd ms" in table and "fused" in table and "eager" in table
+    data = json.loads(out_json.read_text())
+    assert data["meta"]["copy_bandwidth_GBps"] > 0 and data["meta"]["command"].startswith("gateshift-bench")
+    records = data["records"]
+    assert [r["impl"] for r in records] == ["eager", "fused"]
+    for r in records:
+        assert REQUIRED <= set(r)
+        assert r["shape"] == "1x3x8x5x6" and r["dtype"] == "float32" and r["device"].startswith("cpu")
+        assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["saved_bytes"] > 0
+    fused, eager = records[1], records[0]
+    assert fused["saved_bytes"] < eager["saved_bytes"]  # what the package is for
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [row["impl"] for row in rows] == ["eager", "fused"]
+    assert REQUIRED <= set(rows[0])
+
+
+def test_every_implementation_computes_the_reference_output():
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
+    w = bench.op_workload(bench.OPS["gsm"], bench.Shape(2, 4, 16, 7, 9), gen)
+    records = bench.benchmark_workload(
+        w, torch.float32, torch.device("cpu"), ["eager", "compile", "fused"], warmup=1, repeat=2,
+        bandwidth=bench.copy_bandwidth(torch.device("cpu"), repeat=2), gen=gen,
+    )
+    assert [r.impl for r in records] == ["eager", "compile", "fused"]
+    for r in records:
+        assert r.max_abs_err < 1e-4, f"{r.impl} differs from the reference by {r.max_abs_err}"
+    # Saved for backward: x and the two gate planes (2/C of x), plus parameter-sized bits.
+    assert records[2].saved_ratio <= 1 + 2 / 16 + 0.1 < records[0].saved_ratio
+
+
+def test_model_case_runs_both_implementations_on_the_same_weights():
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
+    w = bench.model_workload(clips=1, frames=4, size=16, gen=gen)
+    records = bench.benchmark_workload(
+        w, torch.float32, torch.device("cpu"), ["eager", "fused"], warmup=1, repeat=2, bandwidth=1e10, gen=gen
+    )
+    assert [r.op for r in records] == ["tsn-resnet", "tsn-resnet"]
+    assert records[1].max_abs_err < 1e-4 and records[1].saved_bytes < records[0].saved_bytes
+
+
+def test_plot_and_profile(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib (the `plot` extra) is not installed")
+    png, traces = tmp_path / "bench.png", tmp_path / "traces"
+    assert bench.main([*TINY, "--impls", "eager,fused", "--plot", str(png), "--profile", str(traces)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    written = sorted(p.name for p in traces.iterdir())
+    assert len(written) == 2 and all(name.endswith(".pt.trace.json") for name in written)
+    trace = json.loads((traces / written[0]).read_text())
+    assert any("gate_shift" in e.get("name", "") or "aten::" in e.get("name", "") for e in trace["traceEvents"])
+
+
+def test_check_command_passes_and_reports(capsys):
+    assert check.main(["--quick", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "FAIL" not in out and "parity grad weight" in out and "gradcheck" in out and " 0 failed" in out
+
+
+def test_check_command_fails_on_a_wrong_kernel(monkeypatch, capsys):
+    # A fused op that gets the shift direction wrong must fail the check.
+    import gateshift
+
+    right = gateshift.gate_shift
+
+    def wrong(x, weight, bias=None, **kwargs):  # shifts backwards in time
+        return right(x.flip(0), weight, bias, **kwargs).flip(0)
+
+    monkeypatch.setattr(gateshift, "gate_shift", wrong)
+    assert check.main(["--quick", "--seed", "3"]) == 1
+    assert "FAIL" in capsys.readouterr().out
