@@ -314,6 +314,9 @@ def benchmark_workload(
             return model(x_leaf)
 
         def step():
+            # The input stands for the previous layer's output: a fresh gradient
+            # every step, not one accumulated into .grad (an extra full-size add).
+            x_leaf.grad = None
             model(x_leaf).backward(grad)
 
         fwd = time_ms(forward, device, warmup, repeat)

@@ -159,17 +159,22 @@ GATESHIFT_ALWAYS_INLINE acc_t relu(acc_t v) {
 // Row copies between a dense H x W plane and rows `stride` apart. Elementwise
 // work runs in flat loops over dense planes (row loops of a few elements would
 // spend their time in scalar remainders); only these copies see the row stride.
+// (Plain loops: late layers' rows are 7 elements, too short for memmove calls.)
 template <typename T>
-GATESHIFT_ALWAYS_INLINE void scatter_rows(const T* dense, int64_t H, int64_t W, T* rows, int64_t stride) {
+GATESHIFT_ALWAYS_INLINE void scatter_rows(const T* __restrict dense, int64_t H, int64_t W, T* __restrict rows, int64_t stride) {
   for (int64_t h = 0; h < H; ++h) {
-    std::copy(dense + h * W, dense + (h + 1) * W, rows + h * stride);
+    for (int64_t w = 0; w < W; ++w) {
+      rows[h * stride + w] = dense[h * W + w];
+    }
   }
 }
 
 template <typename T>
-GATESHIFT_ALWAYS_INLINE void gather_rows(const T* rows, int64_t stride, int64_t H, int64_t W, T* dense) {
+GATESHIFT_ALWAYS_INLINE void gather_rows(const T* __restrict rows, int64_t stride, int64_t H, int64_t W, T* __restrict dense) {
   for (int64_t h = 0; h < H; ++h) {
-    std::copy(rows + h * stride, rows + h * stride + W, dense + h * W);
+    for (int64_t w = 0; w < W; ++w) {
+      dense[h * W + w] = rows[h * stride + w];
+    }
   }
 }
 
@@ -256,19 +261,33 @@ Problem<scalar_t> make_problem(
 }
 
 // Scratch planes of one worker thread, reused across its tasks.
+//
+// The flat loops run over `strided` elements, H * Wp - 2 rounded up to a multiple
+// of kLoopMultiple: a 7 x 7 plane is a 61-element loop, and its 13-element scalar
+// remainder used to cost more than its vector iterations. The extra elements are
+// junk like the junk columns (u is zero there), and every plane is long enough
+// for a correlation's reads past them.
+constexpr int64_t kLoopMultiple = 16;
+
 template <typename acc_t>
 struct Scratch {
-  int64_t Wp, padded, strided;  // row stride, padded plane size, strided plane length
+  int64_t Wp, strided, plane_size;  // row stride, length of the flat loops, floats per plane
   std::vector<acc_t> storage;
   acc_t* next;
 
+  static int64_t round_up(int64_t v, int64_t m) {
+    return (v + m - 1) / m * m;
+  }
   Scratch(int64_t H, int64_t W, int64_t planes)
-      : Wp(W + 2), padded((H + 2) * (W + 2)), strided(H * (W + 2) - 2),
-        storage(static_cast<size_t>(planes * (H + 2) * (W + 2)), acc_t(0)), next(storage.data()) {}
+      : Wp(W + 2),
+        strided(round_up(H * (W + 2) - 2, kLoopMultiple)),
+        plane_size(round_up(std::max((H + 2) * (W + 2), strided + 2 * (W + 2) + 2), kLoopMultiple)),
+        storage(static_cast<size_t>(planes * plane_size), acc_t(0)),
+        next(storage.data()) {}
   // Zero-filled when handed out; the border of a padded plane is never written.
   acc_t* plane() {
     acc_t* p = next;
-    next += padded;
+    next += plane_size;
     return p;
   }
 };
