@@ -133,7 +133,7 @@ def make_extension():
         "gateshift._C",
         cpp_sources + sources(os.path.join("cuda", "*.cu")),
         include_dirs=include_dirs,
-        extra_compile_args={"cxx": cxx_flags + ["-DGATESHIFT_WITH_CUDA"], "nvcc": nvcc_flags},
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
         extra_link_args=link_flags,
     )
 

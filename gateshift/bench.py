@@ -376,6 +376,7 @@ def _profile(step: Callable[[], None], device: torch.device, directory: str, nam
         on_trace_ready=handler,
         record_shapes=True,
         profile_memory=True,
+        acc_events=True,
     ) as prof:
         for _ in range(3):
             step()

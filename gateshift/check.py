@@ -25,10 +25,11 @@ DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # (B, T, C, H, W, gated channels, channel order): ragged on purpose.
 SHAPES = [
     (2, 8, 32, 14, 14, 32, "interleaved"),
+    (2, 4, 232, 7, 7, 224, "interleaved"),  # wide, as BN-Inception 4a: several channel chunks
     (3, 3, 12, 7, 9, 8, "grouped"),
     (1, 1, 8, 5, 1, 8, "interleaved"),
 ]
-QUICK_SHAPES = SHAPES[1:]
+QUICK_SHAPES = SHAPES[2:]
 
 
 @dataclasses.dataclass

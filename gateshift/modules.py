@@ -18,13 +18,12 @@ def batch_mean_var(x5: Tensor, channels: int) -> tuple[Tensor, Tensor]:
     Takes the whole tensor rather than a channel slice so that backward does not
     build a zero-filled gradient of ``x``'s size for the slice.
     """
-    if x5.device.type == "cpu":
+    if x5.device.type in ("cpu", "cuda"):
         return ops.batch_stats(x5, channels)
-    if channels != x5.shape[2]:
-        x5 = x5[:, :, :channels]
-    var, mean = torch.var_mean(x5, dim=(0, 1, 3, 4), correction=0)
+    # Other devices: plain ops, in the accumulation dtype (a copy of x for half types).
     acc = accumulation_dtype(x5.dtype)
-    return mean.to(acc), var.to(acc)
+    var, mean = torch.var_mean(x5[:, :, :channels].to(acc), dim=(0, 1, 3, 4), correction=0)
+    return mean, var
 
 
 def folded_batch_norm(
@@ -48,16 +47,19 @@ def folded_batch_norm(
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
     else:
         factor = 0.0 if bn.momentum is None else bn.momentum
+    # As _BatchNorm.forward: batch statistics in training, or in eval without running
+    # statistics; the running statistics are updated only while they are tracked.
     use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    update_running = bn.training and bn.track_running_stats and bn.running_mean is not None
     if use_batch_stats:
         count = x5.shape[0] * x5.shape[1] * x5.shape[3] * x5.shape[4]
-        if bn.training and count <= 1:
+        if count <= 1:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input of shape {tuple(x5.shape)} "
                 "(B, T, C, H, W)"
             )
         mean, var = batch_mean_var(x5, channels)
-        if bn.training and bn.running_mean is not None:
+        if update_running:
             with torch.no_grad():
                 unbiased = var * (count / (count - 1))
                 bn.running_mean.mul_(1 - factor).add_(mean.to(bn.running_mean.dtype), alpha=factor)

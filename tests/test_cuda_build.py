@@ -15,7 +15,13 @@ import torch
 import gateshift  # noqa: F401  (loads gateshift._C)
 from gateshift import _C
 
-KERNELS = ("gate_shift_forward_kernel", "gate_shift_backward_kernel", "sum_partials_kernel")
+KERNELS = (
+    "gate_shift_forward_kernel",
+    "gate_shift_backward_kernel",
+    "sum_partials_kernel",
+    "batch_stats_kernel",
+    "batch_stats_backward_kernel",
+)
 DTYPES = {"f": "float", "d": "double", "N3c104HalfE": "half", "N3c108BFloat16E": "bfloat16"}
 
 has_cuda_kernels = torch._C._dispatch_has_kernel_for_dispatch_key("gateshift::gate_shift_forward", "CUDA")
@@ -89,5 +95,5 @@ def test_hot_kernels_fit_two_blocks_per_sm():
     # 256 threads per block: at most 128 registers each leaves room for two blocks
     # (65536 registers per SM), the occupancy the tiling is designed for.
     for (arch, kernel, dtype), r in resource_usage().items():
-        if kernel != "sum_partials_kernel" and dtype != "double":
+        if kernel.startswith("gate_shift") and dtype != "double":
             assert r["REG"] <= 128, f"{arch} {kernel}<{dtype}> uses {r['REG']} registers"

@@ -68,6 +68,21 @@ def test_module_training_step_on_gpu(gen):
         torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_module_batch_statistics_stay_float32_on_gpu(dtype, gen):
+    # The BN statistics come from the CUDA batch_stats kernel in float32, as on the CPU.
+    fused = gateshift.GSM(16, 4).cuda().to(dtype)
+    x = (torch.randn(8, 16, 7, 7, generator=gen) * 3 + 100).cuda().to(dtype)
+    fused(x)
+    var, mean = torch.var_mean(x.double().unflatten(0, (2, 4)), dim=(0, 1, 3, 4), correction=0)
+    n = 2 * 4 * 7 * 7
+    expected = 0.9 * torch.ones(16, dtype=torch.float64, device="cuda") + 0.1 * var * n / (n - 1)
+    torch.testing.assert_close(fused.bn.running_var.double(), expected.to(fused.bn.running_var.dtype).double(),
+                               rtol=2e-2, atol=0)
+    torch.testing.assert_close(fused.bn.running_mean.double(), (0.1 * mean).to(fused.bn.running_mean.dtype).double(),
+                               rtol=2e-2, atol=0)
+
+
 def test_non_default_stream_and_device_guard(gen):
     case = Case(2, 4, 16, 9, 9)
     x, weight, bias, scale, shift = (t.float().cuda() for t in make_inputs(case, gen))

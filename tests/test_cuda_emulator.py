@@ -70,6 +70,27 @@ def test_random_configuration_matches_reference(index, gen):
         assert_close_to_reference(g, g64, glp, what=f"grad {name}")
 
 
+@pytest.mark.parametrize(
+    "case",
+    [
+        # forward: 36 channels per group = a chunk of 32 and a ragged one; backward: the
+        # third chunk of 32 channels holds gated (64..71) and pass-through (72..75) ones
+        Case(1, 3, 76, 9, 10, P=72),
+        Case(1, 2, 40, 5, 6, P=36, order="grouped", bias=False),
+    ],
+    ids=str,
+)
+def test_wide_channels_cross_the_chunk_boundaries(case, gen):
+    inputs = make_inputs(case, gen)
+    grad_out = torch.randn(inputs[0].shape, generator=gen, dtype=torch.float64)
+    with cuda_emulator.num_sms(1):
+        out, grads = run_with_grads(cuda_emulator.gate_shift, case, inputs, grad_out)
+    out_r, grads_r = run_with_grads(reference.gate_shift, case, inputs, grad_out)
+    torch.testing.assert_close(out, out_r, rtol=1e-10, atol=1e-10)
+    for g, g_r in zip(grads, grads_r):
+        torch.testing.assert_close(g, g_r, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("sms", [1, 64])
 def test_agrees_with_the_cpu_kernels(sms, gen):
     case = Case(2, 5, 10, 9, 6, P=8)
@@ -158,6 +179,26 @@ def test_opcheck(gen):
             (x.unflatten(0, (1, 2)), weight, bias, scale, shift, 4, True),
             test_utils=("test_schema", "test_autograd_registration"),
         )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape,channels", [((2, 3, 10, 5, 7), 8), ((1, 2, 4, 1, 3), 4)])
+def test_batch_stats_kernels(shape, channels, dtype, gen):
+    # The module's BatchNorm statistics on CUDA: float32 results around a large mean.
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 3 + 50).to(dtype)
+    mean, var = cuda_emulator.ops.batch_stats(x, channels)
+    var_r, mean_r = torch.var_mean(x.double()[:, :, :channels], dim=(0, 1, 3, 4), correction=0)
+    assert mean.dtype == var.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(mean.double(), mean_r, rtol=tol, atol=0)
+    torch.testing.assert_close(var.double(), var_r, rtol=tol * 10, atol=0)
+    gm = torch.randn(channels, generator=gen, dtype=mean.dtype)
+    gv = torch.randn(channels, generator=gen, dtype=mean.dtype)
+    grad = cuda_emulator.ops.batch_stats_backward(gm, gv, x, mean, channels)
+    xr = x.double().requires_grad_()
+    var_r, mean_r = torch.var_mean(xr[:, :, :channels], dim=(0, 1, 3, 4), correction=0)
+    (expected,) = torch.autograd.grad((mean_r * gm.double()).sum() + (var_r * gv.double()).sum(), xr)
+    torch.testing.assert_close(grad.double(), expected, rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-6)
 
 
 def test_set_num_sms_validates():

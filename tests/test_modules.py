@@ -172,6 +172,32 @@ def test_repr_and_constructor_errors():
         gateshift.GSM(8, 0)
 
 
+def test_running_statistics_that_are_not_tracked_stay_put(gen):
+    # BatchNorm3d semantics when tracking is switched off after construction: the
+    # buffers exist but training leaves them alone, and eval still uses them.
+    published, fused = pair(8, 2, gen)
+    for m in (published, fused):
+        m.bn.track_running_stats = False
+    x = features(gen, 2, 2, 8, 3, 4)
+    torch.testing.assert_close(fused(x), published(x))
+    for (name, b1), b2 in zip(published.named_buffers(), fused.buffers()):
+        torch.testing.assert_close(b2, b1, msg=lambda m: f"{name}: {m}")
+    published.eval()
+    fused.eval()
+    torch.testing.assert_close(fused(x), published(x))
+
+
+def test_eval_without_running_statistics_needs_more_than_one_value(gen):
+    published, fused = pair(8, 1, gen, track_running_stats=False)
+    published.eval()
+    fused.eval()
+    x = torch.randn(1, 8, 1, 1, generator=gen, dtype=torch.float64)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        published(x)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        fused(x)
+
+
 def test_training_needs_more_than_one_value_per_channel(gen):
     fused = gateshift.GSM(8, 1)
     with pytest.raises(ValueError, match="more than 1 value per channel"):

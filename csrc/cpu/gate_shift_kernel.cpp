@@ -18,8 +18,11 @@
 //
 // Accumulation is in at::opmath_type (float for half types), and every sum runs
 // in an order fixed by the shape alone: results do not depend on the thread count.
-// The parameter gradients are summed per frame into a workspace and then over
-// frames in order, so they are bitwise reproducible.
+// The parameter gradients are summed per group of frames into a workspace and
+// then over groups in order, so they are bitwise reproducible. A group's length
+// depends only on the shape (the workspace stays within ~10% of x; one frame's
+// partial sums are 29 P floats, 0.6x of a 7x7 frame), and runs of frames are whole
+// groups, so each group has one owner task whatever the thread count.
 
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
@@ -195,13 +198,17 @@ struct Problem {
   acc_t bias[2] = {0, 0};
   std::vector<acc_t> scale, shift;  // empty without the BN affine
   const acc_t* gates = nullptr;     // (B, T, 2, H, W): read by backward
-  int64_t frames_per_task;
+  int64_t frames_per_task;   // a multiple of frames_per_group (or T)
+  int64_t frames_per_group;  // frames whose parameter-gradient partials are summed together
 
   const scalar_t* x_plane(int64_t b, int64_t t, int64_t c) const {
     return x + b * x_sb + t * x_st + c * x_sc;
   }
   int64_t tasks_per_clip() const {
     return (T + frames_per_task - 1) / frames_per_task;
+  }
+  int64_t groups_per_clip() const {
+    return (T + frames_per_group - 1) / frames_per_group;
   }
 };
 
@@ -251,12 +258,17 @@ Problem<scalar_t> make_problem(
     p.scale = acc_vector(*bn_scale);
     p.shift = acc_vector(*bn_shift);
   }
+  // Parameter-gradient partials: one group of frames per (29 P + 2)-float slot,
+  // as few frames as keep the slots within a tenth of x.
+  const int64_t frame_elements = std::max<int64_t>(1, p.C * p.H * p.W);
+  p.frames_per_group = std::clamp<int64_t>((10 * (29 * p.P + 2) + frame_elements - 1) / frame_elements, 1, std::max<int64_t>(p.T, 1));
   // About one task per thread: whole clips when there are enough of them,
-  // otherwise clips cut into runs of frames.
+  // otherwise clips cut into runs of whole groups of frames.
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t runs_per_clip =
       std::min<int64_t>(p.T, (threads + std::max<int64_t>(p.B, 1) - 1) / std::max<int64_t>(p.B, 1));
-  p.frames_per_task = (p.T + runs_per_clip - 1) / runs_per_clip;
+  const int64_t frames_per_run = (p.T + runs_per_clip - 1) / runs_per_clip;
+  p.frames_per_task = std::min(p.T, (frames_per_run + p.frames_per_group - 1) / p.frames_per_group * p.frames_per_group);
   return p;
 }
 
@@ -452,7 +464,8 @@ struct BackwardBuffers {
   int64_t go_sb, go_st, go_sc;
   scalar_t* grad_x;
   int64_t gx_sb, gx_st, gx_sc;
-  // Per-frame partial sums of the parameter gradients, frame-major (b * T + t):
+  // Partial sums of the parameter gradients per group of frames, group-major
+  // (b * groups_per_clip + t / frames_per_group):
   // [dweight (P * 27) | dbias (2) | dbn_scale (P) | dbn_shift (P)].
   acc_t* partials;
   int64_t partial_stride;
@@ -534,14 +547,17 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
       for (; next_da < std::min(t + 2, ghi); ++next_da) {
         compute_da_frame(next_da);
       }
-      acc_t* part = g.partials + (b * T + t) * g.partial_stride;
-      std::fill(part, part + g.partial_stride, acc_t(0));
+      // This task owns whole groups: it starts each group's slot at its first frame.
+      acc_t* part = g.partials + (b * p.groups_per_clip() + t / p.frames_per_group) * g.partial_stride;
+      if (t % p.frames_per_group == 0) {
+        std::fill(part, part + g.partial_stride, acc_t(0));
+      }
       acc_t* const dweight = part;
       acc_t* const dbias = part + P * kTaps;
       acc_t* const dscale = dbias + 2;
       acc_t* const dshift = dscale + P;
-      dbias[0] = da_sum[t % 3][0];
-      dbias[1] = da_sum[t % 3][1];
+      dbias[0] += da_sum[t % 3][0];
+      dbias[1] += da_sum[t % 3][1];
 
       for (int64_t c = 0; c < p.C; ++c) {
         const scalar_t* xc = p.x_plane(b, t, c);
@@ -596,8 +612,8 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
                 (acc_t(1) - gv) * static_cast<acc_t>(dz[q]) +
                 next_weight * gv * static_cast<acc_t>(dzn[q]) + dum * sc);
           }
-          dscale[c] = ds;
-          dshift[c] = dh;
+          dscale[c] += ds;
+          dshift[c] += dh;
         } else {
 #pragma omp simd
           for (int64_t q = 0; q < HW; ++q) {
@@ -666,7 +682,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gate_shif
   at::Tensor grad_x = at::empty_like(x);
   const int64_t P = s.gated;
   const int64_t partial_stride = P * kTaps + 2 + 2 * P;
-  const int64_t frames = s.batch * s.frames;
   const at::ScalarType acc_dtype = at::toOpMathType(x.scalar_type());
   at::Tensor totals = at::empty({partial_stride}, x.options().dtype(acc_dtype));
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -680,7 +695,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gate_shif
         Problem<scalar_t> p =
             make_problem<scalar_t>(s, interleaved, x, weight, std::nullopt, bn_scale, bn_shift);
         p.gates = gates.const_data_ptr<acc_t>();
-        at::Tensor partials = at::empty({frames, partial_stride}, totals.options());
+        const int64_t groups = p.B * p.groups_per_clip();
+        at::Tensor partials = at::empty({groups, partial_stride}, totals.options());
         const BackwardBuffers<scalar_t> g{
             grad_out.const_data_ptr<scalar_t>(), grad_out.stride(0), grad_out.stride(1),
             grad_out.stride(2), grad_x.mutable_data_ptr<scalar_t>(), grad_x.stride(0),
@@ -688,10 +704,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gate_shif
         at::parallel_for(0, p.B * p.tasks_per_clip(), 1, [&](int64_t begin, int64_t end) {
           backward_tasks<scalar_t>(p, g, begin, end);
         });
-        // Sum the per-frame partials over frames in a fixed order: reproducible bit for bit.
+        // Sum the groups' partials in group order: reproducible bit for bit.
         const acc_t* part = partials.const_data_ptr<acc_t>();
-        for (int64_t f = 0; f < frames; ++f) {
-          const acc_t* row = part + f * partial_stride;
+        for (int64_t group = 0; group < groups; ++group) {
+          const acc_t* row = part + group * partial_stride;
           for (int64_t j = 0; j < partial_stride; ++j) {
             tot[j] += row[j];
           }

@@ -27,7 +27,11 @@
 //           again for dx, within two steps, from L2; the gates (2/C);
 //   writes  dx once; per-block partial sums of the parameter gradients,
 //           (29 P + 2) floats per block, read back by one small kernel.
-//   DRAM:   4 + 4 + 4 bytes (+ 2/C + partials) = 1.0x of the 12-byte floor.
+//   DRAM:   4 + 4 + 4 bytes (+ 2/C) = 1.0x of the 12-byte floor, plus the
+//           partials: written and read once, 2 * 29 * 4 / (64 * F) bytes per
+//           element for a block of F frames of a full 8 x 8 tile. Negligible when
+//           blocks own whole clips; 3.6 bytes (0.3x the floor) when the launch
+//           configuration cuts clips into single frames, as on 7 x 7 planes.
 //
 // The sliding windows' re-reads are L2 hits when the blocks resident at once keep
 // their last ~4 frames (tile + halo, all channels) in L2: 8 * 100 * C * 4 bytes
@@ -530,6 +534,9 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) gate_shift_backward_kernel(con
         }
       }
       __syncthreads();
+      // No barrier after this store: the next chunk's staging writes each x_s slot
+      // from the thread that reads it here, and every other shared array's readers
+      // finished before the barrier above.
 #pragma unroll 1
       for (int e = tid; e < kChannelLanes * kTilePixels; e += kThreads) {
         const int cc = e / kTilePixels, pix = e % kTilePixels;
@@ -538,7 +545,6 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) gate_shift_backward_kernel(con
           p.grad_x[p.gxs.plane(bw.b, t, cg) + h * n.W + w] = static_cast<scalar_t>(x_s[cc * kStageStride + pix]);
         }
       }
-      __syncthreads();
     }
   };
 

@@ -28,6 +28,7 @@
 #include <utility>
 #include <vector>
 
+#include "../cuda/batch_stats_launch.h"
 #include "../cuda/gate_shift_launch.h"
 #include "../schemas.h"
 
@@ -158,6 +159,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gate_shif
       backend.input(bn_scale), backend.input(bn_shift), channels, interleaved);
 }
 
+std::tuple<at::Tensor, at::Tensor> batch_stats_emulated(const at::Tensor& x, int64_t channels) {
+  EmulatorBackend backend;
+  return cuda::batch_stats(backend, backend.input(x), channels);
+}
+
+at::Tensor batch_stats_backward_emulated(
+    const at::Tensor& grad_mean,
+    const at::Tensor& grad_var,
+    const at::Tensor& x,
+    const at::Tensor& mean,
+    int64_t channels) {
+  EmulatorBackend backend;
+  return cuda::batch_stats_backward(
+      backend, backend.input(grad_mean), backend.input(grad_var), backend.input(x), backend.input(mean), channels);
+}
+
 // The multiprocessor count the launch configuration sees; returns the previous.
 int64_t set_num_sms(int64_t num_sms) {
   TORCH_CHECK_VALUE(num_sms >= 1, "set_num_sms: num_sms must be positive, got ", num_sms);
@@ -170,12 +187,16 @@ int64_t set_num_sms(int64_t num_sms) {
 TORCH_LIBRARY(gateshift_emulated, m) {
   m.def(gateshift::schemas::kGateShiftForward);
   m.def(gateshift::schemas::kGateShiftBackward);
+  m.def(gateshift::schemas::kBatchStats);
+  m.def(gateshift::schemas::kBatchStatsBackward);
   m.def("set_num_sms(int num_sms) -> int", &gateshift::emulation::set_num_sms);
 }
 
 TORCH_LIBRARY_IMPL(gateshift_emulated, CPU, m) {
   m.impl("gate_shift_forward", &gateshift::emulation::gate_shift_forward_emulated);
   m.impl("gate_shift_backward", &gateshift::emulation::gate_shift_backward_emulated);
+  m.impl("batch_stats", &gateshift::emulation::batch_stats_emulated);
+  m.impl("batch_stats_backward", &gateshift::emulation::batch_stats_backward_emulated);
 }
 
 extern "C" PyMODINIT_FUNC PyInit__cuda_emulator(void) {
