@@ -180,4 +180,15 @@ int64_t check_batch_stats_backward_args(
   return count;
 }
 
+void check_temporal_shift_args(const at::Tensor& x, int64_t fold) {
+  TORCH_CHECK_VALUE(
+      x.dim() == 5, "temporal_shift: x must be a 5-D (B, T, C, H, W) tensor, got ", x.dim(), "-D");
+  TORCH_CHECK_TYPE(
+      is_supported_dtype(x.scalar_type()),
+      "temporal_shift: x must be float32, float64, float16 or bfloat16, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(
+      fold >= 0 && 2 * fold <= x.size(2),
+      "temporal_shift: fold must be in [0, C / 2] for C = ", x.size(2), ", got ", fold);
+}
+
 }  // namespace gateshift

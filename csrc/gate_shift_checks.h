@@ -57,4 +57,6 @@ int64_t check_batch_stats_backward_args(
     const at::Tensor& mean,
     int64_t channels);
 
+void check_temporal_shift_args(const at::Tensor& x, int64_t fold);
+
 }  // namespace gateshift

@@ -18,4 +18,5 @@ TORCH_LIBRARY(gateshift, m) {
   m.def(gateshift::schemas::kGateShiftBackward, {at::Tag::pt2_compliant_tag});
   m.def(gateshift::schemas::kBatchStats, {at::Tag::pt2_compliant_tag});
   m.def(gateshift::schemas::kBatchStatsBackward, {at::Tag::pt2_compliant_tag});
+  m.def(gateshift::schemas::kTemporalShift, {at::Tag::pt2_compliant_tag});
 }

@@ -28,4 +28,10 @@ inline constexpr const char* kBatchStatsBackward =
     "batch_stats_backward(Tensor grad_mean, Tensor grad_var, Tensor x, Tensor mean, "
     "int channels) -> Tensor grad_x";
 
+// TSM's temporal shift of x (B, T, C, H, W): channels [0, fold) take the next
+// frame's values, [fold, 2 fold) the previous frame's, zero at the clip ends; the
+// rest are copied. reverse = true swaps the directions: the shift's adjoint, its
+// backward.
+inline constexpr const char* kTemporalShift = "temporal_shift(Tensor x, int fold, bool reverse) -> Tensor";
+
 }  // namespace gateshift::schemas

@@ -53,6 +53,10 @@ def _gate_shift_backward_fake(grad_out, x, gates, weight, bn_scale, bn_shift, ch
     return grad_x, grad_weight, grad_bias, bn_scale.new_empty((channels,)), bn_shift.new_empty((channels,))
 
 
+def _temporal_shift_fake(x, fold, reverse):
+    return torch.empty_like(with_contiguous_planes(x))
+
+
 def _batch_stats_fake(x, channels):
     acc = accumulation_dtype(x.dtype)
     return x.new_empty((channels,), dtype=acc), x.new_empty((channels,), dtype=acc)
@@ -111,6 +115,19 @@ def _batch_stats_backward(ctx, grad_mean, grad_var):
     return ops.batch_stats_backward(grad_mean, grad_var, x, mean, ctx.channels), None
 
 
+def _temporal_shift_setup_context(ctx, inputs, output):
+    _, ctx.fold, ctx.reverse = inputs
+
+
+def _make_temporal_shift_backward(op):
+    # The shift is linear and its adjoint is the shift in the other direction: the
+    # backward is the op itself, so gradients of gradients work too.
+    def backward(ctx, grad_out):
+        return op(grad_out, ctx.fold, not ctx.reverse), None, None
+
+    return backward
+
+
 def _no_setup_context(ctx, inputs, output):
     pass
 
@@ -123,7 +140,8 @@ def _double_backward(ctx, *grads):
 
 
 def register_gate_shift_ops(namespace: str) -> None:
-    """Fake kernels and autograd for ``<namespace>::gate_shift_forward/backward``.
+    """Fake kernels and autograd for ``<namespace>::gate_shift_forward/backward`` and
+    ``<namespace>::temporal_shift``.
 
     Used for the ``gateshift`` library and for the emulated CUDA library of
     ``gateshift.testing.cuda_emulator``, which declares the same schemas.
@@ -138,6 +156,12 @@ def register_gate_shift_ops(namespace: str) -> None:
     )
     torch.library.register_autograd(
         f"{namespace}::gate_shift_backward", _double_backward, setup_context=_no_setup_context
+    )
+    torch.library.register_fake(f"{namespace}::temporal_shift")(_temporal_shift_fake)
+    torch.library.register_autograd(
+        f"{namespace}::temporal_shift",
+        _make_temporal_shift_backward(library.temporal_shift),
+        setup_context=_temporal_shift_setup_context,
     )
 
 

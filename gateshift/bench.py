@@ -72,6 +72,16 @@ class Shape:
         return f"{self.clips}x{self.frames}x{self.channels}x{self.height}x{self.width}"
 
 
+def _gate_floor(x_bytes: int) -> tuple[int, int]:
+    # forward: read x, write out; backward: read x and dout, write dx (DESIGN.md section 3)
+    return 2 * x_bytes, 3 * x_bytes
+
+
+def _shift_floor(x_bytes: int) -> tuple[int, int]:
+    # a pure shift: read and write once each way; backward needs no x
+    return 2 * x_bytes, 2 * x_bytes
+
+
 @dataclasses.dataclass(frozen=True)
 class OpSpec:
     """An op that joins the benchmark: its published-semantics and fused modules."""
@@ -79,6 +89,7 @@ class OpSpec:
     name: str
     published: Callable[[int, int], nn.Module]  # (channels, frames) -> module
     fused: Callable[[int, int], nn.Module]
+    floor_bytes: Callable[[int], tuple[int, int]] = _gate_floor
 
 
 def _randomise(module: nn.Module, gen: torch.Generator) -> None:
@@ -95,6 +106,12 @@ def _randomise(module: nn.Module, gen: torch.Generator) -> None:
 
 OPS = {
     "gsm": OpSpec("gsm", lambda c, t: reference.GSM(c, t), lambda c, t: gateshift.GSM(c, t)),
+    "tsm": OpSpec(
+        "tsm",
+        lambda c, t: reference.TemporalShift(None, t, 8),
+        lambda c, t: gateshift.TemporalShift(None, t, 8),
+        _shift_floor,
+    ),
 }
 
 
@@ -121,8 +138,7 @@ def op_workload(spec: OpSpec, shape: Shape, gen: torch.Generator) -> Workload:
     rows = shape.clips * shape.frames
     return Workload(
         spec.name, str(shape), shape.label, published, fused, (rows, shape.channels, shape.height, shape.width),
-        # forward: read x, write out; backward: read x and dout, write dx
-        floor_bytes=lambda x_bytes: (2 * x_bytes, 3 * x_bytes),
+        floor_bytes=spec.floor_bytes,
     )
 
 

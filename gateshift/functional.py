@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ._ops import accumulation_dtype, ops
 
-__all__ = ["gate_shift"]
+__all__ = ["gate_shift", "temporal_shift"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _LAYOUTS = ("TSN", "BCTHW")
@@ -81,6 +81,14 @@ def gate_shift_with(
     layout="TSN",
 ) -> Tensor:
     """:func:`gate_shift` on a given ``gate_shift_forward`` op (the emulated CUDA one, in tests)."""
+    x5 = _five_d_view(x, num_segments, layout)
+    p = _check_args(x, x5.shape[2], weight, bias, bn_scale, bn_shift, channels, channel_order)
+    out5, _ = forward_op(x5, weight, bias, bn_scale, bn_shift, p, channel_order == "interleaved")
+    return out5.flatten(0, 1) if layout == "TSN" else out5.transpose(1, 2)
+
+
+def _five_d_view(x, num_segments, layout: str) -> Tensor:
+    """The (B, T, C, H, W) view of the user's x that the ops take (no copy)."""
     if layout not in _LAYOUTS:
         raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
     if not isinstance(x, Tensor):
@@ -104,9 +112,7 @@ def gate_shift_with(
             if num_segments != x.shape[2]:
                 raise ValueError(f"num_segments = {num_segments} disagrees with x.shape[2] = {x.shape[2]}")
         x5 = x.transpose(1, 2)
-    p = _check_args(x, x5.shape[2], weight, bias, bn_scale, bn_shift, channels, channel_order)
-    out5, _ = forward_op(x5, weight, bias, bn_scale, bn_shift, p, channel_order == "interleaved")
-    return out5.flatten(0, 1) if layout == "TSN" else out5.transpose(1, 2)
+    return x5
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -159,3 +165,28 @@ def _check_args(x, c, weight, bias, bn_scale, bn_shift, channels, channel_order)
         if bn_scale.dtype != bn_shift.dtype:
             raise TypeError(f"bn_scale ({bn_scale.dtype}) and bn_shift ({bn_shift.dtype}) must have the same dtype")
     return p
+
+
+def temporal_shift(x: Tensor, num_segments: int | None = None, fold_div: int = 8, *, layout: str = "TSN") -> Tensor:
+    """TSM's temporal shift, fused: one pass forward, one (its adjoint) backward.
+
+    Of ``C`` channels the first ``C // fold_div`` take the next frame's values, the
+    next ``C // fold_div`` the previous frame's, the rest are unchanged; zeros at the
+    clip ends (the published TSM semantics). Differentiable, twice too.
+
+    Args:
+        x: ``(B*T, C, H, W)`` (``layout="TSN"``) or ``(B, C, T, H, W)`` (``"BCTHW"``).
+        num_segments: frames per clip ``T``; required for ``"TSN"``.
+        fold_div: ``C // fold_div`` channels shift each way.
+    """
+    return temporal_shift_with(ops.temporal_shift, x, num_segments, fold_div, layout=layout)
+
+
+def temporal_shift_with(op, x, num_segments=None, fold_div=8, *, layout="TSN") -> Tensor:
+    """:func:`temporal_shift` on a given ``temporal_shift`` op (the emulated CUDA one, in tests)."""
+    x5 = _five_d_view(x, num_segments, layout)
+    _check_int("fold_div", fold_div, minimum=1)
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"x must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    out5 = op(x5, x5.shape[2] // fold_div, False)
+    return out5.flatten(0, 1) if layout == "TSN" else out5.transpose(1, 2)

@@ -6,9 +6,9 @@ import torch
 from torch import Tensor, nn
 
 from ._ops import accumulation_dtype, ops
-from .functional import gate_shift
+from .functional import gate_shift, temporal_shift
 
-__all__ = ["GSM", "batch_mean_var", "folded_batch_norm"]
+__all__ = ["GSM", "TemporalShift", "batch_mean_var", "folded_batch_norm"]
 
 
 def batch_mean_var(x5: Tensor, channels: int) -> tuple[Tensor, Tensor]:
@@ -127,3 +127,27 @@ class GSM(nn.Module):
             bn_shift=shift,
             channels=self.fPlane,
         )
+
+
+class TemporalShift(nn.Module):
+    """TSM's temporal shift, fused: a drop-in for the published ``TemporalShift(net,
+    n_segment, n_div)``, which shifts and then runs the wrapped module ``net``
+    (``None``: nothing). Its ``state_dict`` is ``net``'s, as the published one's.
+    """
+
+    def __init__(self, net: nn.Module | None = None, n_segment: int = 3, n_div: int = 8):
+        super().__init__()
+        if isinstance(n_segment, bool) or not isinstance(n_segment, int) or n_segment < 1:
+            raise ValueError(f"n_segment must be a positive int, got {n_segment!r}")
+        if isinstance(n_div, bool) or not isinstance(n_div, int) or n_div < 1:
+            raise ValueError(f"n_div must be a positive int, got {n_div!r}")
+        self.net = net
+        self.n_segment = n_segment
+        self.fold_div = n_div
+
+    def extra_repr(self) -> str:
+        return f"n_segment={self.n_segment}, fold_div={self.fold_div}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = temporal_shift(x, self.n_segment, self.fold_div)
+        return x if self.net is None else self.net(x)

@@ -13,7 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["gate_shift", "GSM", "interleave_channels", "shift_from_next", "shift_from_previous"]
+__all__ = [
+    "gate_shift",
+    "GSM",
+    "temporal_shift",
+    "TemporalShift",
+    "interleave_channels",
+    "shift_from_next",
+    "shift_from_previous",
+]
 
 
 def shift_from_next(y: Tensor) -> Tensor:
@@ -114,3 +122,37 @@ class GSM(nn.Module):
         y1 = y1.view(b, 2, half // 2, t, h, w).permute(0, 2, 1, 3, 4, 5).contiguous()
         y = torch.cat((y0.view(b, half, t, h, w), y1.view(b, half, t, h, w)), dim=1)
         return y.permute(0, 2, 1, 3, 4).contiguous().view(n, c, h, w)
+
+
+def temporal_shift(x: Tensor, num_segments: int, fold_div: int = 8) -> Tensor:
+    """TSM's temporal shift of ``x`` ``(B*T, C, H, W)``, as the published code writes it.
+
+    Of ``C`` channels the first ``C // fold_div`` take the next frame's values, the
+    next ``C // fold_div`` the previous frame's, the rest are unchanged; zeros at the
+    clip ends.
+    """
+    nt, c, h, w = x.shape
+    x = x.view(nt // num_segments, num_segments, c, h, w)
+    fold = c // fold_div
+    out = torch.zeros_like(x)
+    out[:, :-1, :fold] = x[:, 1:, :fold]
+    out[:, 1:, fold : 2 * fold] = x[:, :-1, fold : 2 * fold]
+    out[:, :, 2 * fold :] = x[:, :, 2 * fold :]
+    return out.view(nt, c, h, w)
+
+
+class TemporalShift(nn.Module):
+    """The published TSM wrapper: shift, then the wrapped module (``net``; None = identity)."""
+
+    def __init__(self, net: nn.Module | None = None, n_segment: int = 3, n_div: int = 8):
+        super().__init__()
+        self.net = net
+        self.n_segment = n_segment
+        self.fold_div = n_div
+
+    def extra_repr(self) -> str:
+        return f"n_segment={self.n_segment}, fold_div={self.fold_div}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = temporal_shift(x, self.n_segment, fold_div=self.fold_div)
+        return x if self.net is None else self.net(x)

@@ -11,7 +11,7 @@ import torch
 
 from gateshift import bench, check
 
-TINY = ["--shape", "1,3,8,5,6", "--repeat", "2", "--warmup", "1", "--model", "off", "--no-progress"]
+TINY = ["--shape", "1,3,8,5,6", "--ops", "gsm", "--repeat", "2", "--warmup", "1", "--model", "off", "--no-progress"]
 REQUIRED = {"impl", "shape", "dtype", "device", "fwd_ms", "fwd_bwd_ms", "saved_bytes"}
 
 
@@ -19,7 +19,7 @@ def test_defaults_are_the_quick_reference_case_and_the_model():
     args = bench.parse_args(["--quick"])
     assert args.device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     assert [str(s) for s in args.shapes] == ["2x8x64x28x28"]
-    assert args.model and args.impls == ["eager", "compile", "fused"] and args.ops == ["gsm"]
+    assert args.model and args.impls == ["eager", "compile", "fused"] and args.ops == ["gsm", "tsm"]
 
 
 def test_presets_and_custom_shapes():
@@ -92,6 +92,16 @@ def test_every_implementation_computes_the_reference_output():
         assert r.max_abs_err < 1e-4, f"{r.impl} differs from the reference by {r.max_abs_err}"
     # Saved for backward: x and the two gate planes (2/C of x), plus parameter-sized bits.
     assert records[2].saved_ratio <= 1 + 2 / 16 + 0.1 < records[0].saved_ratio
+
+
+def test_temporal_shift_joins_through_the_same_code_path():
+    gen = torch.Generator().manual_seed(0)
+    w = bench.op_workload(bench.OPS["tsm"], bench.Shape(2, 4, 16, 5, 5), gen)
+    records = bench.benchmark_workload(
+        w, torch.float32, torch.device("cpu"), ["eager", "fused"], warmup=1, repeat=2, bandwidth=1e10, gen=gen
+    )
+    assert [r.op for r in records] == ["tsm", "tsm"] and all(r.max_abs_err == 0 for r in records)
+    assert records[1].saved_bytes == 0  # a shift saves nothing for backward
 
 
 def test_model_case_runs_both_implementations_on_the_same_weights():

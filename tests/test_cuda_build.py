@@ -21,6 +21,7 @@ KERNELS = (
     "sum_partials_kernel",
     "batch_stats_kernel",
     "batch_stats_backward_kernel",
+    "temporal_shift_kernel",
 )
 DTYPES = {"f": "float", "d": "double", "N3c104HalfE": "half", "N3c108BFloat16E": "bfloat16"}
 

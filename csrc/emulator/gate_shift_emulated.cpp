@@ -30,6 +30,7 @@
 
 #include "../cuda/batch_stats_launch.h"
 #include "../cuda/gate_shift_launch.h"
+#include "../cuda/temporal_shift_launch.h"
 #include "../schemas.h"
 
 namespace gateshift::emulation {
@@ -175,6 +176,11 @@ at::Tensor batch_stats_backward_emulated(
       backend, backend.input(grad_mean), backend.input(grad_var), backend.input(x), backend.input(mean), channels);
 }
 
+at::Tensor temporal_shift_emulated(const at::Tensor& x, int64_t fold, bool reverse) {
+  EmulatorBackend backend;
+  return cuda::temporal_shift(backend, backend.input(x), fold, reverse);
+}
+
 // The multiprocessor count the launch configuration sees; returns the previous.
 int64_t set_num_sms(int64_t num_sms) {
   TORCH_CHECK_VALUE(num_sms >= 1, "set_num_sms: num_sms must be positive, got ", num_sms);
@@ -189,6 +195,7 @@ TORCH_LIBRARY(gateshift_emulated, m) {
   m.def(gateshift::schemas::kGateShiftBackward);
   m.def(gateshift::schemas::kBatchStats);
   m.def(gateshift::schemas::kBatchStatsBackward);
+  m.def(gateshift::schemas::kTemporalShift);
   m.def("set_num_sms(int num_sms) -> int", &gateshift::emulation::set_num_sms);
 }
 
@@ -197,6 +204,7 @@ TORCH_LIBRARY_IMPL(gateshift_emulated, CPU, m) {
   m.impl("gate_shift_backward", &gateshift::emulation::gate_shift_backward_emulated);
   m.impl("batch_stats", &gateshift::emulation::batch_stats_emulated);
   m.impl("batch_stats_backward", &gateshift::emulation::batch_stats_backward_emulated);
+  m.impl("temporal_shift", &gateshift::emulation::temporal_shift_emulated);
 }
 
 extern "C" PyMODINIT_FUNC PyInit__cuda_emulator(void) {
