@@ -16,6 +16,9 @@ from torch import Tensor, nn
 __all__ = [
     "gate_shift",
     "GSM",
+    "gate_shift_fuse",
+    "GSF",
+    "gsf_channels",
     "temporal_shift",
     "TemporalShift",
     "interleave_channels",
@@ -122,6 +125,105 @@ class GSM(nn.Module):
         y1 = y1.view(b, 2, half // 2, t, h, w).permute(0, 2, 1, 3, 4, 5).contiguous()
         y = torch.cat((y0.view(b, half, t, h, w), y1.view(b, half, t, h, w)), dim=1)
         return y.permute(0, 2, 1, 3, 4).contiguous().view(n, c, h, w)
+
+
+def gsf_channels(fplane: int, gsf_ch_ratio: float) -> int:
+    """The published GSF's gated channel count: int(fPlane * ratio / 100), plus one if odd."""
+    p = int(fplane * gsf_ch_ratio / 100)
+    return p + 1 if p % 2 != 0 else p
+
+
+def gate_shift_fuse(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    fuse_weight: Tensor,
+    fuse_bias: Tensor,
+    *,
+    num_segments: int,
+    bn_scale: Tensor | None = None,
+    bn_shift: Tensor | None = None,
+    channels: int | None = None,
+    channel_order: str = "interleaved",
+) -> Tensor:
+    """Reference Gate-Shift-Fuse (DESIGN.md section 2) on ``x`` ``(B*T, C, H, W)``.
+
+    ``fuse_weight`` ``(2, 2, 3, 3)`` and ``fuse_bias`` ``(2,)`` hold the two groups'
+    channel convolutions (``channel_conv1``, ``channel_conv2`` of the published module:
+    input channel 0 the shifted part's means, 1 the residual's).
+    """
+    n, c, h, w = x.shape
+    t = num_segments
+    p = c if channels is None else channels
+    x5 = x.unflatten(0, (n // t, t)).transpose(1, 2)  # (B, C, T, H, W)
+    xg = x5[:, :p]
+    if bn_scale is not None:
+        u = torch.relu(xg * bn_scale.view(1, p, 1, 1, 1) + bn_shift.view(1, p, 1, 1, 1))
+    else:
+        u = xg
+    gates = torch.tanh(F.conv3d(u, weight, bias, padding=1, groups=2))
+    groups = []
+    for k, shift in ((0, shift_from_next), (1, shift_from_previous)):
+        g = gates[:, k : k + 1]
+        xk = xg[:, k * (p // 2) : (k + 1) * (p // 2)]
+        ys = shift(g * xk)
+        r = (1 - g) * xk
+        means = torch.stack((ys.mean(dim=(3, 4)), r.mean(dim=(3, 4))), dim=1)  # (B, 2, P/2, T)
+        f = torch.sigmoid(F.conv2d(means, fuse_weight[k : k + 1], fuse_bias[k : k + 1], padding=1))  # (B, 1, P/2, T)
+        f = f[:, 0, :, :, None, None]
+        z = f * ys + (1 - f) * r
+        groups.append(interleave_channels(z) if channel_order == "interleaved" else z)
+    out5 = torch.cat((*groups, x5[:, p:]), dim=1)
+    return out5.transpose(1, 2).flatten(0, 1)
+
+
+class GSF(nn.Module):
+    """The published Gate-Shift-Fuse module's computation, op for op, in plain PyTorch.
+
+    Same constructor, submodules and ``state_dict`` keys as the published module
+    (``conv3D``, ``bn``, ``channel_conv1``, ``channel_conv2``); ``conv3D`` keeps its
+    default initialisation, as published. The first ``P = gsf_channels(fPlane,
+    gsf_ch_ratio)`` channels are gated; the rest pass through.
+    """
+
+    def __init__(self, fPlane: int, num_segments: int = 8, gsf_ch_ratio: float = 100):
+        super().__init__()
+        self.fPlane = gsf_channels(fPlane, gsf_ch_ratio)
+        self.num_segments = num_segments
+        self.conv3D = nn.Conv3d(self.fPlane, 2, (3, 3, 3), stride=1, padding=(1, 1, 1), groups=2)
+        self.tanh = nn.Tanh()
+        self.bn = nn.BatchNorm3d(num_features=self.fPlane)
+        self.relu = nn.ReLU()
+        self.channel_conv1 = nn.Conv2d(2, 1, (3, 3), padding=(1, 1))
+        self.channel_conv2 = nn.Conv2d(2, 1, (3, 3), padding=(1, 1))
+        self.sigmoid = nn.Sigmoid()
+
+    def extra_repr(self) -> str:
+        return f"fPlane={self.fPlane}, num_segments={self.num_segments}"
+
+    def forward(self, x_full: Tensor) -> Tensor:
+        x = x_full[:, : self.fPlane]
+        n, c, h, w = x.shape
+        t = self.num_segments
+        b = n // t
+        x = x.reshape(b, t, c, h, w).permute(0, 2, 1, 3, 4).contiguous()
+        gate = self.tanh(self.conv3D(self.relu(self.bn(x))))
+        half = self.fPlane // 2
+        outs = []
+        for k, (conv, shift) in enumerate(((self.channel_conv1, shift_from_next), (self.channel_conv2, shift_from_previous))):
+            xk = x[:, k * half : (k + 1) * half]
+            y = gate[:, k : k + 1] * xk
+            r = xk - y
+            y = shift(y)
+            y_mean = y.mean(dim=-1).mean(dim=-1).unsqueeze(3)
+            r_mean = r.mean(dim=-1).mean(dim=-1).unsqueeze(3)
+            weights = self.sigmoid(conv(torch.cat([y_mean, r_mean], dim=3).permute(0, 3, 1, 2)))
+            y_weights = weights.squeeze(1).unsqueeze(-1).unsqueeze(-1)
+            y = y * y_weights + r * (1 - y_weights)
+            y = y.view(b, 2, half // 2, t, h, w).permute(0, 2, 1, 3, 4, 5).contiguous()
+            outs.append(y.view(b, half, t, h, w))
+        y = torch.cat(outs, dim=1).permute(0, 2, 1, 3, 4).contiguous().view(n, c, h, w)
+        return torch.cat([y, x_full[:, self.fPlane :]], dim=1)
 
 
 def temporal_shift(x: Tensor, num_segments: int, fold_div: int = 8) -> Tensor:
