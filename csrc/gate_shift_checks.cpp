@@ -180,6 +180,26 @@ int64_t check_batch_stats_backward_args(
   return count;
 }
 
+void check_fuse_args(const at::Tensor& x, const at::Tensor& fuse_weight, const std::optional<at::Tensor>& fuse_bias) {
+  check_parameter(fuse_weight, "fuse_weight", {2, 2, 3, 3}, x);
+  if (fuse_bias.has_value()) {
+    check_parameter(*fuse_bias, "fuse_bias", {2}, x);
+  }
+}
+
+void check_fusion_table(const at::Tensor& fusion, const GateShiftSizes& s, const at::Tensor& x) {
+  const std::vector<int64_t> shape{s.batch, s.frames, 3, s.gated};
+  TORCH_CHECK_VALUE(
+      fusion.sizes() == at::IntArrayRef(shape), "gate_shift_fuse_backward: fusion must have shape ",
+      at::IntArrayRef(shape), ", got ", fusion.sizes());
+  TORCH_CHECK_TYPE(
+      fusion.scalar_type() == accumulation_dtype(x.scalar_type()), "gate_shift_fuse_backward: fusion must be ",
+      accumulation_dtype(x.scalar_type()), " for x of dtype ", x.scalar_type(), ", got ", fusion.scalar_type());
+  TORCH_CHECK_VALUE(
+      fusion.device() == x.device(), "gate_shift_fuse_backward: fusion must be on the device of x (", x.device(),
+      "), got ", fusion.device());
+}
+
 void check_temporal_shift_args(const at::Tensor& x, int64_t fold) {
   TORCH_CHECK_VALUE(
       x.dim() == 5, "temporal_shift: x must be a 5-D (B, T, C, H, W) tensor, got ", x.dim(), "-D");

@@ -57,6 +57,10 @@ int64_t check_batch_stats_backward_args(
     const at::Tensor& mean,
     int64_t channels);
 
+// Gate-Shift-Fuse's extra arguments (the gate-shift ones are checked as above).
+void check_fuse_args(const at::Tensor& x, const at::Tensor& fuse_weight, const std::optional<at::Tensor>& fuse_bias);
+void check_fusion_table(const at::Tensor& fusion, const GateShiftSizes& s, const at::Tensor& x);
+
 void check_temporal_shift_args(const at::Tensor& x, int64_t fold);
 
 }  // namespace gateshift

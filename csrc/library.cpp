@@ -18,5 +18,7 @@ TORCH_LIBRARY(gateshift, m) {
   m.def(gateshift::schemas::kGateShiftBackward, {at::Tag::pt2_compliant_tag});
   m.def(gateshift::schemas::kBatchStats, {at::Tag::pt2_compliant_tag});
   m.def(gateshift::schemas::kBatchStatsBackward, {at::Tag::pt2_compliant_tag});
+  m.def(gateshift::schemas::kGateShiftFuseForward, {at::Tag::pt2_compliant_tag});
+  m.def(gateshift::schemas::kGateShiftFuseBackward, {at::Tag::pt2_compliant_tag});
   m.def(gateshift::schemas::kTemporalShift, {at::Tag::pt2_compliant_tag});
 }

@@ -28,6 +28,21 @@ inline constexpr const char* kBatchStatsBackward =
     "batch_stats_backward(Tensor grad_mean, Tensor grad_var, Tensor x, Tensor mean, "
     "int channels) -> Tensor grad_x";
 
+// Gate-Shift-Fuse (DESIGN.md section 2). fuse_weight (2, 2, 3, 3) and fuse_bias (2)
+// are the two groups' channel convolutions. Returns the output, the gates and the
+// fusion table (B, T, 3, P) in the accumulation dtype: the spatial means of the
+// shifted part and of the residual, and the fusion weight f, which backward needs.
+inline constexpr const char* kGateShiftFuseForward =
+    "gate_shift_fuse_forward(Tensor x, Tensor weight, Tensor? bias, Tensor? bn_scale, "
+    "Tensor? bn_shift, Tensor fuse_weight, Tensor fuse_bias, int channels, bool interleaved) -> "
+    "(Tensor out, Tensor gates, Tensor fusion)";
+
+inline constexpr const char* kGateShiftFuseBackward =
+    "gate_shift_fuse_backward(Tensor grad_out, Tensor x, Tensor gates, Tensor fusion, Tensor weight, "
+    "Tensor? bn_scale, Tensor? bn_shift, Tensor fuse_weight, int channels, bool interleaved) -> "
+    "(Tensor grad_x, Tensor grad_weight, Tensor grad_bias, Tensor grad_bn_scale, Tensor grad_bn_shift, "
+    "Tensor grad_fuse_weight, Tensor grad_fuse_bias)";
+
 // TSM's temporal shift of x (B, T, C, H, W): channels [0, fold) take the next
 // frame's values, [fold, 2 fold) the previous frame's, zero at the clip ends; the
 // rest are copied. reverse = true swaps the directions: the shift's adjoint, its

@@ -2,8 +2,8 @@
 
 from . import _ops  # noqa: F401  (loads the extension, registers autograd and fake kernels)
 from . import reference
-from .functional import gate_shift, temporal_shift
-from .modules import GSM, TemporalShift
+from .functional import gate_shift, gate_shift_fuse, temporal_shift
+from .modules import GSF, GSM, TemporalShift
 
-__all__ = ["gate_shift", "temporal_shift", "GSM", "TemporalShift", "reference"]
+__all__ = ["gate_shift", "gate_shift_fuse", "temporal_shift", "GSM", "GSF", "TemporalShift", "reference"]
 __version__ = "0.1.0"

@@ -53,6 +53,19 @@ def _gate_shift_backward_fake(grad_out, x, gates, weight, bn_scale, bn_shift, ch
     return grad_x, grad_weight, grad_bias, bn_scale.new_empty((channels,)), bn_shift.new_empty((channels,))
 
 
+def _gate_shift_fuse_forward_fake(x, weight, bias, bn_scale, bn_shift, fuse_weight, fuse_bias, channels, interleaved):
+    out, gates = _gate_shift_forward_fake(x, weight, bias, bn_scale, bn_shift, channels, interleaved)
+    b, t = x.shape[:2]
+    return out, gates, x.new_empty((b, t, 3, channels), dtype=accumulation_dtype(x.dtype))
+
+
+def _gate_shift_fuse_backward_fake(
+    grad_out, x, gates, fusion, weight, bn_scale, bn_shift, fuse_weight, channels, interleaved
+):
+    grads = _gate_shift_backward_fake(grad_out, x, gates, weight, bn_scale, bn_shift, channels, interleaved)
+    return (*grads, fuse_weight.new_empty((2, 2, 3, 3)), fuse_weight.new_empty((2,)))
+
+
 def _temporal_shift_fake(x, fold, reverse):
     return torch.empty_like(with_contiguous_planes(x))
 
@@ -103,6 +116,40 @@ def _make_forward_backward(backward_op):
     return backward
 
 
+def _fuse_setup_context(ctx, inputs, output):
+    x, weight, bias, bn_scale, bn_shift, fuse_weight, fuse_bias, channels, interleaved = inputs
+    _, gates, fusion = output
+    # x, the 2-plane gates and the (B, T, 3, P) fusion table: nothing else of x's size.
+    ctx.save_for_backward(x, gates, fusion, weight, bn_scale, bn_shift, fuse_weight)
+    ctx.channels = channels
+    ctx.interleaved = interleaved
+    ctx.has_bias = bias is not None
+    ctx.mark_non_differentiable(gates, fusion)
+
+
+def _make_fuse_backward(backward_op):
+    def backward(ctx, grad_out, _grad_gates, _grad_fusion):
+        x, gates, fusion, weight, bn_scale, bn_shift, fuse_weight = ctx.saved_tensors
+        grads = backward_op(
+            grad_out, x, gates, fusion, weight, bn_scale, bn_shift, fuse_weight, ctx.channels, ctx.interleaved
+        )
+        grad_x, grad_weight, grad_bias, grad_scale, grad_shift, grad_fuse_weight, grad_fuse_bias = grads
+        has_affine = bn_scale is not None
+        return (
+            grad_x,
+            grad_weight,
+            grad_bias if ctx.has_bias else None,
+            grad_scale if has_affine else None,
+            grad_shift if has_affine else None,
+            grad_fuse_weight,
+            grad_fuse_bias,
+            None,
+            None,
+        )
+
+    return backward
+
+
 def _batch_stats_setup_context(ctx, inputs, output):
     x, channels = inputs
     mean, _ = output
@@ -140,8 +187,8 @@ def _double_backward(ctx, *grads):
 
 
 def register_gate_shift_ops(namespace: str) -> None:
-    """Fake kernels and autograd for ``<namespace>::gate_shift_forward/backward`` and
-    ``<namespace>::temporal_shift``.
+    """Fake kernels and autograd for ``<namespace>::gate_shift_forward/backward``,
+    ``gate_shift_fuse_forward/backward`` and ``temporal_shift``.
 
     Used for the ``gateshift`` library and for the emulated CUDA library of
     ``gateshift.testing.cuda_emulator``, which declares the same schemas.
@@ -157,6 +204,17 @@ def register_gate_shift_ops(namespace: str) -> None:
     torch.library.register_autograd(
         f"{namespace}::gate_shift_backward", _double_backward, setup_context=_no_setup_context
     )
+    if hasattr(library, "gate_shift_fuse_forward"):
+        torch.library.register_fake(f"{namespace}::gate_shift_fuse_forward")(_gate_shift_fuse_forward_fake)
+        torch.library.register_fake(f"{namespace}::gate_shift_fuse_backward")(_gate_shift_fuse_backward_fake)
+        torch.library.register_autograd(
+            f"{namespace}::gate_shift_fuse_forward",
+            _make_fuse_backward(library.gate_shift_fuse_backward),
+            setup_context=_fuse_setup_context,
+        )
+        torch.library.register_autograd(
+            f"{namespace}::gate_shift_fuse_backward", _double_backward, setup_context=_no_setup_context
+        )
     torch.library.register_fake(f"{namespace}::temporal_shift")(_temporal_shift_fake)
     torch.library.register_autograd(
         f"{namespace}::temporal_shift",

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ._ops import accumulation_dtype, ops
 
-__all__ = ["gate_shift", "temporal_shift"]
+__all__ = ["gate_shift", "gate_shift_fuse", "temporal_shift"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _LAYOUTS = ("TSN", "BCTHW")
@@ -165,6 +165,59 @@ def _check_args(x, c, weight, bias, bn_scale, bn_shift, channels, channel_order)
         if bn_scale.dtype != bn_shift.dtype:
             raise TypeError(f"bn_scale ({bn_scale.dtype}) and bn_shift ({bn_shift.dtype}) must have the same dtype")
     return p
+
+
+def gate_shift_fuse(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    fuse_weight: Tensor,
+    fuse_bias: Tensor,
+    *,
+    num_segments: int | None = None,
+    bn_scale: Tensor | None = None,
+    bn_shift: Tensor | None = None,
+    channels: int | None = None,
+    channel_order: str = "interleaved",
+    layout: str = "TSN",
+) -> Tensor:
+    r"""Fused Gate-Shift-Fuse (DESIGN.md section 2): :func:`gate_shift`'s gates and shifts,
+    with the residual add replaced by a learned per-channel-and-frame fusion.
+
+    For each group, the spatial means of the shifted part ``ys`` and of the residual
+    ``r`` form a 2-channel (in-group channel x frame) image; a 3x3 convolution and a
+    sigmoid give the fusion weight ``f``, and the output is ``f * ys + (1 - f) * r``.
+    Three passes forward (gates and means; the tiny convolution; the combine) and
+    three backward; only ``x``, the gates and the ``(B, T, 3, P)`` means/weights table
+    are kept for backward.
+
+    Args:
+        x, weight, bias, num_segments, bn_scale, bn_shift, channels, channel_order,
+            layout: as for :func:`gate_shift`.
+        fuse_weight: ``(2, 2, 3, 3)``, the groups' channel convolutions stacked
+            (``channel_conv1.weight``, ``channel_conv2.weight`` of the published module;
+            input channel 0 takes the shifted part's means, 1 the residual's).
+        fuse_bias: ``(2,)``, their biases.
+    """
+    return gate_shift_fuse_with(
+        ops.gate_shift_fuse_forward, x, weight, bias, fuse_weight, fuse_bias, num_segments=num_segments,
+        bn_scale=bn_scale, bn_shift=bn_shift, channels=channels, channel_order=channel_order, layout=layout,
+    )
+
+
+def gate_shift_fuse_with(
+    forward_op, x, weight, bias, fuse_weight, fuse_bias, *, num_segments=None, bn_scale=None, bn_shift=None,
+    channels=None, channel_order="interleaved", layout="TSN",
+) -> Tensor:
+    """:func:`gate_shift_fuse` on a given ``gate_shift_fuse_forward`` op (the emulated CUDA one, in tests)."""
+    x5 = _five_d_view(x, num_segments, layout)
+    p = _check_args(x, x5.shape[2], weight, bias, bn_scale, bn_shift, channels, channel_order)
+    _check_tensor("fuse_weight", fuse_weight, (2, 2, 3, 3), x)
+    _check_tensor("fuse_bias", fuse_bias, (2,), x)
+    out5, _, _ = forward_op(
+        x5, weight, bias, bn_scale, bn_shift, fuse_weight, fuse_bias, p, channel_order == "interleaved"
+    )
+    return out5.flatten(0, 1) if layout == "TSN" else out5.transpose(1, 2)
 
 
 def temporal_shift(x: Tensor, num_segments: int | None = None, fold_div: int = 8, *, layout: str = "TSN") -> Tensor:

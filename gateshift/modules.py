@@ -6,9 +6,10 @@ import torch
 from torch import Tensor, nn
 
 from ._ops import accumulation_dtype, ops
-from .functional import gate_shift, temporal_shift
+from .functional import gate_shift, gate_shift_fuse, temporal_shift
+from .reference import gsf_channels
 
-__all__ = ["GSM", "TemporalShift", "batch_mean_var", "folded_batch_norm"]
+__all__ = ["GSM", "GSF", "TemporalShift", "batch_mean_var", "folded_batch_norm"]
 
 
 def batch_mean_var(x5: Tensor, channels: int) -> tuple[Tensor, Tensor]:
@@ -122,6 +123,67 @@ class GSM(nn.Module):
             x,
             weight.to(x.dtype),
             None if bias is None else bias.to(x.dtype),
+            num_segments=self.num_segments,
+            bn_scale=scale,
+            bn_shift=shift,
+            channels=self.fPlane,
+        )
+
+
+class GSF(nn.Module):
+    """Gate-Shift-Fuse, fused: a drop-in for the published ``gsf(fPlane, num_segments,
+    gsf_ch_ratio)``.
+
+    Holds the published submodules (``conv3D``, ``bn``, ``channel_conv1``,
+    ``channel_conv2``) with their default initialisation, so published
+    ``state_dict``\ s load with ``strict=True``. Gates and shifts the first
+    ``P = int(fPlane * gsf_ch_ratio / 100)`` channels (rounded up to even; the
+    published interleaved order needs ``P % 4 == 0``); the rest pass through.
+    ``forward`` folds ``bn`` and makes one call of :func:`gateshift.gate_shift_fuse`.
+    """
+
+    def __init__(self, fPlane: int, num_segments: int = 8, gsf_ch_ratio: float = 100):
+        super().__init__()
+        if isinstance(fPlane, bool) or not isinstance(fPlane, int) or fPlane < 1:
+            raise ValueError(f"fPlane must be a positive int, got {fPlane!r}")
+        if isinstance(num_segments, bool) or not isinstance(num_segments, int) or num_segments < 1:
+            raise ValueError(f"num_segments must be a positive int, got {num_segments!r}")
+        if not 0 < gsf_ch_ratio <= 100:
+            raise ValueError(f"gsf_ch_ratio must be in (0, 100], got {gsf_ch_ratio!r}")
+        self.fPlane = gsf_channels(fPlane, gsf_ch_ratio)
+        if self.fPlane < 4 or self.fPlane % 4 != 0:
+            raise ValueError(
+                f"GSF gates P = {self.fPlane} channels (fPlane={fPlane}, gsf_ch_ratio={gsf_ch_ratio}); the published "
+                "interleaved channel order needs a positive multiple of 4"
+            )
+        self.num_segments = num_segments
+        self.conv3D = nn.Conv3d(self.fPlane, 2, (3, 3, 3), stride=1, padding=(1, 1, 1), groups=2)
+        self.bn = nn.BatchNorm3d(num_features=self.fPlane)
+        self.channel_conv1 = nn.Conv2d(2, 1, (3, 3), padding=(1, 1))
+        self.channel_conv2 = nn.Conv2d(2, 1, (3, 3), padding=(1, 1))
+
+    def extra_repr(self) -> str:
+        return f"fPlane={self.fPlane}, num_segments={self.num_segments}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] < self.fPlane:
+            raise ValueError(
+                f"GSF(fPlane={self.fPlane}) expects input (B*T, C >= {self.fPlane}, H, W), got shape {tuple(x.shape)}"
+            )
+        if x.shape[0] % self.num_segments != 0:
+            raise ValueError(
+                f"x.shape[0] = {x.shape[0]} must be a multiple of num_segments = {self.num_segments}"
+            )
+        x5 = x.unflatten(0, (x.shape[0] // self.num_segments, self.num_segments))
+        scale, shift = folded_batch_norm(self.bn, x5, self.fPlane)
+        fuse_weight = torch.cat((self.channel_conv1.weight, self.channel_conv2.weight)).to(x.dtype)
+        fuse_bias = torch.cat((self.channel_conv1.bias, self.channel_conv2.bias)).to(x.dtype)
+        return gate_shift_fuse(
+            x,
+            self.conv3D.weight.to(x.dtype),
+            self.conv3D.bias.to(x.dtype),
+            fuse_weight,
+            fuse_bias,
             num_segments=self.num_segments,
             bn_scale=scale,
             bn_shift=shift,

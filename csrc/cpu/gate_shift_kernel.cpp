@@ -13,6 +13,7 @@
 #include <tuple>
 
 #include "../gate_shift_checks.h"
+#include "gate_shift_ops.h"
 #include "gate_shift_tasks.h"
 
 namespace gateshift::cpu {
@@ -51,7 +52,9 @@ std::tuple<at::Tensor, at::Tensor> gate_shift_forward_cpu(
   return {out, gates};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gate_shift_backward_cpu(
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gate_shift_backward_impl(
     const at::Tensor& grad_out_in,
     const at::Tensor& x_in,
     const at::Tensor& gates_in,
@@ -59,7 +62,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gate_shif
     const std::optional<at::Tensor>& bn_scale,
     const std::optional<at::Tensor>& bn_shift,
     int64_t channels,
-    bool interleaved) {
+    bool interleaved,
+    const at::Tensor& fuse_coef) {
   const GateShiftSizes s = check_backward_args(
       grad_out_in, x_in, gates_in, weight, bn_scale, bn_shift, channels, interleaved);
   const at::Tensor x = with_contiguous_planes(x_in);
@@ -83,10 +87,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gate_shif
         p.gates = gates.const_data_ptr<acc_t>();
         const int64_t groups = p.B * p.groups_per_clip();
         at::Tensor partials = at::empty({groups, partial_stride}, totals.options());
-        const BackwardBuffers<scalar_t> g{
+        BackwardBuffers<scalar_t> g{
             grad_out.const_data_ptr<scalar_t>(), grad_out.stride(0), grad_out.stride(1),
             grad_out.stride(2), grad_x.mutable_data_ptr<scalar_t>(), grad_x.stride(0),
             grad_x.stride(1), grad_x.stride(2), partials.mutable_data_ptr<acc_t>(), partial_stride};
+        if (fuse_coef.defined()) {
+          g.fuse_coef = fuse_coef.const_data_ptr<acc_t>();
+        }
         at::parallel_for(0, p.B * p.tasks_per_clip(), 1, [&](int64_t begin, int64_t end) {
           backward_tasks<scalar_t>(p, g, begin, end);
         });
@@ -115,6 +122,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gate_shif
     grad_shift = at::empty({0}, weight.options());
   }
   return {grad_x, grad_weight, grad_bias, grad_scale, grad_shift};
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gate_shift_backward_cpu(
+    const at::Tensor& grad_out,
+    const at::Tensor& x,
+    const at::Tensor& gates,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bn_scale,
+    const std::optional<at::Tensor>& bn_shift,
+    int64_t channels,
+    bool interleaved) {
+  return gate_shift_backward_impl(
+      grad_out, x, gates, weight, bn_scale, bn_shift, channels, interleaved, /*fuse_coef=*/at::Tensor());
 }
 
 }  // namespace

@@ -32,6 +32,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <utility>
 #include <cmath>
 #include <tuple>
 #include <vector>
@@ -306,14 +307,20 @@ struct Scratch {
 // Forward
 // --------------------------------------------------------------------------
 
-template <typename scalar_t>
-struct ForwardOutputs {
-  scalar_t* out;
-  int64_t out_sb, out_st, out_sc;
-  at::opmath_type<scalar_t>* gates;
-};
+// What a forward pass writes for each finished frame: GSM's output, or (the
+// first pass of Gate-Shift-Fuse) the spatial means of the shifted part
+// ys = g[t +- 1] x[t +- 1] and of the residual r = (1 - g[t]) x[t] per channel.
+enum class ForwardMode { kGateShift, kFuseMeans };
 
 template <typename scalar_t>
+struct ForwardOutputs {
+  scalar_t* out;  // kGateShift
+  int64_t out_sb, out_st, out_sc;
+  at::opmath_type<scalar_t>* gates;
+  at::opmath_type<scalar_t>* fusion;  // kFuseMeans: the (B, T, 3, P) table, rows 0 (ym) and 1 (rm)
+};
+
+template <typename scalar_t, ForwardMode mode = ForwardMode::kGateShift>
 GATESHIFT_CPU_MULTIVERSION void forward_tasks(
     const Problem<scalar_t>& p, const ForwardOutputs<scalar_t>& y, int64_t task_begin, int64_t task_end) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -341,7 +348,7 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
     const int64_t slo = std::max<int64_t>(glo - 1, 0), shi = std::min(ghi + 1, T);
 
     const auto write_output_frame = [&](int64_t t) GATESHIFT_INLINE_LAMBDA {
-      for (int64_t c = 0; c < p.C; ++c) {
+      for (int64_t c = 0; c < (mode == ForwardMode::kGateShift ? p.C : P); ++c) {
         const scalar_t* xc = p.x_plane(b, t, c);
         if (c >= P) {  // pass-through channel
           scalar_t* oc = y.out + b * y.out_sb + t * y.out_st + c * y.out_sc;
@@ -349,25 +356,39 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
           continue;
         }
         const int64_t k = c / half;
-        scalar_t* oc =
-            y.out + b * y.out_sb + t * y.out_st + output_channel(c, P, p.interleaved) * y.out_sc;
         const acc_t* g = gate[t % 3][k];
         // Group 0 takes from the next frame, group 1 from the previous one; zero at the clip ends.
         const int64_t tn = k == 0 ? t + 1 : t - 1;
-        if (tn >= 0 && tn < T) {
-          const acc_t* gn = gate[tn % 3][k];
-          const scalar_t* xn = p.x_plane(b, tn, c);
+        const bool has_next = tn >= 0 && tn < T;
+        const acc_t* gn = has_next ? gate[tn % 3][k] : g;
+        const scalar_t* xn = has_next ? p.x_plane(b, tn, c) : xc;
+        if constexpr (mode == ForwardMode::kGateShift) {
+          scalar_t* oc =
+              y.out + b * y.out_sb + t * y.out_st + output_channel(c, P, p.interleaved) * y.out_sc;
+          if (has_next) {
 #pragma omp simd
-          for (int64_t i = 0; i < HW; ++i) {
-            const acc_t xv = static_cast<acc_t>(xc[i]);
-            oc[i] = static_cast<scalar_t>(xv - g[i] * xv + gn[i] * static_cast<acc_t>(xn[i]));
+            for (int64_t i = 0; i < HW; ++i) {
+              const acc_t xv = static_cast<acc_t>(xc[i]);
+              oc[i] = static_cast<scalar_t>(xv - g[i] * xv + gn[i] * static_cast<acc_t>(xn[i]));
+            }
+          } else {
+#pragma omp simd
+            for (int64_t i = 0; i < HW; ++i) {
+              const acc_t xv = static_cast<acc_t>(xc[i]);
+              oc[i] = static_cast<scalar_t>(xv - g[i] * xv);
+            }
           }
         } else {
-#pragma omp simd
+          acc_t shifted = 0, residual = 0;
+#pragma omp simd reduction(+ : shifted, residual)
           for (int64_t i = 0; i < HW; ++i) {
             const acc_t xv = static_cast<acc_t>(xc[i]);
-            oc[i] = static_cast<scalar_t>(xv - g[i] * xv);
+            residual += xv - g[i] * xv;
+            shifted += gn[i] * static_cast<acc_t>(xn[i]);
           }
+          const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(HW);
+          y.fusion[((b * T + t) * 3 + 0) * P + c] = has_next ? shifted * inv_hw : acc_t(0);
+          y.fusion[((b * T + t) * 3 + 1) * P + c] = residual * inv_hw;
         }
       }
     };
@@ -467,6 +488,20 @@ struct BackwardBuffers {
   // [dweight (P * 27) | dbias (2) | dbn_scale (P) | dbn_shift (P)].
   acc_t* partials;
   int64_t partial_stride;
+  // Gate-Shift-Fuse only (null for GSM): the (B, T, 4, P) table turning the output
+  // gradient dz of channel c at frame t into the gradients of its residual,
+  // dr = a_r dz + b_r (rows 0 and 1), and of its shifted part, dys = a_y dz + b_y
+  // (rows 2 and 3). GSM's z = r + ys is a_r = a_y = 1, b_r = b_y = 0.
+  const acc_t* fuse_coef = nullptr;
+
+  // (a, b) of `row` (0: residual, 2: shifted part) at clip b, frame t, channel c.
+  std::pair<acc_t, acc_t> coef(int64_t row, int64_t b, int64_t t, int64_t c, int64_t T, int64_t P) const {
+    if (fuse_coef == nullptr) {
+      return {acc_t(1), acc_t(0)};
+    }
+    const acc_t* e = fuse_coef + ((b * T + t) * 4 + row) * P + c;
+    return {e[0], e[P]};
+  }
 };
 
 template <typename scalar_t>
@@ -502,8 +537,9 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
     const int64_t ghi = std::min(t1 + 1, T);
     int64_t next_da = std::max<int64_t>(t0 - 1, 0);
 
-    // da_k[f] = (1 - g_k[f]^2) * sum_{c in G_k} x_c[f] * (dz_c[neighbour] - dz_c[f]),
-    // the neighbour being f-1 for group 0 and f+1 for group 1 (the adjoint of the shifts).
+    // da_k[f] = (1 - g_k[f]^2) * sum_{c in G_k} x_c[f] * (dys_c[neighbour] - dr_c[f]),
+    // the neighbour being f-1 for group 0 and f+1 for group 1 (the adjoint of the
+    // shifts); for GSM dr = dys = dz.
     const auto compute_da_frame = [&](int64_t f) GATESHIFT_INLINE_LAMBDA {
       std::fill(dg[0], dg[0] + HW, acc_t(0));
       std::fill(dg[1], dg[1] + HW, acc_t(0));
@@ -512,18 +548,20 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
         const scalar_t* xc = p.x_plane(b, f, c);
         const scalar_t* dz = grad_plane(b, f, oc);
         const int64_t fn = k == 0 ? f - 1 : f + 1;
+        const auto [ar, br] = g.coef(0, b, f, c, T, P);
         acc_t* d = dg[k];
         if (fn >= 0 && fn < T) {
           const scalar_t* dzn = grad_plane(b, fn, oc);
+          const auto [ay, by] = g.coef(2, b, fn, c, T, P);
 #pragma omp simd
           for (int64_t i = 0; i < HW; ++i) {
             d[i] += static_cast<acc_t>(xc[i]) *
-                (static_cast<acc_t>(dzn[i]) - static_cast<acc_t>(dz[i]));
+                ((ay * static_cast<acc_t>(dzn[i]) + by) - (ar * static_cast<acc_t>(dz[i]) + br));
           }
         } else {
 #pragma omp simd
           for (int64_t i = 0; i < HW; ++i) {
-            d[i] -= static_cast<acc_t>(xc[i]) * static_cast<acc_t>(dz[i]);
+            d[i] -= static_cast<acc_t>(xc[i]) * (ar * static_cast<acc_t>(dz[i]) + br);
           }
         }
       }
@@ -595,6 +633,9 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
         const bool has_next = tn >= 0 && tn < T;
         const scalar_t* dzn = has_next ? grad_plane(b, tn, oc) : dz;
         const acc_t next_weight = has_next ? acc_t(1) : acc_t(0);
+        // dx = (1 - g[t]) dr[t] + g[t] dys[tn]: the residual's and the shifted part's gradients.
+        const auto [ar, br] = g.coef(0, b, t, c, T, P);
+        const auto [ay, by] = has_next ? g.coef(2, b, tn, c, T, P) : std::pair<acc_t, acc_t>{acc_t(0), acc_t(0)};
         gather_rows(du, Wp, H, W, du_dense);
         if (affine) {
           acc_t ds = 0, dh = 0;
@@ -607,8 +648,8 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
             ds += dum * xv;
             dh += dum;
             dxc[q] = static_cast<scalar_t>(
-                (acc_t(1) - gv) * static_cast<acc_t>(dz[q]) +
-                next_weight * gv * static_cast<acc_t>(dzn[q]) + dum * sc);
+                (acc_t(1) - gv) * (ar * static_cast<acc_t>(dz[q]) + br) +
+                next_weight * gv * (ay * static_cast<acc_t>(dzn[q]) + by) + dum * sc);
           }
           dscale[c] += ds;
           dshift[c] += dh;
@@ -617,8 +658,8 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
           for (int64_t q = 0; q < HW; ++q) {
             const acc_t gv = gk[q];
             dxc[q] = static_cast<scalar_t>(
-                (acc_t(1) - gv) * static_cast<acc_t>(dz[q]) +
-                next_weight * gv * static_cast<acc_t>(dzn[q]) + du_dense[q]);
+                (acc_t(1) - gv) * (ar * static_cast<acc_t>(dz[q]) + br) +
+                next_weight * gv * (ay * static_cast<acc_t>(dzn[q]) + by) + du_dense[q]);
           }
         }
       }
