@@ -106,6 +106,7 @@ def _randomise(module: nn.Module, gen: torch.Generator) -> None:
 
 OPS = {
     "gsm": OpSpec("gsm", lambda c, t: reference.GSM(c, t), lambda c, t: gateshift.GSM(c, t)),
+    "gsf": OpSpec("gsf", lambda c, t: reference.GSF(c, t), lambda c, t: gateshift.GSF(c, t)),
     "tsm": OpSpec(
         "tsm",
         lambda c, t: reference.TemporalShift(None, t, 8),

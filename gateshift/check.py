@@ -1,4 +1,5 @@
-"""``gateshift-check``: parity and gradcheck of every fused op against the reference,
+"""``gateshift-check``: parity and gradcheck of every fused op (GSM, GSF, the TSM
+shift) against the reference,
 on every available device and dtype, as a pass/fail table and an exit status.
 
 This package's CI has no GPU: run this on your own GPU machine after installing
@@ -87,6 +88,51 @@ def check_parity(fn, device, dtype, shape, gen) -> list[Result]:
     return results
 
 
+def check_fuse_parity(fn, device, dtype, shape, gen) -> list[Result]:
+    """Gate-Shift-Fuse's output and gradients against the reference, as check_parity."""
+    start = time.perf_counter()
+    inputs = random_inputs(shape, dtype, device, gen)
+    fuse = [(torch.randn(2, 2, 3, 3, generator=gen, dtype=torch.float64) * 0.5).to(device=device, dtype=dtype),
+            (torch.randn(2, generator=gen, dtype=torch.float64) * 0.5).to(device=device, dtype=dtype)]
+    grad_out = torch.randn(inputs[0].shape, generator=gen, dtype=torch.float64)
+
+    def run(f, tensors, g):
+        leaves = [t.detach().clone().requires_grad_() for t in tensors]
+        x, weight, bias, scale, shift, fw, fb = leaves
+        b, t, c, h, w, p, order = shape
+        out = f(x, weight, bias, fw, fb, num_segments=t, bn_scale=scale, bn_shift=shift, channels=p,
+                channel_order=order)
+        return [out, *torch.autograd.grad(out, leaves, g.to(device=out.device, dtype=out.dtype))]
+
+    ours = run(fn, inputs + fuse, grad_out.to(dtype))
+    exact = run(reference.gate_shift_fuse, [t.double().cpu() for t in inputs + fuse], grad_out)
+    low = run(reference.gate_shift_fuse, inputs + fuse, grad_out.to(dtype)) if dtype in (torch.bfloat16, torch.float16) else None
+    seconds = time.perf_counter() - start
+    names = ("out", "grad x", "grad weight", "grad bias", "grad bn_scale", "grad bn_shift", "grad fuse_weight",
+             "grad fuse_bias")
+    results = []
+    for i, name in enumerate(names):
+        c = compare_to_reference(ours[i], exact[i], None if low is None else low[i])
+        results.append(Result(str(device), str(dtype).replace("torch.", ""), f"GSF parity {name}", describe(shape),
+                              c.error, c.bound, c.ok, seconds))
+    return results
+
+
+def check_shift_parity(fn, device, dtype, gen) -> Result:
+    """The temporal shift against the published one: exact in every dtype."""
+    start = time.perf_counter()
+    x = torch.randn(24, 16, 5, 7, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype).requires_grad_()
+    g = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    out = fn(x, 8, 8)
+    (gx,) = torch.autograd.grad(out, x, g)
+    xr = x.detach().clone().requires_grad_()
+    expected = reference.temporal_shift(xr, 8, 8)
+    (gx_r,) = torch.autograd.grad(expected, xr, g)
+    error = max((out - expected).abs().max().item(), (gx - gx_r).abs().max().item())
+    return Result(str(device), str(dtype).replace("torch.", ""), "TSM shift and its backward", "24x16x5x7, T=8",
+                  error, 0.0, error == 0.0, time.perf_counter() - start)
+
+
 def check_gradcheck(fn, device, gen) -> Result:
     shape = (1, 3, 8, 4, 3, 8, "interleaved")
     inputs = [t.requires_grad_() for t in random_inputs(shape, torch.float64, device, gen)]
@@ -132,15 +178,22 @@ def describe(shape) -> str:
     return f"{b * t}x{c}x{h}x{w}, T={t}, P={p}, {order}"
 
 
-def run_checks(targets: Sequence[tuple[str, Callable, torch.device]], shapes, dtypes, seed: int) -> list[Result]:
+def run_checks(targets: Sequence[tuple[str, dict, torch.device]], shapes, dtypes, seed: int) -> list[Result]:
     gen = torch.Generator().manual_seed(seed)
     results = []
-    for name, fn, device in targets:
+    for name, fns, device in targets:
+        fn = fns["gate_shift"]
         for dtype in dtypes:
             for shape in shapes:
                 for r in check_parity(fn, device, dtype, shape, gen):
                     r.device = name
                     results.append(r)
+            for r in check_fuse_parity(fns["gate_shift_fuse"], device, dtype, shapes[-2], gen):
+                r.device = name
+                results.append(r)
+            r = check_shift_parity(fns["temporal_shift"], device, dtype, gen)
+            r.device = name
+            results.append(r)
         r = check_gradcheck(fn, device, gen)
         r.device = name
         results.append(r)
@@ -176,11 +229,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if d == "cuda" and not torch.cuda.is_available():
             parser.error("--device cuda, but torch.cuda.is_available() is False")
     seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31, (1,)))
-    targets = [(d, gateshift.gate_shift, torch.device(d)) for d in devices]
+    fused = {
+        "gate_shift": gateshift.gate_shift,
+        "gate_shift_fuse": gateshift.gate_shift_fuse,
+        "temporal_shift": gateshift.temporal_shift,
+    }
+    targets = [(d, fused, torch.device(d)) for d in devices]
     if args.emulator:
         from gateshift.testing import cuda_emulator
 
-        targets.append(("cuda-emulator", cuda_emulator.gate_shift, torch.device("cpu")))
+        emulated = {
+            "gate_shift": cuda_emulator.gate_shift,
+            "gate_shift_fuse": cuda_emulator.gate_shift_fuse,
+            "temporal_shift": cuda_emulator.temporal_shift,
+        }
+        targets.append(("cuda-emulator", emulated, torch.device("cpu")))
     print(f"# gateshift {gateshift.__version__}, torch {torch.__version__}, seed {seed}")
     shapes = QUICK_SHAPES if args.quick or args.emulator else SHAPES
     results = run_checks(targets, shapes, DTYPES, seed)

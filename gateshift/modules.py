@@ -136,7 +136,7 @@ class GSF(nn.Module):
 
     Holds the published submodules (``conv3D``, ``bn``, ``channel_conv1``,
     ``channel_conv2``) with their default initialisation, so published
-    ``state_dict``\ s load with ``strict=True``. Gates and shifts the first
+    ``state_dict`` files load with ``strict=True``. Gates and shifts the first
     ``P = int(fPlane * gsf_ch_ratio / 100)`` channels (rounded up to even; the
     published interleaved order needs ``P % 4 == 0``); the rest pass through.
     ``forward`` folds ``bn`` and makes one call of :func:`gateshift.gate_shift_fuse`.

@@ -19,7 +19,7 @@ def test_defaults_are_the_quick_reference_case_and_the_model():
     args = bench.parse_args(["--quick"])
     assert args.device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     assert [str(s) for s in args.shapes] == ["2x8x64x28x28"]
-    assert args.model and args.impls == ["eager", "compile", "fused"] and args.ops == ["gsm", "tsm"]
+    assert args.model and args.impls == ["eager", "compile", "fused"] and args.ops == ["gsm", "gsf", "tsm"]
 
 
 def test_presets_and_custom_shapes():
@@ -102,6 +102,16 @@ def test_temporal_shift_joins_through_the_same_code_path():
     )
     assert [r.op for r in records] == ["tsm", "tsm"] and all(r.max_abs_err == 0 for r in records)
     assert records[1].saved_bytes == 0  # a shift saves nothing for backward
+
+
+def test_gsf_joins_through_the_same_code_path():
+    gen = torch.Generator().manual_seed(0)
+    w = bench.op_workload(bench.OPS["gsf"], bench.Shape(2, 4, 16, 5, 5), gen)
+    records = bench.benchmark_workload(
+        w, torch.float32, torch.device("cpu"), ["eager", "fused"], warmup=1, repeat=2, bandwidth=1e10, gen=gen
+    )
+    assert [r.op for r in records] == ["gsf", "gsf"] and records[1].max_abs_err < 1e-4
+    assert records[1].saved_bytes < records[0].saved_bytes
 
 
 def test_model_case_runs_both_implementations_on_the_same_weights():

@@ -103,7 +103,7 @@ GATESHIFT_DEVICE T sum_over_pixel_groups(T v) {
 
 // Which clip, frames and tile a block owns (the grid is 1-D: clips x chunks x tiles).
 struct BlockWork {
-  int64_t b, t0, t1, h0, w0;
+  int64_t b, t0, t1, h0, w0, tile;
 };
 
 struct GridShape {
@@ -119,6 +119,7 @@ GATESHIFT_DEVICE BlockWork block_work(int64_t block, const GridShape& g, int64_t
   w.t1 = min_of(T, w.t0 + g.frames_per_chunk);
   w.h0 = (tile / g.tiles_w) * kTileH;
   w.w0 = (tile % g.tiles_w) * kTileW;
+  w.tile = tile;
   return w;
 }
 
@@ -150,6 +151,9 @@ struct ForwardParams {
   const scalar_t* bias;    // (2) or null
   const acc_t* scale;      // (P) or null, converted to the accumulation type by the launcher
   const acc_t* shift;      // (P) or null
+  // Gate-Shift-Fuse's first pass instead of the output: per tile, the sums of the
+  // shifted part ys and of the residual r, (B, T, tiles, 2, P).
+  acc_t* tile_sums = nullptr;
 };
 
 template <typename scalar_t>
@@ -168,17 +172,33 @@ struct BackwardParams {
   scalar_t* grad_x;
   Strides gxs;
   acc_t* partials;  // (blocks, partial_stride(P)), see launch_config.h
+  // Gate-Shift-Fuse only (null for GSM): (B, T, 4, P) coefficients turning dz of
+  // channel c at frame t into the residual's gradient a_r dz + b_r (rows 0, 1) and
+  // the shifted part's a_y dz + b_y (rows 2, 3). GSM: a = 1, b = 0.
+  const acc_t* fuse_coef = nullptr;
+
+  // a * dz + b with the (a, b) of `row` (0: residual, 2: shifted part) at (bi, t, c).
+  GATESHIFT_DEVICE acc_t fused(int row, int64_t bi, int64_t t, int64_t c, acc_t dz) const {
+    if (fuse_coef == nullptr) {
+      return dz;
+    }
+    const acc_t* e = fuse_coef + ((bi * n.T + t) * 4 + row) * n.P + c;
+    return e[0] * dz + e[n.P];
+  }
 };
 
 // ---------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------
 
-// Minimum one block per SM in the launch bounds: otherwise ptxas caps the double
-// instantiation at 128 registers and spills. float needs 122 registers (ptxas
-// report), two blocks per SM.
+// Two blocks per SM for the float accumulators (at most 128 registers), one for
+// double: capped at 128 registers, its instantiation spills.
 template <typename scalar_t>
-GATESHIFT_GLOBAL void __launch_bounds__(kThreads, 1) gate_shift_forward_kernel(const ForwardParams<scalar_t> p) {
+constexpr int kForwardMinBlocks = sizeof(acc_type<scalar_t>) == 4 ? 2 : 1;
+
+template <typename scalar_t, bool fuse_means = false>
+GATESHIFT_GLOBAL void __launch_bounds__(kThreads, kForwardMinBlocks<scalar_t>)
+    gate_shift_forward_kernel(const ForwardParams<scalar_t> p) {
   using acc_t = acc_type<scalar_t>;
   GATESHIFT_DYNAMIC_SHARED(acc_t, shared);
   acc_t* const u_s = shared;                                    // [kForwardChunk][kHaloPixels]
@@ -262,6 +282,54 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads, 1) gate_shift_forward_kernel(c
     }
   };
 
+  // Gate-Shift-Fuse's first pass: instead of the output, the sums of ys = g[t +- 1]
+  // x[t +- 1] and r = (1 - g[t]) x[t] over the tile's pixels, per gated channel.
+  // Four channels at a time, 64 threads (two warps) each: a shuffle tree in each
+  // warp, then the two warps in order (reproducible bits; no atomics).
+  const auto write_means_frame = [&](int64_t t) {
+    const int warp = tid / 32, lane = tid % 32;
+    for (int64_t c0 = 0; c0 < n.P; c0 += kThreads / kTilePixels) {
+      const int64_t c = c0 + tid / kTilePixels;
+      const int pix = tid % kTilePixels;
+      const int64_t h = bw.h0 + pix / kTileW, w = bw.w0 + pix % kTileW;
+      acc_t ys = acc_t(0), r = acc_t(0);
+      if (c < n.P && h < n.H && w < n.W) {
+        const int64_t hw = h * n.W + w;
+        const int k = c >= half ? 1 : 0;
+        const acc_t xv = static_cast<acc_t>(p.x[p.xs.plane(bw.b, t, c) + hw]);
+        r = xv - gate_s[((t % 3) * 2 + k) * kTilePixels + pix] * xv;
+        const int64_t tn = k == 0 ? t + 1 : t - 1;
+        if (tn >= 0 && tn < n.T) {
+          ys = gate_s[((tn % 3) * 2 + k) * kTilePixels + pix] * static_cast<acc_t>(p.x[p.xs.plane(bw.b, tn, c) + hw]);
+        }
+      }
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) {
+        ys += __shfl_xor_sync(0xffffffffu, ys, offset);
+        r += __shfl_xor_sync(0xffffffffu, r, offset);
+      }
+      if (lane == 0) {  // part_s is free between gate frames
+        part_s[warp * 2] = ys;
+        part_s[warp * 2 + 1] = r;
+      }
+      __syncthreads();
+      if (tid < kThreads / kTilePixels && c0 + tid < n.P) {
+        const int64_t out = (((bw.b * n.T + t) * p.grid.tiles + bw.tile) * 2) * n.P + c0 + tid;
+        p.tile_sums[out] = part_s[4 * tid] + part_s[4 * tid + 2];
+        p.tile_sums[out + n.P] = part_s[4 * tid + 1] + part_s[4 * tid + 3];
+      }
+      __syncthreads();
+    }
+  };
+
+  const auto finish_frame = [&](int64_t t) {
+    if constexpr (fuse_means) {
+      write_means_frame(t);
+    } else {
+      write_output_frame(t);
+    }
+  };
+
   for (int64_t s = slo; s < shi; ++s) {
 #pragma unroll
     for (int k = 0; k < 2; ++k) {
@@ -317,16 +385,16 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads, 1) gate_shift_forward_kernel(c
     if (s - 1 >= glo) {
       finish_gate_frame(s - 1, acc[0]);
       if (s - 2 >= bw.t0 && s - 2 < bw.t1) {
-        write_output_frame(s - 2);
+        finish_frame(s - 2);
       }
     }
     if (s == n.T - 1 && s >= glo && s < ghi) {
       finish_gate_frame(s, acc[1]);
       if (s - 1 >= bw.t0 && s - 1 < bw.t1) {
-        write_output_frame(s - 1);
+        finish_frame(s - 1);
       }
       if (s >= bw.t0 && s < bw.t1) {
-        write_output_frame(s);
+        finish_frame(s);
       }
     }
 #pragma unroll
@@ -379,18 +447,23 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) gate_shift_backward_kernel(con
     const int64_t h = bw.h0 + lane / kHaloW - 1, w = bw.w0 + lane % kHaloW - 1;
     if (lane < kHaloPixels && h >= 0 && h < n.H && w >= 0 && w < n.W) {
       const int64_t hw = h * n.W + w;
+      // dr = the residual's gradient at f, dys = the shifted part's at the neighbour
+      // (both dz for GSM, see BackwardParams::fused).
       for (int64_t c = slice; c < half; c += kDaSlices) {
         const int64_t oc = output_channel(c, n.P, n.interleaved);
-        const acc_t dz = static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, f, oc) + hw]);
-        const acc_t dzn = f >= 1 ? static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, f - 1, oc) + hw]) : acc_t(0);
-        dg0 += static_cast<acc_t>(p.x[p.xs.plane(bw.b, f, c) + hw]) * (dzn - dz);
+        const acc_t dr = p.fused(0, bw.b, f, c, static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, f, oc) + hw]));
+        const acc_t dys =
+            f >= 1 ? p.fused(2, bw.b, f - 1, c, static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, f - 1, oc) + hw]))
+                   : acc_t(0);
+        dg0 += static_cast<acc_t>(p.x[p.xs.plane(bw.b, f, c) + hw]) * (dys - dr);
       }
       for (int64_t c = half + slice; c < n.P; c += kDaSlices) {
         const int64_t oc = output_channel(c, n.P, n.interleaved);
-        const acc_t dz = static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, f, oc) + hw]);
-        const acc_t dzn =
-            f + 1 < n.T ? static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, f + 1, oc) + hw]) : acc_t(0);
-        dg1 += static_cast<acc_t>(p.x[p.xs.plane(bw.b, f, c) + hw]) * (dzn - dz);
+        const acc_t dr = p.fused(0, bw.b, f, c, static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, f, oc) + hw]));
+        const acc_t dys = f + 1 < n.T
+            ? p.fused(2, bw.b, f + 1, c, static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, f + 1, oc) + hw]))
+            : acc_t(0);
+        dg1 += static_cast<acc_t>(p.x[p.xs.plane(bw.b, f, c) + hw]) * (dys - dr);
       }
     }
     dg_s[(slice * 2 + 0) * kDaLanes + lane] = dg0;
@@ -442,10 +515,11 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) gate_shift_backward_kernel(con
           if (c < n.P) {
             const int64_t oc = output_channel(c, n.P, n.interleaved);
             const int64_t tn = c < half ? t - 1 : t + 1;
+            // Staged as the residual's gradient (dz) and the neighbour's shifted part's (dzn).
             xv = static_cast<acc_t>(p.x[p.xs.plane(bw.b, t, c) + hw]);
-            dz = static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, t, oc) + hw]);
+            dz = p.fused(0, bw.b, t, c, static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, t, oc) + hw]));
             if (tn >= 0 && tn < n.T) {
-              dzn = static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, tn, oc) + hw]);
+              dzn = p.fused(2, bw.b, tn, c, static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, tn, oc) + hw]));
             }
           } else {
             dz = static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, t, c) + hw]);
@@ -560,7 +634,9 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) gate_shift_backward_kernel(con
 
 // Sums the per-block partials in block order (bitwise reproducible) into the
 // parameter gradients, one thread per parameter. The BN affine's gradients have
-// the affine's dtype (affine_t), which may be the accumulation type.
+// the affine's dtype (affine_t), which may be the accumulation type. For
+// Gate-Shift-Fuse it also sums the per-clip partials of the fusion convolution's
+// kFuse parameters (null for GSM).
 template <typename scalar_t, typename affine_t>
 GATESHIFT_GLOBAL void __launch_bounds__(kThreads) sum_partials_kernel(
     const acc_type<scalar_t>* partials,
@@ -569,11 +645,28 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) sum_partials_kernel(
     scalar_t* grad_weight,
     scalar_t* grad_bias,
     affine_t* grad_scale,  // null without the BN affine
-    affine_t* grad_shift) {
+    affine_t* grad_shift,
+    const acc_type<scalar_t>* fuse_partials,  // (clips, kFuse) or null
+    int64_t clips,
+    int64_t kFuse,
+    scalar_t* grad_fuse_weight,  // the first kFuse - 2 fusion parameters' gradients
+    scalar_t* grad_fuse_bias) {  // the last two
   using acc_t = acc_type<scalar_t>;
   const int64_t stride = partial_stride(P);
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (j >= stride) {
+    if (fuse_partials != nullptr && j < stride + kFuse) {
+      acc_t sum = acc_t(0);
+      for (int64_t b = 0; b < clips; ++b) {
+        sum += fuse_partials[b * kFuse + (j - stride)];
+      }
+      const int64_t e = j - stride;
+      if (e < kFuse - 2) {
+        grad_fuse_weight[e] = static_cast<scalar_t>(sum);
+      } else {
+        grad_fuse_bias[e - (kFuse - 2)] = static_cast<scalar_t>(sum);
+      }
+    }
     return;
   }
   acc_t sum = acc_t(0);

@@ -52,6 +52,34 @@ inline GridShape grid_shape(const LaunchConfig& c) {
   return GridShape{c.tiles(), c.tiles_w, c.chunks, c.frames_per_chunk};
 }
 
+// The forward kernel's parameters but its outputs (out, or GSF's tile sums).
+template <typename scalar_t>
+ForwardParams<scalar_t> forward_params(
+    const GateShiftSizes& s,
+    bool interleaved,
+    const LaunchConfig& config,
+    const at::Tensor& x,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& bn_scale,
+    const std::optional<at::Tensor>& bn_shift,
+    acc_type<scalar_t>* gates) {
+  using acc_t = acc_type<scalar_t>;
+  check_grid(config);
+  ForwardParams<scalar_t> p;
+  p.n = Sizes{s.batch, s.frames, s.channels, s.height, s.width, s.gated, interleaved};
+  p.grid = grid_shape(config);
+  p.x = x.const_data_ptr<scalar_t>();
+  p.xs = strides_of(x);
+  p.out = nullptr;
+  p.gates = gates;
+  p.weight = weight.const_data_ptr<scalar_t>();
+  p.bias = data_or_null<scalar_t>(bias);
+  p.scale = data_or_null<acc_t>(bn_scale);
+  p.shift = data_or_null<acc_t>(bn_shift);
+  return p;
+}
+
 template <typename Backend>
 std::tuple<at::Tensor, at::Tensor> gate_shift_forward(
     Backend& backend,
@@ -81,24 +109,25 @@ std::tuple<at::Tensor, at::Tensor> gate_shift_forward(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gate_shift_forward_cuda", [&] {
     using acc_t = acc_type<scalar_t>;
     const LaunchConfig config =
-        make_launch_config(s.batch, s.frames, s.height, s.width, s.gated, backend.num_sms(), sizeof(acc_t));
-    check_grid(config);
-    ForwardParams<scalar_t> p;
-    p.n = Sizes{s.batch, s.frames, s.channels, s.height, s.width, s.gated, interleaved};
-    p.grid = grid_shape(config);
-    p.x = x.const_data_ptr<scalar_t>();
-    p.xs = strides_of(x);
+        make_launch_config(s.batch, s.frames, s.height, s.width, backend.num_sms(), sizeof(acc_t));
+    ForwardParams<scalar_t> p = forward_params<scalar_t>(
+        s, interleaved, config, x, weight, bias, bn_scale, bn_shift, gates.mutable_data_ptr<acc_t>());
     p.out = out.mutable_data_ptr<scalar_t>();
     p.os = strides_of(out);
-    p.gates = gates.mutable_data_ptr<acc_t>();
-    p.weight = weight.const_data_ptr<scalar_t>();
-    p.bias = data_or_null<scalar_t>(bias);
-    p.scale = data_or_null<acc_t>(bn_scale);
-    p.shift = data_or_null<acc_t>(bn_shift);
     backend.launch(gate_shift_forward_kernel<scalar_t>, config.blocks, kThreads, config.forward_shared, p);
   });
   return {out, gates};
 }
+
+// Gate-Shift-Fuse's additions to the gate-shift backward: the (B, T, 4, P)
+// coefficients, the per-clip partials of the fusion convolution's parameters, and
+// where their sums go (kFuseParams values of x's dtype).
+struct FuseBackwardExtras {
+  at::Tensor coef;
+  at::Tensor fuse_partials;  // (B, kFuse)
+  at::Tensor grad_fuse_weight;  // kFuse - 2 values
+  at::Tensor grad_fuse_bias;    // 2 values
+};
 
 template <typename Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gate_shift_backward(
@@ -110,7 +139,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gate_shif
     const std::optional<at::Tensor>& bn_scale_in,
     const std::optional<at::Tensor>& bn_shift_in,
     int64_t channels,
-    bool interleaved) {
+    bool interleaved,
+    const FuseBackwardExtras* fuse = nullptr) {
   const GateShiftSizes s = check_backward_args(
       grad_out_in, x_in, gates_in, weight_in, bn_scale_in, bn_shift_in, channels, interleaved);
   const at::Tensor x = with_contiguous_planes(x_in);
@@ -138,7 +168,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gate_shif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gate_shift_backward_cuda", [&] {
     using acc_t = acc_type<scalar_t>;
     const LaunchConfig config =
-        make_launch_config(s.batch, s.frames, s.height, s.width, P, backend.num_sms(), sizeof(acc_t));
+        make_launch_config(s.batch, s.frames, s.height, s.width, backend.num_sms(), sizeof(acc_t));
     check_grid(config);
     at::Tensor partials =
         backend.empty({config.blocks, partial_stride(P)}, x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
@@ -156,14 +186,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gate_shif
     p.grad_x = grad_x.mutable_data_ptr<scalar_t>();
     p.gxs = strides_of(grad_x);
     p.partials = partials.mutable_data_ptr<acc_t>();
+    if (fuse != nullptr) {
+      p.fuse_coef = fuse->coef.const_data_ptr<acc_t>();
+    }
     backend.launch(gate_shift_backward_kernel<scalar_t>, config.blocks, kThreads, config.backward_shared, p);
+    const int64_t fuse_params = fuse != nullptr ? fuse->fuse_partials.size(1) : 0;
+    const int64_t finish_blocks = (partial_stride(P) + fuse_params + kThreads - 1) / kThreads;
     const auto finish = [&](auto* affine_type) {
       using affine_t = std::remove_pointer_t<decltype(affine_type)>;
       backend.launch(
-          sum_partials_kernel<scalar_t, affine_t>, config.finish_blocks, kThreads, 0,
+          sum_partials_kernel<scalar_t, affine_t>, finish_blocks, kThreads, 0,
           static_cast<const acc_t*>(p.partials), config.blocks, P, grad_weight.mutable_data_ptr<scalar_t>(),
           grad_bias.mutable_data_ptr<scalar_t>(), affine ? grad_scale.mutable_data_ptr<affine_t>() : nullptr,
-          affine ? grad_shift.mutable_data_ptr<affine_t>() : nullptr);
+          affine ? grad_shift.mutable_data_ptr<affine_t>() : nullptr,
+          fuse != nullptr ? fuse->fuse_partials.template const_data_ptr<acc_t>() : nullptr, s.batch, fuse_params,
+          fuse != nullptr ? fuse->grad_fuse_weight.template mutable_data_ptr<scalar_t>() : nullptr,
+          fuse != nullptr ? fuse->grad_fuse_bias.template mutable_data_ptr<scalar_t>() : nullptr);
     };
     if (affine_options.dtype() == weight.options().dtype()) {
       finish(static_cast<scalar_t*>(nullptr));

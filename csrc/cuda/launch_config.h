@@ -53,7 +53,6 @@ struct LaunchConfig {
   int64_t blocks;              // clips x chunks x tiles, a 1-D grid
   std::size_t forward_shared;  // bytes of dynamic shared memory
   std::size_t backward_shared;
-  int64_t finish_blocks;  // grid of the kernel that sums the per-block partials
 
   int64_t tiles() const {
     return tiles_h * tiles_w;
@@ -63,7 +62,7 @@ struct LaunchConfig {
 // acc_bytes: sizeof the accumulation type (4 for float and half types, 8 for double).
 // num_sms: multiprocessors of the device; the emulator passes its own count.
 inline LaunchConfig make_launch_config(
-    int64_t B, int64_t T, int64_t H, int64_t W, int64_t P, int64_t num_sms, std::size_t acc_bytes) {
+    int64_t B, int64_t T, int64_t H, int64_t W, int64_t num_sms, std::size_t acc_bytes) {
   LaunchConfig c{};
   c.tiles_h = (H + kTileH - 1) / kTileH;
   c.tiles_w = (W + kTileW - 1) / kTileW;
@@ -87,7 +86,6 @@ inline LaunchConfig make_launch_config(
        + kDaSlices * 2 * kDaLanes           // per-slice partial dg sums
        + 2 * kTilePixels                    // gates of the current frame
        + 3 * kChannelLanes * kStageStride); // staged x, dz and the neighbour frame's dz
-  c.finish_blocks = (partial_stride(P) + kThreads - 1) / kThreads;
   return c;
 }
 

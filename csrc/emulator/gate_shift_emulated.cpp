@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "../cuda/batch_stats_launch.h"
+#include "../cuda/gate_shift_fuse_launch.h"
 #include "../cuda/gate_shift_launch.h"
 #include "../cuda/temporal_shift_launch.h"
 #include "../schemas.h"
@@ -176,6 +177,41 @@ at::Tensor batch_stats_backward_emulated(
       backend, backend.input(grad_mean), backend.input(grad_var), backend.input(x), backend.input(mean), channels);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gate_shift_fuse_forward_emulated(
+    const at::Tensor& x,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& bn_scale,
+    const std::optional<at::Tensor>& bn_shift,
+    const at::Tensor& fuse_weight,
+    const at::Tensor& fuse_bias,
+    int64_t channels,
+    bool interleaved) {
+  EmulatorBackend backend;
+  return cuda::gate_shift_fuse_forward(
+      backend, backend.input(x), backend.input(weight), backend.input(bias), backend.input(bn_scale),
+      backend.input(bn_shift), backend.input(fuse_weight), backend.input(fuse_bias), channels, interleaved);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+gate_shift_fuse_backward_emulated(
+    const at::Tensor& grad_out,
+    const at::Tensor& x,
+    const at::Tensor& gates,
+    const at::Tensor& fusion,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bn_scale,
+    const std::optional<at::Tensor>& bn_shift,
+    const at::Tensor& fuse_weight,
+    int64_t channels,
+    bool interleaved) {
+  EmulatorBackend backend;
+  return cuda::gate_shift_fuse_backward(
+      backend, backend.input(grad_out), backend.input(x), backend.input(gates), backend.input(fusion),
+      backend.input(weight), backend.input(bn_scale), backend.input(bn_shift), backend.input(fuse_weight), channels,
+      interleaved);
+}
+
 at::Tensor temporal_shift_emulated(const at::Tensor& x, int64_t fold, bool reverse) {
   EmulatorBackend backend;
   return cuda::temporal_shift(backend, backend.input(x), fold, reverse);
@@ -195,6 +231,8 @@ TORCH_LIBRARY(gateshift_emulated, m) {
   m.def(gateshift::schemas::kGateShiftBackward);
   m.def(gateshift::schemas::kBatchStats);
   m.def(gateshift::schemas::kBatchStatsBackward);
+  m.def(gateshift::schemas::kGateShiftFuseForward);
+  m.def(gateshift::schemas::kGateShiftFuseBackward);
   m.def(gateshift::schemas::kTemporalShift);
   m.def("set_num_sms(int num_sms) -> int", &gateshift::emulation::set_num_sms);
 }
@@ -204,6 +242,8 @@ TORCH_LIBRARY_IMPL(gateshift_emulated, CPU, m) {
   m.impl("gate_shift_backward", &gateshift::emulation::gate_shift_backward_emulated);
   m.impl("batch_stats", &gateshift::emulation::batch_stats_emulated);
   m.impl("batch_stats_backward", &gateshift::emulation::batch_stats_backward_emulated);
+  m.impl("gate_shift_fuse_forward", &gateshift::emulation::gate_shift_fuse_forward_emulated);
+  m.impl("gate_shift_fuse_backward", &gateshift::emulation::gate_shift_fuse_backward_emulated);
   m.impl("temporal_shift", &gateshift::emulation::temporal_shift_emulated);
 }
 

@@ -20,9 +20,9 @@ import torch
 
 from .. import _cuda_emulator  # noqa: F401  (registers torch.ops.gateshift_emulated)
 from .._ops import register_gate_shift_ops
-from ..functional import gate_shift_with, temporal_shift_with
+from ..functional import gate_shift_fuse_with, gate_shift_with, temporal_shift_with
 
-__all__ = ["gate_shift", "temporal_shift", "ops", "set_num_sms", "num_sms"]
+__all__ = ["gate_shift", "gate_shift_fuse", "temporal_shift", "ops", "set_num_sms", "num_sms"]
 
 register_gate_shift_ops("gateshift_emulated")
 ops = torch.ops.gateshift_emulated
@@ -31,6 +31,11 @@ ops = torch.ops.gateshift_emulated
 def gate_shift(x, weight, bias=None, **kwargs):
     """:func:`gateshift.gate_shift`, computed by the emulated CUDA kernels (CPU tensors)."""
     return gate_shift_with(ops.gate_shift_forward, x, weight, bias, **kwargs)
+
+
+def gate_shift_fuse(x, weight, bias, fuse_weight, fuse_bias, **kwargs):
+    """:func:`gateshift.gate_shift_fuse`, computed by the emulated CUDA kernels (CPU tensors)."""
+    return gate_shift_fuse_with(ops.gate_shift_fuse_forward, x, weight, bias, fuse_weight, fuse_bias, **kwargs)
 
 
 def temporal_shift(x, num_segments=None, fold_div=8, **kwargs):

@@ -1,0 +1,234 @@
+// CUDA kernels of Gate-Shift-Fuse (DESIGN.md section 2) besides the gate-shift
+// kernels it reuses (gate_shift_kernel.cuh). Device code only.
+//
+// forward  (1) gate_shift_forward_kernel<scalar_t, true>: gates, and per tile the
+//              sums of the shifted part ys and of the residual r;
+//          (2) fuse_weights_kernel: one block per (clip, group) sums the tiles into
+//              means and applies the 3x3 (channel x frame) convolution and sigmoid;
+//          (3) fuse_combine_kernel: out = f ys + (1 - f) r from the stored gates.
+// backward (1) fuse_gradient_kernel: df = sum_hw dz (ys - r), one warp per plane;
+//          (2) fuse_backward_kernel: one block per (clip, group): through the
+//              sigmoid and the convolution, the per-element coefficients for the
+//              gate-shift backward and per-clip partials of the convolution's
+//              parameter gradients;
+//          (3) gate_shift_backward_kernel with those coefficients, and
+//              sum_partials_kernel, which also sums the per-clip partials.
+//
+// Bytes per element of x (fp32): forward reads x in (1) and again in (3) (its
+// frame and the neighbour's, the second from L2), writes the output once: 12
+// bytes, 1.5x the 8-byte floor. Backward reads x and dz in (1) and again in (3):
+// about 20 bytes, 1.7x the 12-byte floor. The means, the fusion table and the
+// coefficients are (B, T, <= 4, P): 4/(H W) of x or less.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "../gate_shift_fuse_math.h"
+#include "../gate_shift_indexing.h"
+#include "../portability.h"
+#include "gate_shift_kernel.cuh"
+
+namespace gateshift::cuda {
+
+constexpr int kFuseThreads = 256;
+constexpr int kFuseParams = 2 * 2 * 3 * 3 + 2;  // the two groups' convolutions: weights and biases
+
+GATESHIFT_DEVICE float device_sigmoid(float v) {
+  return 1.0f / (1.0f + expf(-v));
+}
+GATESHIFT_DEVICE double device_sigmoid(double v) {
+  return 1.0 / (1.0 + exp(-v));
+}
+
+template <typename scalar_t>
+struct FuseWeightsParams {
+  using acc_t = acc_type<scalar_t>;
+  int64_t T, P, tiles, HW;
+  const acc_t* tile_sums;       // (B, T, tiles, 2, P)
+  acc_t* fusion;                // (B, T, 3, P): ym, rm, f
+  const scalar_t* fuse_weight;  // (2, 2, 3, 3)
+  const scalar_t* fuse_bias;    // (2)
+};
+
+template <typename scalar_t>
+GATESHIFT_GLOBAL void __launch_bounds__(kFuseThreads) fuse_weights_kernel(const FuseWeightsParams<scalar_t> p) {
+  using acc_t = acc_type<scalar_t>;
+  GATESHIFT_DYNAMIC_SHARED(acc_t, params_s);  // [kFuseParams]
+  const int tid = threadIdx.x;
+  const int64_t b = blockIdx.x / 2, half = p.P / 2;
+  const int k = blockIdx.x % 2;
+  if (tid < kFuseParams) {
+    params_s[tid] = static_cast<acc_t>(tid < 36 ? p.fuse_weight[tid] : p.fuse_bias[tid - 36]);
+  }
+  // The means of this group's channels: the tiles' sums, in tile order.
+  for (int64_t e = tid; e < half * p.T; e += kFuseThreads) {
+    const int64_t c = k * half + e / p.T, t = e % p.T;
+    for (int m = 0; m < 2; ++m) {
+      acc_t sum = acc_t(0);
+      for (int64_t tile = 0; tile < p.tiles; ++tile) {
+        sum += p.tile_sums[(((b * p.T + t) * p.tiles + tile) * 2 + m) * p.P + c];
+      }
+      p.fusion[table_index(b, t, m, c, p.T, 3, p.P)] = sum / static_cast<acc_t>(p.HW);
+    }
+  }
+  __syncthreads();  // the convolution reads neighbours' means, written by other threads of this block
+  for (int64_t e = tid; e < half * p.T; e += kFuseThreads) {
+    const int64_t cq = e / p.T, t = e % p.T;
+    const acc_t logit = fuse_logit(p.fusion, p.T, p.P, b, k, cq, t, params_s, params_s[36 + k]);
+    p.fusion[table_index(b, t, 2, k * half + cq, p.T, 3, p.P)] = device_sigmoid(logit);
+  }
+}
+
+template <typename scalar_t>
+struct FuseCombineParams {
+  using acc_t = acc_type<scalar_t>;
+  Sizes n;
+  const scalar_t* x;
+  Strides xs;
+  scalar_t* out;
+  Strides os;
+  const acc_t* gates;   // (B, T, 2, H, W)
+  const acc_t* fusion;  // (B, T, 3, P)
+};
+
+// out = f ys + (1 - f) r, one thread per element; pass-through channels copied.
+template <typename scalar_t>
+GATESHIFT_GLOBAL void __launch_bounds__(kFuseThreads) fuse_combine_kernel(const FuseCombineParams<scalar_t> p) {
+  using acc_t = acc_type<scalar_t>;
+  const Sizes& n = p.n;
+  const int64_t HW = n.H * n.W;
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * kFuseThreads + threadIdx.x;
+  if (e >= n.B * n.T * n.C * HW) {
+    return;
+  }
+  const int64_t i = e % HW, plane = e / HW;
+  const int64_t c = plane % n.C, t = (plane / n.C) % n.T, b = plane / (n.C * n.T);
+  const scalar_t xv_raw = p.x[p.xs.plane(b, t, c) + i];
+  if (c >= n.P) {
+    p.out[p.os.plane(b, t, c) + i] = xv_raw;
+    return;
+  }
+  const int64_t half = n.P / 2;
+  const int k = c >= half ? 1 : 0;
+  const int64_t tn = k == 0 ? t + 1 : t - 1;
+  const acc_t xv = static_cast<acc_t>(xv_raw);
+  const acc_t g = p.gates[((b * n.T + t) * 2 + k) * HW + i];
+  const acc_t f = p.fusion[table_index(b, t, 2, c, n.T, 3, n.P)];
+  acc_t ys = acc_t(0);
+  if (tn >= 0 && tn < n.T) {
+    ys = p.gates[((b * n.T + tn) * 2 + k) * HW + i] * static_cast<acc_t>(p.x[p.xs.plane(b, tn, c) + i]);
+  }
+  p.out[p.os.plane(b, t, output_channel(c, n.P, n.interleaved)) + i] =
+      static_cast<scalar_t>(f * ys + (acc_t(1) - f) * (xv - g * xv));
+}
+
+template <typename scalar_t>
+struct FuseGradientParams {
+  using acc_t = acc_type<scalar_t>;
+  Sizes n;
+  const scalar_t* grad_out;
+  Strides gos;
+  const scalar_t* x;
+  Strides xs;
+  const acc_t* gates;
+  acc_t* df;  // (B, T, 1, P)
+};
+
+// df = sum_hw dz (ys - r) for each gated (clip, frame, channel): one warp per
+// plane, the lanes' sums combined by a fixed shuffle tree.
+template <typename scalar_t>
+GATESHIFT_GLOBAL void __launch_bounds__(kFuseThreads) fuse_gradient_kernel(const FuseGradientParams<scalar_t> p) {
+  using acc_t = acc_type<scalar_t>;
+  const Sizes& n = p.n;
+  const int64_t HW = n.H * n.W, half = n.P / 2;
+  const int64_t plane = static_cast<int64_t>(blockIdx.x) * (kFuseThreads / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (plane >= n.B * n.T * n.P) {
+    return;  // the whole warp leaves together: its shuffles below stay full-warp
+  }
+  const int64_t c = plane % n.P, t = (plane / n.P) % n.T, b = plane / (n.P * n.T);
+  const int k = c >= half ? 1 : 0;
+  const int64_t tn = k == 0 ? t + 1 : t - 1;
+  const bool has_next = tn >= 0 && tn < n.T;
+  const scalar_t* dz = p.grad_out + p.gos.plane(b, t, output_channel(c, n.P, n.interleaved));
+  const scalar_t* xc = p.x + p.xs.plane(b, t, c);
+  const acc_t* g = p.gates + ((b * n.T + t) * 2 + k) * HW;
+  acc_t sum = acc_t(0);
+  for (int64_t i = lane; i < HW; i += 32) {
+    const acc_t xv = static_cast<acc_t>(xc[i]);
+    acc_t ys = acc_t(0);
+    if (has_next) {
+      ys = p.gates[((b * n.T + tn) * 2 + k) * HW + i] * static_cast<acc_t>(p.x[p.xs.plane(b, tn, c) + i]);
+    }
+    sum += static_cast<acc_t>(dz[i]) * (ys - (xv - g[i] * xv));
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) {
+    sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  }
+  if (lane == 0) {
+    p.df[table_index(b, t, 0, c, n.T, 1, n.P)] = sum;
+  }
+}
+
+template <typename scalar_t>
+struct FuseBackwardParams {
+  using acc_t = acc_type<scalar_t>;
+  int64_t T, P, HW;
+  const acc_t* fusion;          // (B, T, 3, P)
+  acc_t* ds;                    // (B, T, 1, P): df in, the logits' gradient out
+  acc_t* coef;                  // (B, T, 4, P), see BackwardParams::fuse_coef
+  const scalar_t* fuse_weight;  // (2, 2, 3, 3)
+  acc_t* fuse_partials;         // (B, kFuseParams): each clip's share of the convolution's gradients
+};
+
+template <typename scalar_t>
+GATESHIFT_GLOBAL void __launch_bounds__(kFuseThreads) fuse_backward_kernel(const FuseBackwardParams<scalar_t> p) {
+  using acc_t = acc_type<scalar_t>;
+  GATESHIFT_DYNAMIC_SHARED(acc_t, weight_s);  // [36]
+  const int tid = threadIdx.x;
+  const int64_t b = blockIdx.x / 2, half = p.P / 2;
+  const int k = blockIdx.x % 2;
+  if (tid < 36) {
+    weight_s[tid] = static_cast<acc_t>(p.fuse_weight[tid]);
+  }
+  // Through the sigmoid: ds = df f (1 - f).
+  for (int64_t e = tid; e < half * p.T; e += kFuseThreads) {
+    const int64_t c = k * half + e / p.T, t = e % p.T;
+    const acc_t f = p.fusion[table_index(b, t, 2, c, p.T, 3, p.P)];
+    p.ds[table_index(b, t, 0, c, p.T, 1, p.P)] *= f * (acc_t(1) - f);
+  }
+  __syncthreads();  // the transposed convolution reads neighbours' ds
+  // The means' gradients become offsets: dr = (1 - f) dz + drm / HW, dys = f dz + dym / HW.
+  for (int64_t e = tid; e < half * p.T; e += kFuseThreads) {
+    const int64_t cq = e / p.T, t = e % p.T, c = k * half + cq;
+    const acc_t f = p.fusion[table_index(b, t, 2, c, p.T, 3, p.P)];
+    const acc_t dym = fuse_image_grad(p.ds, p.T, p.P, b, k, 0, cq, t, weight_s);
+    const acc_t drm = fuse_image_grad(p.ds, p.T, p.P, b, k, 1, cq, t, weight_s);
+    p.coef[table_index(b, t, 0, c, p.T, 4, p.P)] = acc_t(1) - f;
+    p.coef[table_index(b, t, 1, c, p.T, 4, p.P)] = drm / static_cast<acc_t>(p.HW);
+    p.coef[table_index(b, t, 2, c, p.T, 4, p.P)] = f;
+    p.coef[table_index(b, t, 3, c, p.T, 4, p.P)] = dym / static_cast<acc_t>(p.HW);
+  }
+  // This clip's share of the convolution's gradients, each summed by one thread in
+  // a fixed order: 18 weights of group k, then its bias.
+  if (tid < 18) {
+    const int ch = tid / 9, i = (tid % 9) / 3, j = tid % 3;
+    p.fuse_partials[b * kFuseParams + ((k * 2 + ch) * 3 + i) * 3 + j] =
+        fuse_weight_grad(p.ds, p.fusion, p.T, p.P, b, k, ch, i, j);
+  } else if (tid == 18) {
+    acc_t sum = acc_t(0);
+    for (int64_t t = 0; t < p.T; ++t) {
+      for (int64_t cq = 0; cq < half; ++cq) {
+        sum += p.ds[table_index(b, t, 0, k * half + cq, p.T, 1, p.P)];
+      }
+    }
+    p.fuse_partials[b * kFuseParams + 36 + k] = sum;
+  }
+}
+
+}  // namespace gateshift::cuda
