@@ -24,9 +24,9 @@ def summarize(paths: list[str]) -> str:
             cases[(r["op"], r["shape"], r["label"])][r["impl"]] = r
         lines.append(f"`{meta['command']}` ({meta['device']}, {meta['dtype']}, medians of {meta['repeat']}):")
         lines.append("")
-        lines.append("| where | B x T x C x H x W | eager ms | compile ms | fused ms | x eager | x compile "
+        lines.append("| op | where | B x T x C x H x W | eager ms | compile ms | fused ms | x eager | x compile "
                      "| saved/x eager | saved/x fused |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for (op, shape, label), by_impl in cases.items():
             fused, eager, comp = by_impl.get("fused"), by_impl.get("eager"), by_impl.get("compile")
 
@@ -39,7 +39,7 @@ def summarize(paths: list[str]) -> str:
             def saved(r):
                 return f"{r['saved_ratio']:.2f}" if r and r["saved_ratio"] == r["saved_ratio"] else "-"
 
-            lines.append(f"| {label or op} | {shape} | {ms(eager)} | {ms(comp)} | {ms(fused)} | {ratio(eager)} "
+            lines.append(f"| {op} | {label or '-'} | {shape} | {ms(eager)} | {ms(comp)} | {ms(fused)} | {ratio(eager)} "
                          f"| {ratio(comp)} | {saved(eager)} | {saved(fused)} |")
         lines.append("")
     return "\n".join(lines)
