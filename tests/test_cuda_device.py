@@ -99,3 +99,37 @@ def test_mixed_devices_are_a_clear_error(gen):
     x, weight, bias, scale, shift = make_inputs(case, gen)
     with pytest.raises(ValueError, match="weight must be on the device of x"):
         gateshift.gate_shift(x.float(), weight.float().cuda(), None, num_segments=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gate_shift_fuse_matches_reference_on_gpu(dtype, gen):
+    case = Case(2, 8, 64, 14, 14)
+    inputs64 = list(make_inputs(case, gen)) + [
+        torch.randn(2, 2, 3, 3, generator=gen, dtype=torch.float64) * 0.5,
+        torch.randn(2, generator=gen, dtype=torch.float64) * 0.5,
+    ]
+    inputs = [t.to(device="cuda", dtype=dtype) for t in inputs64]
+    grad_out = torch.randn(inputs64[0].shape, generator=gen, dtype=torch.float64)
+
+    def run(fn, tensors, g):
+        leaves = [t.detach().clone().requires_grad_() for t in tensors]
+        x, weight, bias, scale, shift, fw, fb = leaves
+        out = fn(x, weight, bias, fw, fb, **op_kwargs(case, scale, shift))
+        return [out, *torch.autograd.grad(out, leaves, g.to(device=out.device, dtype=out.dtype))]
+
+    ours = run(gateshift.gate_shift_fuse, inputs, grad_out)
+    exact = run(reference.gate_shift_fuse, [t.double().cpu() for t in inputs], grad_out)
+    low = run(reference.gate_shift_fuse, inputs, grad_out) if dtype == torch.bfloat16 else [None] * 8
+    for a, e, lp in zip(ours, exact, low):
+        assert_close_to_reference(a.cpu(), e, None if lp is None else lp.cpu(), what="GSF")
+
+
+def test_temporal_shift_is_exact_on_gpu(gen):
+    x = torch.randn(16, 64, 7, 7, generator=gen).cuda().requires_grad_()
+    g = torch.randn(x.shape, generator=gen).cuda()
+    out = gateshift.temporal_shift(x, 8, 8)
+    (gx,) = torch.autograd.grad(out, x, g)
+    xr = x.detach().clone().requires_grad_()
+    expected = reference.temporal_shift(xr, 8, 8)
+    (gx_r,) = torch.autograd.grad(expected, xr, g)
+    assert torch.equal(out, expected) and torch.equal(gx, gx_r)
