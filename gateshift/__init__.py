@@ -4,6 +4,17 @@ from . import _ops  # noqa: F401  (loads the extension, registers autograd and f
 from . import reference
 from .functional import gate_shift, gate_shift_fuse, temporal_shift
 from .modules import GSF, GSM, TemporalShift
+from .conversion import FusedGatedShift, convert
 
-__all__ = ["gate_shift", "gate_shift_fuse", "temporal_shift", "GSM", "GSF", "TemporalShift", "reference"]
+__all__ = [
+    "gate_shift",
+    "gate_shift_fuse",
+    "temporal_shift",
+    "GSM",
+    "GSF",
+    "TemporalShift",
+    "convert",
+    "FusedGatedShift",
+    "reference",
+]
 __version__ = "0.1.0"

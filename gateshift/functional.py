@@ -50,8 +50,15 @@ def gate_shift(
             ``P % 4 == 0``) or ``"grouped"`` (the paper's equations).
         layout: ``"TSN"`` or ``"BCTHW"``, as above.
 
+    Memory formats: ``x`` is read through its strides in the batch, frame and channel
+    dimensions (channel slices, strided frames and the ``(B, C, T, H, W)`` layout cost no
+    copy). The kernels walk each ``H x W`` plane row by row, so an ``x`` whose planes are
+    not contiguous (``channels_last``, transposed planes) is first copied to contiguous
+    planes, one extra read and write of ``x``. The output is contiguous in the given layout.
+
     Returns:
-        A tensor of the shape, dtype and device of ``x``.
+        A tensor of the shape, dtype and device of ``x`` (the autocast dtype under
+        ``torch.autocast``, with the BN affine kept in float32).
     """
     return gate_shift_with(
         ops.gate_shift_forward,
@@ -81,10 +88,28 @@ def gate_shift_with(
     layout="TSN",
 ) -> Tensor:
     """:func:`gate_shift` on a given ``gate_shift_forward`` op (the emulated CUDA one, in tests)."""
+    x, (weight, bias), (bn_scale, bn_shift) = _autocast(x, (weight, bias), (bn_scale, bn_shift))
     x5 = _five_d_view(x, num_segments, layout)
     p = _check_args(x, x5.shape[2], weight, bias, bn_scale, bn_shift, channels, channel_order)
     out5, _ = forward_op(x5, weight, bias, bn_scale, bn_shift, p, channel_order == "interleaved")
     return out5.flatten(0, 1) if layout == "TSN" else out5.transpose(1, 2)
+
+
+def _autocast(x, params: tuple, affine: tuple):
+    """Under ``torch.autocast`` for x's device, the op runs in the autocast dtype: x and
+    the convolution parameters are cast to it (accumulation stays float32 in the kernels)
+    and the folded BatchNorm affine goes to float32, as autocast keeps normalisation in
+    float32. float64 is left alone, as autocast leaves it."""
+    if not isinstance(x, Tensor) or not torch.is_autocast_enabled(x.device.type):
+        return x, params, affine
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return x, params, affine
+    dtype = torch.get_autocast_dtype(x.device.type)
+
+    def cast(t, to):
+        return t.to(to) if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != torch.float64 else t
+
+    return cast(x, dtype), tuple(cast(t, dtype) for t in params), tuple(cast(t, torch.float32) for t in affine)
 
 
 def _five_d_view(x, num_segments, layout: str) -> Tensor:
@@ -210,6 +235,9 @@ def gate_shift_fuse_with(
     channels=None, channel_order="interleaved", layout="TSN",
 ) -> Tensor:
     """:func:`gate_shift_fuse` on a given ``gate_shift_fuse_forward`` op (the emulated CUDA one, in tests)."""
+    x, (weight, bias, fuse_weight, fuse_bias), (bn_scale, bn_shift) = _autocast(
+        x, (weight, bias, fuse_weight, fuse_bias), (bn_scale, bn_shift)
+    )
     x5 = _five_d_view(x, num_segments, layout)
     p = _check_args(x, x5.shape[2], weight, bias, bn_scale, bn_shift, channels, channel_order)
     _check_tensor("fuse_weight", fuse_weight, (2, 2, 3, 3), x)
@@ -230,7 +258,7 @@ def temporal_shift(x: Tensor, num_segments: int | None = None, fold_div: int = 8
     Args:
         x: ``(B*T, C, H, W)`` (``layout="TSN"``) or ``(B, C, T, H, W)`` (``"BCTHW"``).
         num_segments: frames per clip ``T``; required for ``"TSN"``.
-        fold_div: ``C // fold_div`` channels shift each way.
+        fold_div: ``C // fold_div`` channels shift each way; at least 2.
     """
     return temporal_shift_with(ops.temporal_shift, x, num_segments, fold_div, layout=layout)
 
@@ -238,7 +266,9 @@ def temporal_shift(x: Tensor, num_segments: int | None = None, fold_div: int = 8
 def temporal_shift_with(op, x, num_segments=None, fold_div=8, *, layout="TSN") -> Tensor:
     """:func:`temporal_shift` on a given ``temporal_shift`` op (the emulated CUDA one, in tests)."""
     x5 = _five_d_view(x, num_segments, layout)
-    _check_int("fold_div", fold_div, minimum=1)
+    # C // fold_div channels shift each way: fold_div = 1 would ask for 2C of C channels
+    # (the published code then shifts all C one way; we refuse rather than guess).
+    _check_int("fold_div", fold_div, minimum=2)
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x must be float32, float64, float16 or bfloat16, got {x.dtype}")
     out5 = op(x5, x5.shape[2] // fold_div, False)

@@ -1,0 +1,323 @@
+"""What a PyTorch video codebase tries in its first week: compile, export, autocast,
+conversion of published modules, threads, NaN and Inf."""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+
+import pytest
+import torch
+from helpers import Case, make_inputs, op_kwargs
+from torch import nn
+
+import gateshift
+from gateshift import reference
+from gateshift.testing.compare import compare_to_reference
+from gateshift.tsn import TSNResNet
+
+
+def randomise(model: nn.Module, gen: torch.Generator) -> nn.Module:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bn.weight"):
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * (0.3 if p.dim() > 1 else 0.1))
+    return model
+
+
+def tiny_tsn(temporal, segments=4):
+    return TSNResNet(temporal, num_segments=segments, num_classes=5, widths=(16, 32), stem_channels=8)
+
+
+# ---------------------------------------------------------------------------
+# torch.compile and torch.export
+# ---------------------------------------------------------------------------
+
+
+def count_graphs_compiled(model, batches) -> int:
+    """Runs the compiled model (fullgraph) over the batches; returns how many graphs dynamo made."""
+    torch._dynamo.reset()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    for x in batches:
+        compiled(x).sum().backward()
+    return len(graphs)
+
+
+def test_compile_dynamic_batch_does_not_recompile_every_step(gen):
+    eager = randomise(tiny_tsn(gateshift.GSM), gen)
+    model = copy.deepcopy(eager)
+    compiled = torch.compile(model, fullgraph=True)  # inductor, as users run it
+    batches = [torch.randn(clips * 4, 3, 16, 16, generator=gen) for clips in (2, 3, 4, 5, 6)]
+    torch._dynamo.reset()
+    # Inductor reorders the float32 arithmetic of the surrounding convolutions and BatchNorms
+    # (not ours: our op stays one opaque call), hence float32 round-off tolerances, not bitwise.
+    for x in batches:
+        out_c, out_e = compiled(x), eager(x)
+        torch.testing.assert_close(out_c, out_e, rtol=1e-4, atol=1e-5)
+        out_c.sum().backward()
+        out_e.sum().backward()
+    for (name, p1), p2 in zip(eager.named_parameters(), model.parameters()):
+        torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-3, atol=1e-4, msg=lambda m: f"grad {name}: {m}")
+    # Five batch sizes: a static graph for the first, a dynamic one for the second, and one
+    # more at 16 frames, where PyTorch's own conv2d guards its batch size (2 <= N <= 15); the
+    # same network without our modules compiles exactly as many graphs.
+    ours = count_graphs_compiled(model, batches)
+    plain = count_graphs_compiled(randomise(tiny_tsn(None), gen), batches)
+    assert ours == plain <= 3, f"compiled {ours} graphs for 5 batch sizes (network without GSM: {plain})"
+
+
+@pytest.mark.parametrize("module", ["GSM", "GSF", "TemporalShift"])
+def test_export_in_eval_mode(module, gen):
+    temporal = {
+        "GSM": gateshift.GSM,
+        "GSF": lambda c, t: gateshift.GSF(c, t),
+        "TemporalShift": lambda c, t: gateshift.TemporalShift(None, t, 8),
+    }[module]
+    model = randomise(tiny_tsn(temporal), gen).eval()
+    x = torch.randn(8, 3, 16, 16, generator=gen)
+    exported = torch.export.export(model, (x,))
+    calls = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
+    assert any("gateshift" in c for c in calls), calls  # the fused op, not a decomposition
+    torch.testing.assert_close(exported.module()(x), model(x))
+    x2 = torch.randn(8, 3, 16, 16, generator=gen)
+    torch.testing.assert_close(exported.module()(x2), model(x2))
+
+
+# ---------------------------------------------------------------------------
+# Automatic mixed precision
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "device, dtype",
+    [
+        ("cpu", torch.bfloat16),
+        pytest.param("cuda", torch.float16, marks=pytest.mark.cuda),
+        pytest.param("cuda", torch.bfloat16, marks=pytest.mark.cuda),
+    ],
+)
+@pytest.mark.parametrize("module", ["GSM", "GSF"])
+def test_autocast_runs_in_the_autocast_dtype(module, device, dtype, gen):
+    make = {"GSM": (reference.GSM, gateshift.GSM), "GSF": (reference.GSF, gateshift.GSF)}[module]
+    published = randomise(make[0](32, 4), gen).to(device)
+    fused = make[1](32, 4).to(device)
+    fused.load_state_dict(published.state_dict())
+    x = torch.randn(8, 32, 7, 7, generator=gen).to(device)
+    exact = copy.deepcopy(published).double()(x.double()).detach()
+    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.autocast(device, dtype=dtype):
+        out_r, out_f = published(xr), fused(xf)
+    assert out_f.dtype == dtype  # the op ran in the autocast dtype
+    c = compare_to_reference(out_f, exact, out_r)
+    assert c.ok, f"autocast error {c.error:.3g} > bound {c.bound:.3g}"
+    out_f.float().sum().backward()
+    assert xf.grad.dtype == torch.float32 and torch.isfinite(xf.grad).all()
+    for p in fused.parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+
+
+def test_autocast_leaves_float64_alone(gen):
+    case = Case(1, 2, 8, 3, 3)
+    x, weight, bias, scale, shift = make_inputs(case, gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = gateshift.gate_shift(x, weight, bias, **op_kwargs(case, scale, shift))
+    assert out.dtype == torch.float64
+
+
+# ---------------------------------------------------------------------------
+# gateshift.convert
+# ---------------------------------------------------------------------------
+
+
+class BasicBlock(nn.Module):
+    """A torchvision-style ResNet basic block."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return (self.bn2(self.conv2(self.bn1(self.conv1(x)).relu())) + x).relu()
+
+
+class GatedShift(nn.Module):
+    """The wrapper of temporal action/event spotting codebases, written as they write it: a
+    published GSM (or GSF at ratio 100) on the first fold_dim channels, the other channels
+    copied through, then the wrapped block."""
+
+    def __init__(self, net, n_segment, n_div, gsf=False):
+        super().__init__()
+        channels = net.conv1.in_channels
+        fold = channels // n_div
+        self.fold_dim = math.ceil(fold / 4) * 4
+        self.gse = reference.GSF(self.fold_dim, n_segment, 100) if gsf else reference.GSM(self.fold_dim, n_segment)
+        self.net = net
+        self.n_segment = n_segment
+
+    def forward(self, x):
+        y = torch.zeros_like(x)
+        y[:, : self.fold_dim, :, :] = self.gse(x[:, : self.fold_dim, :, :])
+        y[:, self.fold_dim :, :, :] = x[:, self.fold_dim :, :, :]
+        return self.net(y)
+
+
+class PublishedModel(nn.Module):
+    def __init__(self, segments=4):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.gsm = reference.GSM(16, segments)
+        self.gsf = reference.GSF(16, segments)
+        self.layer = nn.Sequential(GatedShift(BasicBlock(16), segments, 4), GatedShift(BasicBlock(16), segments, 2, gsf=True))
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.layer(self.gsf(self.gsm(self.stem(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_convert_replaces_published_modules_and_wrappers(gen):
+    published = randomise(PublishedModel(), gen).double()  # float64: the comparison can be tight
+    before = copy.deepcopy(published)
+    optimizer = torch.optim.SGD(published.parameters(), lr=0.1)
+    converted, report = gateshift.convert(published)
+    assert converted is published
+    assert sorted(str(r) for r in report) == sorted([
+        "gsm: GSM -> GSM", "gsf: GSF -> GSF",
+        "layer.0: GatedShift -> FusedGatedShift", "layer.1: GatedShift -> FusedGatedShift",
+    ])
+    assert isinstance(converted.gsm, gateshift.GSM) and isinstance(converted.gsf, gateshift.GSF)
+    fused_shift = converted.layer[0]
+    assert isinstance(fused_shift, gateshift.FusedGatedShift)
+    assert isinstance(fused_shift.gse, gateshift.GSM) and fused_shift.gse.fPlane == 4
+    assert isinstance(converted.layer[1].gse, gateshift.GSF) and converted.layer[1].gse.fPlane == 8
+    # The optimizer still holds the model's parameters: they were carried, not copied.
+    assert {id(p) for p in converted.parameters()} == {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for training in (True, False):
+        before.train(training)
+        converted.train(training)
+        x = torch.randn(8, 3, 6, 6, generator=gen, dtype=torch.float64)
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out1, out2 = before(x1), converted(x2)
+        torch.testing.assert_close(out2, out1)
+        out1.sum().backward()
+        out2.sum().backward()
+        torch.testing.assert_close(x2.grad, x1.grad)
+        for (name, p1), p2 in zip(before.named_parameters(), converted.parameters()):
+            torch.testing.assert_close(p2.grad, p1.grad, msg=lambda m: f"{name}: {m}")
+            p1.grad = p2.grad = None
+    for (name, b1), b2 in zip(before.named_buffers(), converted.buffers()):
+        torch.testing.assert_close(b2, b1, msg=lambda m: f"{name}: {m}")
+
+
+def test_convert_a_root_module_and_twice(gen):
+    published = randomise(reference.GSM(8, 2), gen)
+    converted, report = gateshift.convert(published)
+    assert isinstance(converted, gateshift.GSM) and [str(r) for r in report] == ["<root>: GSM -> GSM"]
+    again, report = gateshift.convert(converted)
+    assert again is converted and report == []
+
+
+# ---------------------------------------------------------------------------
+# Deterministic mode, threads, NaN and Inf
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("module", ["GSM", "GSF"])
+def test_deterministic_mode_gives_bitwise_identical_gradients(module, device, gen):
+    make = {"GSM": gateshift.GSM, "GSF": gateshift.GSF}[module]
+    model = randomise(make(32, 4), gen).to(device)
+    x = torch.randn(16, 32, 14, 14, generator=gen).to(device)
+    g = torch.randn(x.shape, generator=gen).to(device)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = []
+        for _ in range(3):
+            leaf = x.clone().requires_grad_()
+            model.zero_grad()
+            model(leaf).backward(g)
+            runs.append([leaf.grad] + [p.grad.clone() for p in model.parameters()])
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    for run in runs[1:]:
+        for a, b in zip(run, runs[0]):
+            assert torch.equal(a, b)
+
+
+def test_concurrent_calls_from_python_threads(gen):
+    cases = [Case(2, 4, 16, 9, 9), Case(1, 8, 8, 5, 7, P=4), Case(3, 2, 12, 6, 6, order="grouped")]
+    jobs = []
+    for i in range(8):
+        case = cases[i % len(cases)]
+        inputs = make_inputs(case, gen, dtype=torch.float32)
+        jobs.append((case, inputs, torch.randn(inputs[0].shape, generator=gen)))
+
+    def run(job):
+        case, inputs, g = job
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        out = gateshift.gate_shift(leaves[0], leaves[1], leaves[2], **op_kwargs(case, leaves[3], leaves[4]))
+        return [out.detach(), *torch.autograd.grad(out, leaves, g)]
+
+    expected = [run(job) for job in jobs]
+    results = [None] * len(jobs)
+    errors = []
+
+    def worker(i):
+        try:
+            for _ in range(3):
+                results[i] = run(jobs[i])
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for got, want in zip(results, expected):
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("module", ["GSM", "GSF"])
+def test_nan_and_inf_propagate_as_in_the_published_module(bad, module, gen):
+    make = {"GSM": (reference.GSM, gateshift.GSM), "GSF": (reference.GSF, gateshift.GSF)}[module]
+    published = randomise(make[0](8, 4), gen).eval()  # running statistics: one bad value stays local
+    fused = make[1](8, 4).eval()
+    fused.load_state_dict(published.state_dict())
+    x = torch.randn(8, 8, 6, 7, generator=gen, dtype=torch.float64)
+    x[3, 2, 4, 1] = bad
+    out_r, out_f = published.double()(x), fused.double()(x)
+    assert torch.equal(torch.isnan(out_f), torch.isnan(out_r))
+    assert torch.equal(torch.isinf(out_f), torch.isinf(out_r))
+    finite = torch.isfinite(out_r)
+    torch.testing.assert_close(out_f[finite], out_r[finite])
+
+
+@pytest.mark.parametrize("scale", [1e3, 1e6])
+def test_large_finite_inputs_give_finite_results(scale, gen):
+    # Saturated tanh, huge products: finite in, finite out (float32), forward and backward.
+    for fn in (gateshift.gate_shift, lambda x, w, b, **kw: gateshift.gate_shift_fuse(
+            x, w, b, torch.ones(2, 2, 3, 3), torch.zeros(2), **kw)):
+        case = Case(2, 3, 8, 5, 5)
+        x, weight, bias, s, h = (t.float() for t in make_inputs(case, gen))
+        x = (x * scale).requires_grad_()
+        out = fn(x, weight * scale, bias, **op_kwargs(case, s, h))
+        assert torch.isfinite(out).all()
+        out.backward(torch.randn(out.shape, generator=gen))
+        assert torch.isfinite(x.grad).all()
