@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from ._ops import accumulation_dtype, ops
@@ -60,6 +61,8 @@ def folded_batch_norm(
                 "(B, T, C, H, W)"
             )
         mean, var = batch_mean_var(x5, channels)
+        if isinstance(bn, nn.SyncBatchNorm) and bn.training:
+            mean, var, count = _synchronised_moments(bn, mean, var, count)
         if update_running:
             with torch.no_grad():
                 unbiased = var * (count / (count - 1))
@@ -75,6 +78,50 @@ def folded_batch_norm(
         shift = shift + bn.bias
     acc = accumulation_dtype(x5.dtype)
     return scale.to(acc), shift.to(acc)
+
+
+def _synchronised_moments(
+    bn: nn.SyncBatchNorm, mean: Tensor, var: Tensor, count: int
+) -> tuple[Tensor, Tensor, int | Tensor]:
+    """The batch mean and biased variance over every process of ``bn.process_group``, from
+    each process's own (``SyncBatchNorm``'s semantics; unchanged when the default process
+    group is not initialised or has one process, as ``SyncBatchNorm`` runs then).
+
+    Two differentiable all-reduces of ``channels + 1`` and ``channels`` numbers: the global
+    mean from the count-weighted local means, then the global variance from the local
+    variances and the local means' deviations from it (Chan et al.'s pairwise formula,
+    which does not cancel as ``E[x^2] - mean^2`` would). Their backward is an all-reduce of
+    the gradients, so every process's input gets the gradient of the statistics it fed.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return mean, var, count
+    group = bn.process_group if bn.process_group is not None else dist.group.WORLD
+    if dist.get_world_size(group) == 1:
+        return mean, var, count
+    local = torch.tensor([float(count)], dtype=mean.dtype, device=mean.device)
+    summed = _AllReduceSum.apply(torch.cat((mean * local, local)), group)
+    total = summed[-1]
+    global_mean = summed[:-1] / total
+    spread = _AllReduceSum.apply(local * (var + (mean - global_mean) ** 2), group)
+    return global_mean, spread / total, total  # total stays a tensor: no host sync
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the process group, differentiable: the gradient of every process's input
+    is the sum of the gradients of every process's output."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor, group) -> Tensor:
+        ctx.group = group
+        summed = tensor.clone()
+        dist.all_reduce(summed, group=group)
+        return summed
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        summed = grad.clone()
+        dist.all_reduce(summed, group=ctx.group)
+        return summed, None
 
 
 class GSM(nn.Module):
@@ -201,8 +248,8 @@ class TemporalShift(nn.Module):
         super().__init__()
         if isinstance(n_segment, bool) or not isinstance(n_segment, int) or n_segment < 1:
             raise ValueError(f"n_segment must be a positive int, got {n_segment!r}")
-        if isinstance(n_div, bool) or not isinstance(n_div, int) or n_div < 1:
-            raise ValueError(f"n_div must be a positive int, got {n_div!r}")
+        if isinstance(n_div, bool) or not isinstance(n_div, int) or n_div < 2:
+            raise ValueError(f"n_div must be an int >= 2 (C // n_div channels shift each way), got {n_div!r}")
         self.net = net
         self.n_segment = n_segment
         self.fold_div = n_div
