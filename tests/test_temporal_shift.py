@@ -93,7 +93,8 @@ def test_module_is_a_drop_in(gen):
     "call,error,match",
     [
         (lambda x: gateshift.temporal_shift(x, 3), ValueError, "multiple of num_segments"),
-        (lambda x: gateshift.temporal_shift(x, 4, 0), ValueError, "fold_div must be >= 1"),
+        (lambda x: gateshift.temporal_shift(x, 4, 0), ValueError, "fold_div must be >= 2"),
+        (lambda x: gateshift.temporal_shift(x, 4, 1), ValueError, "fold_div must be >= 2"),
         (lambda x: gateshift.temporal_shift(x, 4, 2.0), TypeError, "fold_div must be an int"),
         (lambda x: gateshift.temporal_shift(x.int(), 4), TypeError, "x must be float32"),
         (lambda x: gateshift.temporal_shift(x[0], 4), ValueError, "x must be a 4-D"),
