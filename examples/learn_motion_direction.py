@@ -7,7 +7,7 @@ same distribution whatever the direction, so a 2-D network that averages per-fra
 blocks sees neighbouring frames through the shifted channels and learns the direction;
 reversing a clip's frames reverses the motion, and its prediction flips to the opposite.
 
-    python examples/learn_motion_direction.py            # about a minute on two CPU cores
+    python examples/learn_motion_direction.py            # under half a minute on two CPU cores
     python examples/learn_motion_direction.py --steps 400 --size 32
 
 Prints the learning curve (held-out accuracy) of both networks and the flip rate.

@@ -9,7 +9,10 @@ copies them under its own name):
 * the downstream ``GatedShift`` wrapper (temporal action and event spotting codebases): a
   GSM or GSF in ``gse`` applied to the first ``fold_dim`` channels, the other channels copied
   through (``zeros_like`` and two slice copies), then the wrapped ``net``. It becomes one
-  fused call with ``channels=fold_dim`` and no copies.
+  fused call with ``channels=fold_dim`` and no copies. The wrapper is recognised by its
+  attributes (``gse``, ``net``, ``fold_dim``), so its ``forward`` is taken to be that one.
+
+Modules that look like these but differ (other padding, no GSF biases, ...) are left alone.
 
 The fused modules take over the published modules' own submodules (``conv3D``, ``bn``, ...),
 so weights, buffers, devices, dtypes and an optimizer's references to the parameters carry over.
@@ -71,13 +74,38 @@ def _is_published_gate_shift(m: nn.Module) -> bool:
         and tuple(conv.kernel_size) == (3, 3, 3)
         and tuple(conv.padding) == (1, 1, 1)
         and tuple(conv.stride) == (1, 1, 1)
+        and tuple(conv.dilation) == (1, 1, 1)
+        and conv.padding_mode == "zeros"
     )
 
 
 def _is_published_gsf(m: nn.Module) -> bool:
-    return _is_published_gate_shift(m) and all(
-        isinstance(getattr(m, name, None), nn.Conv2d) for name in ("channel_conv1", "channel_conv2")
+    def is_fusion_conv(conv) -> bool:
+        return (
+            isinstance(conv, nn.Conv2d)
+            and (conv.in_channels, conv.out_channels, conv.groups) == (2, 1, 1)
+            and tuple(conv.kernel_size) == (3, 3)
+            and tuple(conv.padding) == (1, 1)
+            and tuple(conv.stride) == (1, 1)
+            and tuple(conv.dilation) == (1, 1)
+            and conv.padding_mode == "zeros"
+            and conv.bias is not None
+        )
+
+    return (
+        _is_published_gate_shift(m)
+        and m.conv3D.bias is not None
+        and is_fusion_conv(getattr(m, "channel_conv1", None))
+        and is_fusion_conv(getattr(m, "channel_conv2", None))
     )
+
+
+def _is_convertible(m: nn.Module) -> bool:
+    """A published GSM, or a published GSF; a module that looks like a GSF (it has fusion
+    convolutions) but differs from the published one is left alone, not taken for a GSM."""
+    if hasattr(m, "channel_conv1") or hasattr(m, "channel_conv2"):
+        return _is_published_gsf(m)
+    return _is_published_gate_shift(m)
 
 
 def _is_gated_shift_wrapper(m: nn.Module) -> bool:
@@ -87,8 +115,8 @@ def _is_gated_shift_wrapper(m: nn.Module) -> bool:
         and isinstance(getattr(m, "net", None), nn.Module)
         and isinstance(getattr(m, "fold_dim", None), int)
         and isinstance(gse, nn.Module)
-        and (_is_published_gate_shift(gse) or isinstance(gse, (GSM, GSF)))
-        and gse.fPlane == m.fold_dim
+        and (_is_convertible(gse) or isinstance(gse, (GSM, GSF)))
+        and gse.fPlane <= m.fold_dim  # a GSF below ratio 100 gates fewer; the rest pass through
     )
 
 
@@ -102,7 +130,7 @@ def _fused_gate_shift(m: nn.Module) -> nn.Module:
     else:
         fused = GSM(m.fPlane, m.num_segments)
     fused.conv3D, fused.bn = m.conv3D, m.bn
-    fused.train(m.training)
+    fused.training = m.training  # not .train(): the submodules keep their own modes (frozen BN)
     return fused
 
 
@@ -114,10 +142,10 @@ def _convert_children(parent: nn.Module, prefix: str, report: list[Replacement])
             fused = FusedGatedShift(
                 _fused_gate_shift(child.gse), child.net, child.fold_dim, int(getattr(child, "n_segment", child.gse.num_segments))
             )
-            fused.train(child.training)
+            fused.training = child.training  # the wrapped block's modes stay as they were
             setattr(parent, name, fused)
             report.append(Replacement(qualified, type(child).__name__, "FusedGatedShift"))
-        elif _is_published_gate_shift(child):
+        elif _is_convertible(child):
             fused = _fused_gate_shift(child)
             setattr(parent, name, fused)
             report.append(Replacement(qualified, type(child).__name__, type(fused).__name__))
@@ -132,7 +160,7 @@ def convert(model: nn.Module) -> tuple[nn.Module, list[Replacement]]:
     A published module at the root is returned converted (it cannot be replaced in place).
     """
     report: list[Replacement] = []
-    if _is_gated_shift_wrapper(model) or _is_published_gate_shift(model):
+    if _is_gated_shift_wrapper(model) or _is_convertible(model):
         holder = nn.Module()
         holder.add_module("root", model)
         _convert_children(holder, "", report)

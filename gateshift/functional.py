@@ -100,11 +100,14 @@ def _autocast(x, params: tuple, affine: tuple):
     the convolution parameters are cast to it (accumulation stays float32 in the kernels)
     and the folded BatchNorm affine goes to float32, as autocast keeps normalisation in
     float32. float64 is left alone, as autocast leaves it."""
-    if not isinstance(x, Tensor) or not torch.is_autocast_enabled(x.device.type):
+    if not isinstance(x, Tensor):
         return x, params, affine
+    device = x.device.type
+    if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
+        return x, params, affine  # "meta" and other devices without autocast raise on the query
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return x, params, affine
-    dtype = torch.get_autocast_dtype(x.device.type)
+    dtype = torch.get_autocast_dtype(device)
 
     def cast(t, to):
         return t.to(to) if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != torch.float64 else t
@@ -258,7 +261,8 @@ def temporal_shift(x: Tensor, num_segments: int | None = None, fold_div: int = 8
     Args:
         x: ``(B*T, C, H, W)`` (``layout="TSN"``) or ``(B, C, T, H, W)`` (``"BCTHW"``).
         num_segments: frames per clip ``T``; required for ``"TSN"``.
-        fold_div: ``C // fold_div`` channels shift each way; at least 2.
+        fold_div: ``C // fold_div`` channels shift each way (``1``: all take the next
+            frame's values, as in the published code).
     """
     return temporal_shift_with(ops.temporal_shift, x, num_segments, fold_div, layout=layout)
 
@@ -266,10 +270,14 @@ def temporal_shift(x: Tensor, num_segments: int | None = None, fold_div: int = 8
 def temporal_shift_with(op, x, num_segments=None, fold_div=8, *, layout="TSN") -> Tensor:
     """:func:`temporal_shift` on a given ``temporal_shift`` op (the emulated CUDA one, in tests)."""
     x5 = _five_d_view(x, num_segments, layout)
-    # C // fold_div channels shift each way: fold_div = 1 would ask for 2C of C channels
-    # (the published code then shifts all C one way; we refuse rather than guess).
-    _check_int("fold_div", fold_div, minimum=2)
+    _check_int("fold_div", fold_div, minimum=1)
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x must be float32, float64, float16 or bfloat16, got {x.dtype}")
-    out5 = op(x5, x5.shape[2] // fold_div, False)
+    if fold_div == 1:
+        # C // 1 channels take the next frame's values and none are left to take the
+        # previous one's: what the published code computes, here by plain ops (the
+        # kernels shift two groups of at most C/2 channels).
+        out5 = torch.cat((x5[:, 1:], torch.zeros_like(x5[:, :1])), dim=1)
+    else:
+        out5 = op(x5, x5.shape[2] // fold_div, False)
     return out5.flatten(0, 1) if layout == "TSN" else out5.transpose(1, 2)

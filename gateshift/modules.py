@@ -55,14 +55,16 @@ def folded_batch_norm(
     update_running = bn.training and bn.track_running_stats and bn.running_mean is not None
     if use_batch_stats:
         count = x5.shape[0] * x5.shape[1] * x5.shape[3] * x5.shape[4]
-        if count <= 1:
-            raise ValueError(
-                f"Expected more than 1 value per channel when training, got input of shape {tuple(x5.shape)} "
-                "(B, T, C, H, W)"
-            )
-        mean, var = batch_mean_var(x5, channels)
-        if isinstance(bn, nn.SyncBatchNorm) and bn.training:
-            mean, var, count = _synchronised_moments(bn, mean, var, count)
+        group = _synchronised_group(bn)
+        if group is not None:
+            mean, var, count = _synchronised_moments(x5, channels, count, group)
+        else:
+            if count <= 1:
+                raise ValueError(
+                    f"Expected more than 1 value per channel when training, got input of shape {tuple(x5.shape)} "
+                    "(B, T, C, H, W)"
+                )
+            mean, var = batch_mean_var(x5, channels)
         if update_running:
             with torch.no_grad():
                 unbiased = var * (count / (count - 1))
@@ -80,12 +82,20 @@ def folded_batch_norm(
     return scale.to(acc), shift.to(acc)
 
 
-def _synchronised_moments(
-    bn: nn.SyncBatchNorm, mean: Tensor, var: Tensor, count: int
-) -> tuple[Tensor, Tensor, int | Tensor]:
-    """The batch mean and biased variance over every process of ``bn.process_group``, from
-    each process's own (``SyncBatchNorm``'s semantics; unchanged when the default process
-    group is not initialised or has one process, as ``SyncBatchNorm`` runs then).
+def _synchronised_group(bn: nn.modules.batchnorm._BatchNorm):
+    """The process group whose statistics ``bn`` normalises with: a ``SyncBatchNorm`` in
+    training, with an initialised default group of several processes (when
+    ``SyncBatchNorm`` itself synchronises); else ``None``, for this process's own."""
+    if not (isinstance(bn, nn.SyncBatchNorm) and bn.training and dist.is_available() and dist.is_initialized()):
+        return None
+    group = bn.process_group if bn.process_group is not None else dist.group.WORLD
+    return group if dist.get_world_size(group) > 1 else None
+
+
+def _synchronised_moments(x5: Tensor, channels: int, count: int, group) -> tuple[Tensor, Tensor, Tensor]:
+    """The batch mean and biased variance over every process of ``group`` and the total
+    count, from each process's ``x5`` (``SyncBatchNorm``'s semantics; a process may hold
+    no frames at all).
 
     Two differentiable all-reduces of ``channels + 1`` and ``channels`` numbers: the global
     mean from the count-weighted local means, then the global variance from the local
@@ -93,17 +103,23 @@ def _synchronised_moments(
     which does not cancel as ``E[x^2] - mean^2`` would). Their backward is an all-reduce of
     the gradients, so every process's input gets the gradient of the statistics it fed.
     """
-    if not (dist.is_available() and dist.is_initialized()):
-        return mean, var, count
-    group = bn.process_group if bn.process_group is not None else dist.group.WORLD
-    if dist.get_world_size(group) == 1:
-        return mean, var, count
+    if count > 0:
+        mean, var = batch_mean_var(x5, channels)
+    else:
+        # Nothing here: contribute zeros (an empty mean is NaN, and NaN * 0 is NaN), as a
+        # sum over x5's empty batch so that they stay in the autograd graph: every process
+        # must run the same all-reduces in backward too.
+        mean = var = x5[:, :, :channels].sum(dim=(0, 1, 3, 4), dtype=accumulation_dtype(x5.dtype))
     local = torch.tensor([float(count)], dtype=mean.dtype, device=mean.device)
     summed = _AllReduceSum.apply(torch.cat((mean * local, local)), group)
     total = summed[-1]
+    if total.item() <= 1:  # every process sees the same total, so all raise together
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got {int(total.item())} over the process group"
+        )
     global_mean = summed[:-1] / total
     spread = _AllReduceSum.apply(local * (var + (mean - global_mean) ** 2), group)
-    return global_mean, spread / total, total  # total stays a tensor: no host sync
+    return global_mean, spread / total, total
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -248,8 +264,8 @@ class TemporalShift(nn.Module):
         super().__init__()
         if isinstance(n_segment, bool) or not isinstance(n_segment, int) or n_segment < 1:
             raise ValueError(f"n_segment must be a positive int, got {n_segment!r}")
-        if isinstance(n_div, bool) or not isinstance(n_div, int) or n_div < 2:
-            raise ValueError(f"n_div must be an int >= 2 (C // n_div channels shift each way), got {n_div!r}")
+        if isinstance(n_div, bool) or not isinstance(n_div, int) or n_div < 1:
+            raise ValueError(f"n_div must be a positive int, got {n_div!r}")
         self.net = net
         self.n_segment = n_segment
         self.fold_div = n_div

@@ -221,6 +221,46 @@ def test_convert_replaces_published_modules_and_wrappers(gen):
         torch.testing.assert_close(b2, b1, msg=lambda m: f"{name}: {m}")
 
 
+def test_convert_keeps_every_module_mode_frozen_batch_norm_included(gen):
+    published = randomise(PublishedModel(), gen).double().train()
+    for m in published.modules():  # fine-tuning with frozen BatchNorm
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    before = copy.deepcopy(published)
+    converted, _ = gateshift.convert(published)
+    def modes(model):
+        return {name: m.training for name, m in model.named_modules() if not isinstance(m, (nn.Tanh, nn.ReLU, nn.Sigmoid))}
+
+    assert modes(converted) == modes(before)  # the same names, every mode kept
+    x = torch.randn(8, 3, 6, 6, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(converted(x), before(x))
+    for (name, b1), b2 in zip(before.named_buffers(), converted.buffers()):
+        torch.testing.assert_close(b2, b1, msg=lambda m: f"{name}: {m}")
+
+
+def test_convert_leaves_lookalikes_alone(gen):
+    circular = reference.GSM(8, 2)
+    circular.conv3D.padding_mode = "circular"
+    no_bias = reference.GSF(8, 2)
+    no_bias.channel_conv1 = nn.Conv2d(2, 1, 3, padding=1, bias=False)
+    model = nn.Sequential(circular, no_bias)
+    converted, report = gateshift.convert(model)
+    assert report == [] and converted[0] is circular and converted[1] is no_bias
+
+
+def test_convert_a_gsf_at_half_ratio_inside_the_wrapper(gen):
+    wrapper = GatedShift(BasicBlock(16), 4, 2)
+    wrapper.gse = reference.GSF(wrapper.fold_dim, 4, 50)  # gates 4 of its 8 channels
+    model = randomise(nn.Sequential(wrapper), gen).double()
+    before = copy.deepcopy(model)
+    converted, report = gateshift.convert(model)
+    assert [str(r) for r in report] == ["0: GatedShift -> FusedGatedShift"]
+    assert converted[0].gse.fPlane == 4
+    for training in (True, False):
+        x = torch.randn(8, 16, 5, 5, generator=gen, dtype=torch.float64)
+        torch.testing.assert_close(converted.train(training)(x), before.train(training)(x))
+
+
 def test_convert_a_root_module_and_twice(gen):
     published = randomise(reference.GSM(8, 2), gen)
     converted, report = gateshift.convert(published)
