@@ -206,9 +206,11 @@ void check_temporal_shift_args(const at::Tensor& x, int64_t fold) {
   TORCH_CHECK_TYPE(
       is_supported_dtype(x.scalar_type()),
       "temporal_shift: x must be float32, float64, float16 or bfloat16, got ", x.scalar_type());
+  // fold > C / 2 leaves fewer than fold channels for the second group (none at fold = C:
+  // TSM's fold_div = 1, where every channel takes the next frame), as in the published code.
   TORCH_CHECK_VALUE(
-      fold >= 0 && 2 * fold <= x.size(2),
-      "temporal_shift: fold must be in [0, C / 2] for C = ", x.size(2), ", got ", fold);
+      fold >= 0 && fold <= x.size(2),
+      "temporal_shift: fold must be in [0, C] for C = ", x.size(2), ", got ", fold);
 }
 
 }  // namespace gateshift

@@ -44,8 +44,8 @@ inline constexpr const char* kGateShiftFuseBackward =
     "Tensor grad_fuse_weight, Tensor grad_fuse_bias)";
 
 // TSM's temporal shift of x (B, T, C, H, W): channels [0, fold) take the next
-// frame's values, [fold, 2 fold) the previous frame's, zero at the clip ends; the
-// rest are copied. reverse = true swaps the directions: the shift's adjoint, its
+// frame's values, [fold, min(2 fold, C)) the previous frame's, zero at the clip ends;
+// the rest are copied. reverse = true swaps the directions: the shift's adjoint, its
 // backward.
 inline constexpr const char* kTemporalShift = "temporal_shift(Tensor x, int fold, bool reverse) -> Tensor";
 

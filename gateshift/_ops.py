@@ -204,17 +204,16 @@ def register_gate_shift_ops(namespace: str) -> None:
     torch.library.register_autograd(
         f"{namespace}::gate_shift_backward", _double_backward, setup_context=_no_setup_context
     )
-    if hasattr(library, "gate_shift_fuse_forward"):
-        torch.library.register_fake(f"{namespace}::gate_shift_fuse_forward")(_gate_shift_fuse_forward_fake)
-        torch.library.register_fake(f"{namespace}::gate_shift_fuse_backward")(_gate_shift_fuse_backward_fake)
-        torch.library.register_autograd(
-            f"{namespace}::gate_shift_fuse_forward",
-            _make_fuse_backward(library.gate_shift_fuse_backward),
-            setup_context=_fuse_setup_context,
-        )
-        torch.library.register_autograd(
-            f"{namespace}::gate_shift_fuse_backward", _double_backward, setup_context=_no_setup_context
-        )
+    torch.library.register_fake(f"{namespace}::gate_shift_fuse_forward")(_gate_shift_fuse_forward_fake)
+    torch.library.register_fake(f"{namespace}::gate_shift_fuse_backward")(_gate_shift_fuse_backward_fake)
+    torch.library.register_autograd(
+        f"{namespace}::gate_shift_fuse_forward",
+        _make_fuse_backward(library.gate_shift_fuse_backward),
+        setup_context=_fuse_setup_context,
+    )
+    torch.library.register_autograd(
+        f"{namespace}::gate_shift_fuse_backward", _double_backward, setup_context=_no_setup_context
+    )
     torch.library.register_fake(f"{namespace}::temporal_shift")(_temporal_shift_fake)
     torch.library.register_autograd(
         f"{namespace}::temporal_shift",

@@ -273,11 +273,5 @@ def temporal_shift_with(op, x, num_segments=None, fold_div=8, *, layout="TSN") -
     _check_int("fold_div", fold_div, minimum=1)
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x must be float32, float64, float16 or bfloat16, got {x.dtype}")
-    if fold_div == 1:
-        # C // 1 channels take the next frame's values and none are left to take the
-        # previous one's: what the published code computes, here by plain ops (the
-        # kernels shift two groups of at most C/2 channels).
-        out5 = torch.cat((x5[:, 1:], torch.zeros_like(x5[:, :1])), dim=1)
-    else:
-        out5 = op(x5, x5.shape[2] // fold_div, False)
+    out5 = op(x5, x5.shape[2] // fold_div, False)
     return out5.flatten(0, 1) if layout == "TSN" else out5.transpose(1, 2)

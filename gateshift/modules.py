@@ -140,6 +140,25 @@ class _AllReduceSum(torch.autograd.Function):
         return summed, None
 
 
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _folded_gate_input(module: GSM | GSF, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Checks a GSM/GSF input ``x`` ``(B*T, C >= fPlane, H, W)`` and folds the module's
+    ``bn`` over its clips: the ``(bn_scale, bn_shift)`` of the fused op."""
+    if x.dim() != 4 or x.shape[1] < module.fPlane:
+        raise ValueError(
+            f"{type(module).__name__}(fPlane={module.fPlane}) expects input (B*T, C >= {module.fPlane}, H, W), "
+            f"got shape {tuple(x.shape)}"
+        )
+    if x.shape[0] % module.num_segments != 0:
+        raise ValueError(f"x.shape[0] = {x.shape[0]} must be a multiple of num_segments = {module.num_segments}")
+    x5 = x.unflatten(0, (x.shape[0] // module.num_segments, module.num_segments))
+    return folded_batch_norm(module.bn, x5, module.fPlane)
+
+
 class GSM(nn.Module):
     """Gate-Shift Module, fused: a drop-in for the published ``GSM(fPlane, num_segments)``.
 
@@ -158,8 +177,7 @@ class GSM(nn.Module):
         super().__init__()
         if isinstance(fPlane, bool) or not isinstance(fPlane, int) or fPlane < 4 or fPlane % 4 != 0:
             raise ValueError(f"fPlane must be a positive multiple of 4 (the interleaved order), got {fPlane!r}")
-        if isinstance(num_segments, bool) or not isinstance(num_segments, int) or num_segments < 1:
-            raise ValueError(f"num_segments must be a positive int, got {num_segments!r}")
+        _check_positive_int("num_segments", num_segments)
         self.fPlane = fPlane
         self.num_segments = num_segments
         self.conv3D = nn.Conv3d(fPlane, 2, (3, 3, 3), stride=1, padding=(1, 1, 1), groups=2)
@@ -171,16 +189,7 @@ class GSM(nn.Module):
         return f"fPlane={self.fPlane}, num_segments={self.num_segments}"
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] < self.fPlane:
-            raise ValueError(
-                f"GSM(fPlane={self.fPlane}) expects input (B*T, C >= {self.fPlane}, H, W), got shape {tuple(x.shape)}"
-            )
-        if x.shape[0] % self.num_segments != 0:
-            raise ValueError(
-                f"x.shape[0] = {x.shape[0]} must be a multiple of num_segments = {self.num_segments}"
-            )
-        x5 = x.unflatten(0, (x.shape[0] // self.num_segments, self.num_segments))
-        scale, shift = folded_batch_norm(self.bn, x5, self.fPlane)
+        scale, shift = _folded_gate_input(self, x)
         weight, bias = self.conv3D.weight, self.conv3D.bias
         return gate_shift(
             x,
@@ -207,10 +216,8 @@ class GSF(nn.Module):
 
     def __init__(self, fPlane: int, num_segments: int = 8, gsf_ch_ratio: float = 100):
         super().__init__()
-        if isinstance(fPlane, bool) or not isinstance(fPlane, int) or fPlane < 1:
-            raise ValueError(f"fPlane must be a positive int, got {fPlane!r}")
-        if isinstance(num_segments, bool) or not isinstance(num_segments, int) or num_segments < 1:
-            raise ValueError(f"num_segments must be a positive int, got {num_segments!r}")
+        _check_positive_int("fPlane", fPlane)
+        _check_positive_int("num_segments", num_segments)
         if not 0 < gsf_ch_ratio <= 100:
             raise ValueError(f"gsf_ch_ratio must be in (0, 100], got {gsf_ch_ratio!r}")
         self.fPlane = gsf_channels(fPlane, gsf_ch_ratio)
@@ -229,16 +236,7 @@ class GSF(nn.Module):
         return f"fPlane={self.fPlane}, num_segments={self.num_segments}"
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] < self.fPlane:
-            raise ValueError(
-                f"GSF(fPlane={self.fPlane}) expects input (B*T, C >= {self.fPlane}, H, W), got shape {tuple(x.shape)}"
-            )
-        if x.shape[0] % self.num_segments != 0:
-            raise ValueError(
-                f"x.shape[0] = {x.shape[0]} must be a multiple of num_segments = {self.num_segments}"
-            )
-        x5 = x.unflatten(0, (x.shape[0] // self.num_segments, self.num_segments))
-        scale, shift = folded_batch_norm(self.bn, x5, self.fPlane)
+        scale, shift = _folded_gate_input(self, x)
         fuse_weight = torch.cat((self.channel_conv1.weight, self.channel_conv2.weight)).to(x.dtype)
         fuse_bias = torch.cat((self.channel_conv1.bias, self.channel_conv2.bias)).to(x.dtype)
         return gate_shift_fuse(
@@ -262,10 +260,8 @@ class TemporalShift(nn.Module):
 
     def __init__(self, net: nn.Module | None = None, n_segment: int = 3, n_div: int = 8):
         super().__init__()
-        if isinstance(n_segment, bool) or not isinstance(n_segment, int) or n_segment < 1:
-            raise ValueError(f"n_segment must be a positive int, got {n_segment!r}")
-        if isinstance(n_div, bool) or not isinstance(n_div, int) or n_div < 1:
-            raise ValueError(f"n_div must be a positive int, got {n_div!r}")
+        _check_positive_int("n_segment", n_segment)
+        _check_positive_int("n_div", n_div)
         self.net = net
         self.n_segment = n_segment
         self.fold_div = n_div

@@ -46,6 +46,22 @@ def interleave_channels(y: Tensor) -> Tensor:
     return y.unflatten(1, (2, half // 2)).transpose(1, 2).flatten(1, 2)
 
 
+def _gates(x, weight, bias, num_segments, bn_scale, bn_shift, channels) -> tuple[Tensor, int, Tensor]:
+    """``x`` ``(B*T, C, H, W)`` as ``(B, C, T, H, W)``, the gated channel count ``P``, and
+    the gates ``(B, 2, T, H, W)``: tanh of the grouped conv of ``relu(BN affine(x[:, :P]))``."""
+    n = x.shape[0]
+    t = num_segments
+    p = x.shape[1] if channels is None else channels
+    x5 = x.unflatten(0, (n // t, t)).transpose(1, 2)  # (B, C, T, H, W)
+    xg = x5[:, :p]
+    if bn_scale is not None:
+        u = torch.relu(xg * bn_scale.view(1, p, 1, 1, 1) + bn_shift.view(1, p, 1, 1, 1))
+    else:
+        u = xg
+    # Conv3d's zero padding applies to u, so positions outside the clip contribute nothing.
+    return x5, p, torch.tanh(F.conv3d(u, weight, bias, padding=1, groups=2))
+
+
 def gate_shift(
     x: Tensor,
     weight: Tensor,
@@ -62,17 +78,8 @@ def gate_shift(
     Differentiable through autograd in every tensor argument. No argument checking
     beyond what the operations themselves do: this is the oracle, kept short.
     """
-    n, c, h, w = x.shape
-    t = num_segments
-    p = c if channels is None else channels
-    x5 = x.unflatten(0, (n // t, t)).transpose(1, 2)  # (B, C, T, H, W)
+    x5, p, gates = _gates(x, weight, bias, num_segments, bn_scale, bn_shift, channels)
     xg = x5[:, :p]
-    if bn_scale is not None:
-        u = torch.relu(xg * bn_scale.view(1, p, 1, 1, 1) + bn_shift.view(1, p, 1, 1, 1))
-    else:
-        u = xg
-    # Conv3d's zero padding applies to u, so positions outside the clip contribute nothing.
-    gates = torch.tanh(F.conv3d(u, weight, bias, padding=1, groups=2))  # (B, 2, T, H, W)
     g0, g1 = gates[:, 0:1], gates[:, 1:2]
     x0, x1 = xg[:, : p // 2], xg[:, p // 2 :]
     z0 = (1 - g0) * x0 + shift_from_next(g0 * x0)  # group 0 takes from the next frame
@@ -152,16 +159,8 @@ def gate_shift_fuse(
     channel convolutions (``channel_conv1``, ``channel_conv2`` of the published module:
     input channel 0 the shifted part's means, 1 the residual's).
     """
-    n, c, h, w = x.shape
-    t = num_segments
-    p = c if channels is None else channels
-    x5 = x.unflatten(0, (n // t, t)).transpose(1, 2)  # (B, C, T, H, W)
+    x5, p, gates = _gates(x, weight, bias, num_segments, bn_scale, bn_shift, channels)
     xg = x5[:, :p]
-    if bn_scale is not None:
-        u = torch.relu(xg * bn_scale.view(1, p, 1, 1, 1) + bn_shift.view(1, p, 1, 1, 1))
-    else:
-        u = xg
-    gates = torch.tanh(F.conv3d(u, weight, bias, padding=1, groups=2))
     groups = []
     for k, shift in ((0, shift_from_next), (1, shift_from_previous)):
         g = gates[:, k : k + 1]

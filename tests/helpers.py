@@ -79,3 +79,25 @@ def assert_close_to_reference(actual, expected64, low_precision_ref=None, *, wha
     c = compare_to_reference(actual, expected64, low_precision_ref)
     assert c.finite, f"{what}: non-finite values"
     assert c.ok, f"{what}: error {c.error:.3g} > bound {c.bound:.3g}"
+
+
+def train_step_and_compare(published, fused, x, gen, lr: float, step: int) -> None:
+    """One forward and backward of both modules on ``x``: outputs, the gradients of ``x``
+    and of every parameter, and the buffers must agree; then an SGD step of ``lr`` on both,
+    so that the next step starts from new weights."""
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = published(x1), fused(x2)
+    torch.testing.assert_close(y2, y1, msg=lambda m: f"step {step} output: {m}")
+    g = torch.randn(y1.shape, generator=gen, dtype=y1.dtype)
+    y1.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(x2.grad, x1.grad, msg=lambda m: f"step {step} grad x: {m}")
+    for (name, p1), p2 in zip(published.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(p2.grad, p1.grad, msg=lambda m: f"step {step} grad {name}: {m}")
+    for (name, b1), b2 in zip(published.named_buffers(), fused.buffers()):
+        torch.testing.assert_close(b2, b1, msg=lambda m: f"step {step} buffer {name}: {m}")
+    with torch.no_grad():
+        for p1, p2 in zip(published.parameters(), fused.parameters()):
+            p1 -= lr * p1.grad
+            p2 -= lr * p2.grad
+            p1.grad = p2.grad = None

@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from helpers import Case, assert_close_to_reference, make_inputs, op_kwargs
+from helpers import Case, assert_close_to_reference, make_inputs, op_kwargs, train_step_and_compare
 from torch import nn
 
 import gateshift
@@ -201,22 +201,7 @@ def test_training_steps_match_published_module(fplane, ratio, segments, gen):
     assert fused.fPlane == reference.gsf_channels(fplane, ratio)
     for step in range(3):
         x = torch.randn(2 * segments, fplane, 5, 6, generator=gen, dtype=torch.float64) * 1.5 + 0.2
-        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-        y1, y2 = published(x1), fused(x2)
-        torch.testing.assert_close(y2, y1, msg=lambda m: f"step {step} output: {m}")
-        g = torch.randn(y1.shape, generator=gen, dtype=torch.float64)
-        y1.backward(g)
-        y2.backward(g)
-        torch.testing.assert_close(x2.grad, x1.grad, msg=lambda m: f"step {step} grad x: {m}")
-        for (name, p1), p2 in zip(published.named_parameters(), fused.parameters()):
-            torch.testing.assert_close(p2.grad, p1.grad, msg=lambda m: f"step {step} grad {name}: {m}")
-        for (name, b1), b2 in zip(published.named_buffers(), fused.buffers()):
-            torch.testing.assert_close(b2, b1, msg=lambda m: f"step {step} {name}: {m}")
-        with torch.no_grad():
-            for p1, p2 in zip(published.parameters(), fused.parameters()):
-                p1 -= 0.05 * p1.grad
-                p2 -= 0.05 * p2.grad
-                p1.grad = p2.grad = None
+        train_step_and_compare(published, fused, x, gen, 0.05, step)
     published.eval()
     fused.eval()
     x = torch.randn(2 * segments, fplane, 5, 6, generator=gen, dtype=torch.float64)

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from helpers import train_step_and_compare
 from torch import nn
 
 import gateshift
@@ -64,25 +65,7 @@ def test_training_steps_match_published_module(segments, shape, gen):
     b, c, h, w = shape
     published, fused = pair(c, segments, gen)
     for step in range(3):
-        x = features(gen, b, segments, c, h, w)
-        x1 = x.clone().requires_grad_()
-        x2 = x.clone().requires_grad_()
-        y1, y2 = published(x1), fused(x2)
-        torch.testing.assert_close(y2, y1, msg=lambda m: f"step {step} output: {m}")
-        g = torch.randn(y1.shape, generator=gen, dtype=y1.dtype)
-        y1.backward(g)
-        y2.backward(g)
-        torch.testing.assert_close(x2.grad, x1.grad, msg=lambda m: f"step {step} grad x: {m}")
-        for (name, p1), p2 in zip(published.named_parameters(), fused.parameters()):
-            torch.testing.assert_close(p2.grad, p1.grad, msg=lambda m: f"step {step} grad {name}: {m}")
-        for (name, b1), b2 in zip(published.named_buffers(), fused.buffers()):
-            torch.testing.assert_close(b2, b1, msg=lambda m: f"step {step} buffer {name}: {m}")
-        # An SGD step on both, so the next step starts from new weights.
-        with torch.no_grad():
-            for p1, p2 in zip(published.parameters(), fused.parameters()):
-                p1 -= 0.1 * p1.grad
-                p2 -= 0.1 * p2.grad
-                p1.grad = p2.grad = None
+        train_step_and_compare(published, fused, features(gen, b, segments, c, h, w), gen, 0.1, step)
     assert int(fused.bn.num_batches_tracked) == 3
 
 
