@@ -1,6 +1,10 @@
 #include "gate_shift_checks.h"
 
+#include <ATen/ops/empty_strided.h>
 #include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <array>
 
 #include <utility>
 #include <vector>
@@ -88,6 +92,27 @@ bool has_contiguous_planes(const at::Tensor& t) {
 
 at::Tensor with_contiguous_planes(const at::Tensor& t) {
   return has_contiguous_planes(t) ? t : t.contiguous();
+}
+
+std::vector<int64_t> output_strides(const at::Tensor& x) {
+  if (x.is_non_overlapping_and_dense()) {
+    return x.strides().vec();
+  }
+  std::array<int64_t, 3> order{0, 1, 2};  // B, T, C: outermost first
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return x.stride(a) > x.stride(b); });
+  std::vector<int64_t> strides(5);
+  strides[4] = 1;
+  strides[3] = std::max<int64_t>(x.size(4), 1);
+  int64_t step = strides[3] * std::max<int64_t>(x.size(3), 1);
+  for (int i = 2; i >= 0; --i) {
+    strides[order[i]] = step;
+    step *= std::max<int64_t>(x.size(order[i]), 1);
+  }
+  return strides;
+}
+
+at::Tensor empty_output_like(const at::Tensor& x) {
+  return at::empty_strided(x.sizes(), output_strides(x), x.options());
 }
 
 GateShiftSizes check_forward_args(

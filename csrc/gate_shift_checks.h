@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <vector>
 
 namespace gateshift {
 
@@ -27,6 +28,15 @@ bool has_contiguous_planes(const at::Tensor& t);
 
 // t itself when its planes are contiguous, otherwise a contiguous copy.
 at::Tensor with_contiguous_planes(const at::Tensor& t);
+
+// A new tensor of x's sizes and options that the kernels can write: every (H, W)
+// plane contiguous, and no two elements sharing memory. x (5-D, contiguous planes)
+// gives its own strides when it is non-overlapping and dense; otherwise (overlapping
+// or gapped views, where at::empty_like would order the dimensions by x's strides
+// and could put T or C between H and W) dense strides with the planes innermost and
+// B, T, C in the order of x's strides.
+std::vector<int64_t> output_strides(const at::Tensor& x);
+at::Tensor empty_output_like(const at::Tensor& x);
 
 GateShiftSizes check_forward_args(
     const at::Tensor& x,

@@ -32,6 +32,26 @@ def with_contiguous_planes(t: Tensor) -> Tensor:
     return t.contiguous()
 
 
+def empty_output_like(x: Tensor) -> Tensor:
+    """Mirrors ``empty_output_like`` in csrc/gate_shift_checks.cpp: a tensor of the
+    5-D ``x``'s sizes that the kernels can write, every (H, W) plane contiguous and no
+    element shared. ``x``'s own strides when it is non-overlapping and dense; else
+    (overlapping or gapped views) dense strides with the planes innermost and B, T, C
+    in the order of ``x``'s strides."""
+    x = with_contiguous_planes(x)
+    if x.is_contiguous():
+        return torch.empty_like(x)
+    # For any other non-overlapping and dense x this reproduces x's own strides (up to
+    # those of size-1 dimensions, which do not matter).
+    order = sorted(range(3), key=lambda d: -x.stride(d))  # stable: ties keep B, T, C order
+    strides = [0, 0, 0, max(x.shape[4], 1), 1]
+    step = strides[3] * max(x.shape[3], 1)
+    for d in reversed(order):
+        strides[d] = step
+        step = step * max(x.shape[d], 1)
+    return torch.empty_strided(x.shape, strides, dtype=x.dtype, device=x.device)
+
+
 # ---------------------------------------------------------------------------
 # Fake implementations: output metadata only, matching the C++ kernels exactly.
 # ---------------------------------------------------------------------------
@@ -39,13 +59,13 @@ def with_contiguous_planes(t: Tensor) -> Tensor:
 
 def _gate_shift_forward_fake(x, weight, bias, bn_scale, bn_shift, channels, interleaved):
     b, t, _, h, w = x.shape
-    out = torch.empty_like(with_contiguous_planes(x))
+    out = empty_output_like(x)
     gates = x.new_empty((b, t, 2, h, w), dtype=accumulation_dtype(x.dtype))
     return out, gates
 
 
 def _gate_shift_backward_fake(grad_out, x, gates, weight, bn_scale, bn_shift, channels, interleaved):
-    grad_x = torch.empty_like(with_contiguous_planes(x))
+    grad_x = empty_output_like(x)
     grad_weight = weight.new_empty(weight.shape)
     grad_bias = weight.new_empty((2,))
     if bn_scale is None:
@@ -67,7 +87,7 @@ def _gate_shift_fuse_backward_fake(
 
 
 def _temporal_shift_fake(x, fold, reverse):
-    return torch.empty_like(with_contiguous_planes(x))
+    return empty_output_like(x)
 
 
 def _batch_stats_fake(x, channels):
@@ -76,7 +96,7 @@ def _batch_stats_fake(x, channels):
 
 
 def _batch_stats_backward_fake(grad_mean, grad_var, x, mean, channels):
-    return torch.empty_like(with_contiguous_planes(x))
+    return empty_output_like(x)
 
 
 # ---------------------------------------------------------------------------
@@ -157,9 +177,12 @@ def _batch_stats_setup_context(ctx, inputs, output):
     ctx.channels = channels
 
 
-def _batch_stats_backward(ctx, grad_mean, grad_var):
-    x, mean = ctx.saved_tensors
-    return ops.batch_stats_backward(grad_mean, grad_var, x, mean, ctx.channels), None
+def _make_batch_stats_backward(backward_op):
+    def backward(ctx, grad_mean, grad_var):
+        x, mean = ctx.saved_tensors
+        return backward_op(grad_mean, grad_var, x, mean, ctx.channels), None
+
+    return backward
 
 
 def _temporal_shift_setup_context(ctx, inputs, output):
@@ -186,9 +209,9 @@ def _double_backward(ctx, *grads):
     )
 
 
-def register_gate_shift_ops(namespace: str) -> None:
-    """Fake kernels and autograd for ``<namespace>::gate_shift_forward/backward``,
-    ``gate_shift_fuse_forward/backward`` and ``temporal_shift``.
+def register_fake_and_autograd(namespace: str) -> None:
+    """Fake kernels and autograd for every op of ``<namespace>``: ``gate_shift_forward/backward``,
+    ``gate_shift_fuse_forward/backward``, ``temporal_shift`` and ``batch_stats/_backward``.
 
     Used for the ``gateshift`` library and for the emulated CUDA library of
     ``gateshift.testing.cuda_emulator``, which declares the same schemas.
@@ -220,12 +243,16 @@ def register_gate_shift_ops(namespace: str) -> None:
         _make_temporal_shift_backward(library.temporal_shift),
         setup_context=_temporal_shift_setup_context,
     )
+    torch.library.register_fake(f"{namespace}::batch_stats")(_batch_stats_fake)
+    torch.library.register_fake(f"{namespace}::batch_stats_backward")(_batch_stats_backward_fake)
+    torch.library.register_autograd(
+        f"{namespace}::batch_stats",
+        _make_batch_stats_backward(library.batch_stats_backward),
+        setup_context=_batch_stats_setup_context,
+    )
+    torch.library.register_autograd(
+        f"{namespace}::batch_stats_backward", _double_backward, setup_context=_no_setup_context
+    )
 
 
-register_gate_shift_ops("gateshift")
-torch.library.register_fake("gateshift::batch_stats")(_batch_stats_fake)
-torch.library.register_fake("gateshift::batch_stats_backward")(_batch_stats_backward_fake)
-torch.library.register_autograd(
-    "gateshift::batch_stats", _batch_stats_backward, setup_context=_batch_stats_setup_context
-)
-torch.library.register_autograd("gateshift::batch_stats_backward", _double_backward, setup_context=_no_setup_context)
+register_fake_and_autograd("gateshift")

@@ -11,7 +11,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -138,7 +137,7 @@ at::Tensor batch_stats_backward_cpu(
   const int64_t count =
       check_batch_stats_backward_args(grad_mean_in, grad_var_in, x_in, mean_in, channels);
   const at::Tensor x = with_contiguous_planes(x_in);
-  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor grad_x = empty_output_like(x);
   if (x.numel() == 0) {
     return grad_x;
   }

@@ -20,7 +20,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -258,7 +257,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gate_shift_fuse_forward_cpu(
       check_forward_args(x_in, weight, bias, bn_scale, bn_shift, channels, interleaved);
   check_fuse_args(x_in, fuse_weight, fuse_bias);
   const at::Tensor x = with_contiguous_planes(x_in);
-  at::Tensor out = at::empty_like(x);
+  at::Tensor out = empty_output_like(x);
   const auto acc_options = x.options().dtype(at::toOpMathType(x.scalar_type()));
   at::Tensor gates = at::empty({s.batch, s.frames, 2, s.height, s.width}, acc_options);
   at::Tensor fusion = at::empty({s.batch, s.frames, 3, s.gated}, acc_options);

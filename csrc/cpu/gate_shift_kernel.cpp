@@ -6,7 +6,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -30,7 +29,7 @@ std::tuple<at::Tensor, at::Tensor> gate_shift_forward_cpu(
   const GateShiftSizes s =
       check_forward_args(x_in, weight, bias, bn_scale, bn_shift, channels, interleaved);
   const at::Tensor x = with_contiguous_planes(x_in);
-  at::Tensor out = at::empty_like(x);
+  at::Tensor out = empty_output_like(x);
   at::Tensor gates = at::empty(
       {s.batch, s.frames, 2, s.height, s.width},
       x.options().dtype(at::toOpMathType(x.scalar_type())));
@@ -69,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gate_shif
   const at::Tensor x = with_contiguous_planes(x_in);
   const at::Tensor grad_out = with_contiguous_planes(grad_out_in);
   const at::Tensor gates = gates_in.contiguous();
-  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor grad_x = empty_output_like(x);
   const int64_t P = s.gated;
   const int64_t partial_stride = P * kTaps + 2 + 2 * P;
   const at::ScalarType acc_dtype = at::toOpMathType(x.scalar_type());

@@ -5,7 +5,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -41,7 +40,7 @@ void shift_planes(const at::Tensor& x, at::Tensor& out, int64_t fold, bool rever
 at::Tensor temporal_shift_cpu(const at::Tensor& x_in, int64_t fold, bool reverse) {
   check_temporal_shift_args(x_in, fold);
   const at::Tensor x = with_contiguous_planes(x_in);
-  at::Tensor out = at::empty_like(x);
+  at::Tensor out = empty_output_like(x);
   if (x.numel() == 0) {
     return out;
   }

@@ -52,7 +52,7 @@ at::Tensor batch_stats_backward(
     int64_t channels) {
   const int64_t count = check_batch_stats_backward_args(grad_mean_in, grad_var_in, x_in, mean_in, channels);
   const at::Tensor x = with_contiguous_planes(x_in);
-  at::Tensor grad_x = backend.empty_like(x);
+  at::Tensor grad_x = backend.empty_output_like(x);
   if (x.numel() == 0) {
     return grad_x;
   }

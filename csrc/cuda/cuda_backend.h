@@ -4,12 +4,13 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 
 #include <utility>
+
+#include "../gate_shift_checks.h"
 
 namespace gateshift::cuda {
 
@@ -21,8 +22,8 @@ class CudaBackend {
   at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) const {
     return at::empty(sizes, options);
   }
-  at::Tensor empty_like(const at::Tensor& t) const {
-    return at::empty_like(t);
+  at::Tensor empty_output_like(const at::Tensor& x) const {
+    return gateshift::empty_output_like(x);
   }
   int64_t num_sms() const {
     int count = 0;

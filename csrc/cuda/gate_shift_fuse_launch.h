@@ -46,7 +46,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gate_shift_fuse_forward(
   const std::optional<at::Tensor> bn_scale = affine_for_kernel(bn_scale_in, x_in);
   const std::optional<at::Tensor> bn_shift = affine_for_kernel(bn_shift_in, x_in);
   const auto acc_options = x.options().dtype(accumulation_dtype(x));
-  at::Tensor out = backend.empty_like(x);
+  at::Tensor out = backend.empty_output_like(x);
   at::Tensor gates = backend.empty({s.batch, s.frames, 2, s.height, s.width}, acc_options);
   at::Tensor fusion = backend.empty({s.batch, s.frames, 3, s.gated}, acc_options);
   if (x.numel() == 0) {

@@ -3,7 +3,7 @@
 //
 // A Backend provides
 //   at::Tensor empty(at::IntArrayRef sizes, at::TensorOptions)  device memory
-//   at::Tensor empty_like(const at::Tensor&)                     (at::empty_like's strides)
+//   at::Tensor empty_output_like(const at::Tensor& x)            (output_strides(x))
 //   int64_t num_sms()                                            multiprocessors
 //   void launch(kernel, int64_t blocks, int threads, size_t shared_bytes, params...)
 // so both run the same checks, layouts, launch configuration and kernels.
@@ -99,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor> gate_shift_forward(
   };
   const std::optional<at::Tensor> bias = contiguous(bias_in), bn_scale = affine_for_kernel(bn_scale_in, x_in),
                                   bn_shift = affine_for_kernel(bn_shift_in, x_in);
-  at::Tensor out = backend.empty_like(x);
+  at::Tensor out = backend.empty_output_like(x);
   at::Tensor gates = backend.empty(
       {s.batch, s.frames, 2, s.height, s.width},
       x.options().dtype(accumulation_dtype(x)));
@@ -152,7 +152,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gate_shif
   const std::optional<at::Tensor> bn_shift = affine_for_kernel(bn_shift_in, x_in);
   const int64_t P = s.gated;
 
-  at::Tensor grad_x = backend.empty_like(x);
+  at::Tensor grad_x = backend.empty_output_like(x);
   at::Tensor grad_weight = backend.empty(weight.sizes(), weight.options());
   at::Tensor grad_bias = backend.empty({2}, weight.options());
   // The affine's gradients come in the affine's dtype.

@@ -18,7 +18,7 @@ template <typename Backend>
 at::Tensor temporal_shift(Backend& backend, const at::Tensor& x_in, int64_t fold, bool reverse) {
   check_temporal_shift_args(x_in, fold);
   const at::Tensor x = with_contiguous_planes(x_in);
-  at::Tensor out = backend.empty_like(x);
+  at::Tensor out = backend.empty_output_like(x);
   if (x.numel() == 0) {
     return out;
   }

@@ -17,7 +17,6 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <Python.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
@@ -76,9 +75,8 @@ class EmulatorBackend {
     const at::Tensor like = at::empty(sizes, options);
     return guarded(like.sizes(), like.strides(), options, "output");
   }
-  at::Tensor empty_like(const at::Tensor& t) {
-    const at::Tensor like = at::empty_like(t);
-    return guarded(like.sizes(), like.strides(), like.options(), "output");
+  at::Tensor empty_output_like(const at::Tensor& x) {
+    return guarded(x.sizes(), output_strides(x), x.options(), "output");
   }
   int64_t num_sms() const {
     return emulated_sms.load();

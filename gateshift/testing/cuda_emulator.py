@@ -19,12 +19,12 @@ import contextlib
 import torch
 
 from .. import _cuda_emulator  # noqa: F401  (registers torch.ops.gateshift_emulated)
-from .._ops import register_gate_shift_ops
+from .._ops import register_fake_and_autograd
 from ..functional import gate_shift_fuse_with, gate_shift_with, temporal_shift_with
 
 __all__ = ["gate_shift", "gate_shift_fuse", "temporal_shift", "ops", "set_num_sms", "num_sms"]
 
-register_gate_shift_ops("gateshift_emulated")
+register_fake_and_autograd("gateshift_emulated")
 ops = torch.ops.gateshift_emulated
 
 
