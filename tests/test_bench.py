@@ -4,31 +4,39 @@ every implementation a benchmark times computes what the reference computes."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import math
+import pathlib
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
-from gateshift import bench, check
+from gateshift import check
+from gateshift.bench import cli, report, runner, timing, workloads
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--shape", "1,3,8,5,6", "--ops", "gsm", "--repeat", "2", "--warmup", "1", "--model", "off", "--no-progress"]
 REQUIRED = {"impl", "shape", "dtype", "device", "fwd_ms", "fwd_bwd_ms", "saved_bytes"}
 
 
 def test_defaults_are_the_quick_reference_case_and_the_model():
-    args = bench.parse_args(["--quick"])
+    args = cli.parse_args(["--quick"])
     assert args.device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     assert [str(s) for s in args.shapes] == ["2x8x64x28x28"]
     assert args.model and args.impls == ["eager", "compile", "fused"] and args.ops == ["gsm", "gsf", "tsm"]
 
 
 def test_presets_and_custom_shapes():
-    args = bench.parse_args(["--preset", "resnet50", "--frames", "8,16", "--clips", "3", "--shape", "1,2,8,4,4"])
+    args = cli.parse_args(["--preset", "resnet50", "--frames", "8,16", "--clips", "3", "--shape", "1,2,8,4,4"])
     shapes = [str(s) for s in args.shapes]
     assert shapes[0] == "1x2x8x4x4"
     assert "3x8x64x56x56" in shapes and "3x16x512x7x7" in shapes and len(shapes) == 1 + 2 * 4
     assert not args.model  # shapes were given: no model case unless asked for
-    labels = {s.label for s in bench.parse_args(["--preset", "bn-inception", "--frames", "8"]).shapes}
+    labels = {s.label for s in cli.parse_args(["--preset", "bn-inception", "--frames", "8"]).shapes}
     assert "bn-inception 5b" in labels and len(labels) == 10
 
 
@@ -48,7 +56,7 @@ def test_presets_and_custom_shapes():
 )
 def test_bad_arguments_exit_with_a_message(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        bench.parse_args(argv)
+        cli.parse_args(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -56,13 +64,13 @@ def test_bad_arguments_exit_with_a_message(argv, message, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error for a machine without CUDA")
 def test_cuda_without_a_gpu_is_an_error(capsys):
     with pytest.raises(SystemExit):
-        bench.parse_args(["--device", "cuda"])
+        cli.parse_args(["--device", "cuda"])
     assert "torch.cuda.is_available() is False" in capsys.readouterr().err
 
 
 def test_json_and_csv_records(tmp_path, capsys):
     out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
-    assert bench.main([*TINY, "--impls", "eager,fused", "--json", str(out_json), "--csv", str(out_csv)]) == 0
+    assert cli.main([*TINY, "--impls", "eager,fused", "--json", str(out_json), "--csv", str(out_csv)]) == 0
     table = capsys.readouterr().out
     assert "fwd+bwd ms" in table and "fused" in table and "eager" in table
     data = json.loads(out_json.read_text())
@@ -80,12 +88,19 @@ def test_json_and_csv_records(tmp_path, capsys):
     assert REQUIRED <= set(rows[0])
 
 
+def test_record_fields_are_the_keys_of_the_committed_results():
+    # JSON keys and CSV columns are the record's field names: renaming one would
+    # silently break the summaries of results already written.
+    committed = json.loads((ROOT / "benchmarks/results/cpu-quick.json").read_text())
+    assert [f.name for f in dataclasses.fields(runner.Record)] == list(committed["records"][0])
+
+
 def test_every_implementation_computes_the_reference_output():
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
-    w = bench.op_workload(bench.OPS["gsm"], bench.Shape(2, 4, 16, 7, 9), gen)
-    records = bench.benchmark_workload(
+    w = workloads.op_workload(workloads.OPS["gsm"], workloads.Shape(2, 4, 16, 7, 9), gen)
+    records = runner.benchmark_workload(
         w, torch.float32, torch.device("cpu"), ["eager", "compile", "fused"], warmup=1, repeat=2,
-        bandwidth=bench.copy_bandwidth(torch.device("cpu"), repeat=2), gen=gen,
+        bandwidth=timing.copy_bandwidth(torch.device("cpu"), repeat=2), gen=gen,
     )
     assert [r.impl for r in records] == ["eager", "compile", "fused"]
     for r in records:
@@ -96,8 +111,8 @@ def test_every_implementation_computes_the_reference_output():
 
 def test_temporal_shift_joins_through_the_same_code_path():
     gen = torch.Generator().manual_seed(0)
-    w = bench.op_workload(bench.OPS["tsm"], bench.Shape(2, 4, 16, 5, 5), gen)
-    records = bench.benchmark_workload(
+    w = workloads.op_workload(workloads.OPS["tsm"], workloads.Shape(2, 4, 16, 5, 5), gen)
+    records = runner.benchmark_workload(
         w, torch.float32, torch.device("cpu"), ["eager", "fused"], warmup=1, repeat=2, bandwidth=1e10, gen=gen
     )
     assert [r.op for r in records] == ["tsm", "tsm"] and all(r.max_abs_err == 0 for r in records)
@@ -106,8 +121,8 @@ def test_temporal_shift_joins_through_the_same_code_path():
 
 def test_gsf_joins_through_the_same_code_path():
     gen = torch.Generator().manual_seed(0)
-    w = bench.op_workload(bench.OPS["gsf"], bench.Shape(2, 4, 16, 5, 5), gen)
-    records = bench.benchmark_workload(
+    w = workloads.op_workload(workloads.OPS["gsf"], workloads.Shape(2, 4, 16, 5, 5), gen)
+    records = runner.benchmark_workload(
         w, torch.float32, torch.device("cpu"), ["eager", "fused"], warmup=1, repeat=2, bandwidth=1e10, gen=gen
     )
     assert [r.op for r in records] == ["gsf", "gsf"] and records[1].max_abs_err < 1e-4
@@ -116,18 +131,127 @@ def test_gsf_joins_through_the_same_code_path():
 
 def test_model_case_runs_both_implementations_on_the_same_weights():
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
-    w = bench.model_workload(clips=1, frames=4, size=16, gen=gen)
-    records = bench.benchmark_workload(
+    w = workloads.model_workload(clips=1, frames=4, size=16, gen=gen)
+    records = runner.benchmark_workload(
         w, torch.float32, torch.device("cpu"), ["eager", "fused"], warmup=1, repeat=2, bandwidth=1e10, gen=gen
     )
     assert [r.op for r in records] == ["tsn-resnet", "tsn-resnet"]
     assert records[1].max_abs_err < 1e-4 and records[1].saved_bytes < records[0].saved_bytes
 
 
+def test_model_case_leaves_compile_out_and_repeats_less(monkeypatch):
+    # A whole network compiles for minutes on a CPU and a step costs hundreds of op calls.
+    calls = []
+
+    def record_call(w, dtype, device, impls, *, warmup, repeat, **kwargs):
+        calls.append((w.op, list(impls), warmup, repeat))
+        return []
+
+    monkeypatch.setattr(runner, "benchmark_workload", record_call)
+    gen = torch.Generator().manual_seed(0)
+    cases = [
+        lambda: workloads.op_workload(workloads.OPS["gsm"], workloads.Shape(1, 2, 4, 3, 3), gen),
+        lambda: workloads.model_workload(clips=1, frames=2, size=16, gen=gen),
+    ]
+    kwargs = dict(warmup=4, repeat=12, bandwidth=1e10, gen=gen, progress=False)
+    runner.benchmark_all(cases, torch.float32, torch.device("cpu"), ["eager", "compile", "fused"], **kwargs)
+    assert calls == [("gsm", ["eager", "compile", "fused"], 4, 12), ("tsn-resnet", ["eager", "fused"], 2, 4)]
+    calls.clear()
+    runner.benchmark_all(
+        cases[1:], torch.float32, torch.device("cpu"), ["eager", "compile"], compile_model=True, **kwargs
+    )
+    assert calls == [("tsn-resnet", ["eager", "compile"], 2, 4)]
+
+
+def test_time_calls_times_each_call_after_the_warmup():
+    calls = []
+
+    def sleep_2ms():
+        calls.append(None)
+        time.sleep(0.002)
+
+    times = timing.time_calls(sleep_2ms, torch.device("cpu"), warmup=3, repeat=5)
+    assert len(calls) == 3 + 5 and len(times.seconds) == 5  # --warmup and --repeat, exactly
+    assert 2 <= times.median_ms < 200 and times.iqr_ms >= 0
+
+
+def test_call_times_median_and_iqr():
+    # The quartiles are statistics' default (exclusive) ones, as in every result so far.
+    times = timing.CallTimes((0.004, 0.001, 0.003, 0.002))
+    assert times.median_ms == pytest.approx(2.5)
+    assert times.iqr_ms == pytest.approx(3.75 - 1.25)
+
+
+def test_table_names_the_forward_bandwidth_column_unambiguously():
+    header = report.format_table([]).splitlines()[0]
+    assert "fwd % floor" in header and "fwd bw" not in header
+
+
+@pytest.mark.parametrize("flag,disable", [(["--no-progress"], True), ([], None)])
+def test_progress_bar_is_tqdm_on_stderr_and_off_with_no_progress(flag, disable, monkeypatch, capsys):
+    # disable=None is tqdm's "only on a terminal"; --no-progress turns it off outright.
+    made = []
+    real_tqdm = runner.tqdm
+
+    def recording_tqdm(*args, **kwargs):
+        made.append(kwargs)
+        return real_tqdm(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "tqdm", recording_tqdm)
+    argv = [a for a in TINY if a != "--no-progress"] + flag
+    assert cli.main([*argv, "--impls", "fused"]) == 0
+    assert len(made) == 1 and made[0]["disable"] is disable and made[0]["file"] is sys.stderr
+    assert made[0]["total"] == 1
+    assert capsys.readouterr().err == ""  # stderr is not a terminal here: no bar either way
+
+
+SMALL_RESULTS = {
+    "meta": {"command": "gateshift-bench --shape 1,2,8,4,4", "device": "cpu (x86_64, 2 threads)", "dtype": "float32",
+             "repeat": 5},
+    "records": [
+        {"op": "gsm", "impl": "eager", "shape": "1x2x8x4x4", "label": "custom", "fwd_bwd_ms": 6.0, "saved_ratio": 2.0},
+        {"op": "gsm", "impl": "fused", "shape": "1x2x8x4x4", "label": "custom", "fwd_bwd_ms": 0.5, "saved_ratio": 1.25},
+        {"op": "tsn-resnet", "impl": "eager", "shape": "1x2x3x16x16", "label": "", "fwd_bwd_ms": 9.0,
+         "saved_ratio": math.nan},
+        {"op": "tsn-resnet", "impl": "fused", "shape": "1x2x3x16x16", "label": "", "fwd_bwd_ms": 4.5,
+         "saved_ratio": math.nan},
+    ],
+}
+
+
+def test_markdown_summary_rows(tmp_path):
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps(SMALL_RESULTS))
+    assert report.markdown_summary([str(path)]).splitlines() == [
+        "`gateshift-bench --shape 1,2,8,4,4` (cpu (x86_64, 2 threads), float32, medians of 5):",
+        "",
+        "| op | where | B x T x C x H x W | eager ms | compile ms | fused ms | x eager | x compile "
+        "| saved/x eager | saved/x fused |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        "| gsm | custom | 1x2x8x4x4 | 6.00 | - | 0.50 | 12.0 | - | 2.00 | 1.25 |",
+        "| tsn-resnet | - | 1x2x3x16x16 | 9.00 | - | 4.50 | 2.0 | - | - | - |",
+    ]
+
+
+def test_summarize_script_prints_the_report_summary(tmp_path):
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps(SMALL_RESULTS))
+    paths = [str(path), str(ROOT / "benchmarks/results/cpu-quick.json")]
+    script = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/summarize.py"), *paths], capture_output=True, text=True, check=True
+    )
+    assert script.stdout == report.markdown_summary(paths) + "\n"
+
+
+def test_python_dash_m_runs_the_command_line():
+    result = subprocess.run([sys.executable, "-m", "gateshift.bench", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "gateshift-bench" in result.stdout and "--no-progress" in result.stdout
+
+
 def test_plot_and_profile(tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib (the `plot` extra) is not installed")
     png, traces = tmp_path / "bench.png", tmp_path / "traces"
-    assert bench.main([*TINY, "--impls", "eager,fused", "--plot", str(png), "--profile", str(traces)]) == 0
+    assert cli.main([*TINY, "--impls", "eager,fused", "--plot", str(png), "--profile", str(traces)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     written = sorted(p.name for p in traces.iterdir())
     assert len(written) == 2 and all(name.endswith(".pt.trace.json") for name in written)

@@ -1,0 +1,142 @@
+"""The ``gateshift-bench`` command line: options, their defaults per device, and the run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import torch
+
+import gateshift
+from gateshift.bench.report import format_table, write_csv, write_json, write_plot
+from gateshift.bench.runner import benchmark_all, device_name
+from gateshift.bench.timing import copy_bandwidth
+from gateshift.bench.workloads import IMPLS, OPS, PRESETS, model_workload, op_workload, parse_shape, preset_shapes
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gateshift-bench",
+        description="Benchmark the fused gateshift ops against the published modules (eager and torch.compile).",
+    )
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--quick", action="store_true",
+                   help="the DESIGN.md reference shape only (under a minute on 2 cores)")
+    p.add_argument("--preset", action="append", choices=PRESETS,
+                   help="shapes from real GSM placements (repeatable)")
+    p.add_argument("--shape", action="append", type=parse_shape, metavar="B,T,C,H,W",
+                   help="a custom shape (repeatable)")
+    p.add_argument("--frames", default="8,16", help="frames per clip for presets (default: 8,16)")
+    p.add_argument("--clips", type=int, default=None,
+                   help="clips per batch for presets (default: 2 on cpu, 32 on cuda)")
+    p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated ops (default: {','.join(OPS)})")
+    p.add_argument("--model", choices=("on", "off"), default=None,
+                   help="the model-level case (default: on with --quick or no shapes given)")
+    p.add_argument("--model-size", type=int, default=None,
+                   help="frame size of the model-level case (default: 64 with --quick, else 112)")
+    p.add_argument("--impls", default=",".join(IMPLS),
+                   help=f"comma-separated implementations (default: {','.join(IMPLS)})")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up calls per measurement")
+    p.add_argument("--repeat", type=int, default=None, help="timed calls per measurement (medians reported)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default: 0)")
+    p.add_argument("--compile-model", action="store_true",
+                   help="also torch.compile the model-level case (slow on CPUs)")
+    p.add_argument("--json", metavar="PATH", help="write one record per (case, impl) as JSON")
+    p.add_argument("--csv", metavar="PATH", help="write the records as CSV")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG of speed-up and memory per case (needs matplotlib)")
+    p.add_argument("--profile", metavar="DIR", help="write torch.profiler traces (TensorBoard) to DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed options with every default filled in for the chosen device, and
+    ``shapes``, the op shapes to run (presets expanded)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        parser.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    if args.device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda[:N], got {args.device}")
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch.cuda.is_available() is False")
+    args.ops = [o for o in args.ops.split(",") if o]
+    for o in args.ops:
+        if o not in OPS:
+            parser.error(f"--ops: unknown op {o!r}; choose from {','.join(OPS)}")
+    args.impls = [i for i in args.impls.split(",") if i]
+    for i in args.impls:
+        if i not in IMPLS:
+            parser.error(f"--impls: unknown implementation {i!r}; choose from {','.join(IMPLS)}")
+    try:
+        args.frames = [int(f) for f in args.frames.split(",")]
+    except ValueError:
+        parser.error(f"--frames wants comma-separated integers, got {args.frames!r}")
+    if args.clips is None:
+        args.clips = 2 if args.device.type == "cpu" else 32
+    args.model_clips = 2 if args.device.type == "cpu" else 16
+    if args.warmup is None:
+        args.warmup = 3 if args.device.type == "cpu" else 10
+    if args.repeat is None:
+        args.repeat = (15 if args.quick else 10) if args.device.type == "cpu" else 50
+    if args.repeat < 2:
+        parser.error("--repeat must be at least 2 (a median and a spread)")
+    shapes = list(args.shape or [])
+    presets = list(args.preset or [])
+    default_run = args.quick or (not shapes and not presets)
+    if default_run:
+        presets = presets or ["reference"]
+    args.model = (args.model == "on") if args.model is not None else default_run
+    if args.model_size is None:
+        args.model_size = 64 if args.quick else 112
+    if args.model_size < 16:
+        parser.error(f"--model-size must be at least 16, got {args.model_size}")
+    for name in presets:
+        shapes += preset_shapes(name, args.clips, [8] if name == "reference" else args.frames)
+    args.shapes = shapes
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, dtype = args.device, DTYPES[args.dtype]
+    bandwidth = copy_bandwidth(device)
+    meta = {
+        "gateshift": gateshift.__version__,
+        "torch": torch.__version__,
+        "device": device_name(device),
+        "dtype": args.dtype,
+        "copy_bandwidth_GBps": bandwidth / 1e9,
+        "warmup": args.warmup,
+        "repeat": args.repeat,
+        "command": " ".join(["gateshift-bench", *(sys.argv[1:] if argv is None else argv)]),
+    }
+    print(f"# {meta['command']}")
+    print(f"# {meta['device']}, torch {meta['torch']}, {args.dtype}, copy bandwidth {bandwidth / 1e9:.1f} GB/s, "
+          f"medians of {args.repeat} after {args.warmup} warm-up")
+    gen = torch.Generator().manual_seed(args.seed)
+    workloads = [lambda spec=OPS[o], s=s: op_workload(spec, s, gen) for o in args.ops for s in args.shapes]
+    if args.model:
+        workloads.append(lambda: model_workload(args.model_clips, 8, args.model_size, gen))
+    records = benchmark_all(
+        workloads, dtype, device, args.impls,
+        warmup=args.warmup, repeat=args.repeat, bandwidth=bandwidth, gen=gen,
+        compile_model=args.compile_model, profile_dir=args.profile, progress=not args.no_progress,
+    )
+    print(format_table(records))
+    if args.json:
+        write_json(args.json, records, meta)
+    if args.csv:
+        write_csv(args.csv, records)
+    if args.plot:
+        write_plot(args.plot, records)
+    return 0

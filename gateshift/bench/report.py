@@ -1,0 +1,152 @@
+"""Reporting: the aligned table printed after a run, the JSON, CSV and PNG files it can
+write, and the Markdown summary of JSON files (the README's sweep tables,
+``benchmarks/summarize.py``).
+
+JSON keys and CSV columns are :class:`~gateshift.bench.runner.Record`'s field names,
+unchanged since the first results were written; only the table's titles are for people.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+
+from gateshift.bench.runner import Record
+from gateshift.bench.workloads import IMPLS
+
+# (Record attribute, column title, format). "fwd % floor" is fwd_bw_frac: the forward's
+# bandwidth floor time over its measured time, i.e. the bandwidth it achieves (counting
+# only the bytes it must move) as a fraction of the copy bandwidth.
+TABLE_COLUMNS = [
+    ("op", "op", "{}"),
+    ("shape", "B x T x C x H x W", "{}"),
+    ("label", "where", "{}"),
+    ("impl", "impl", "{}"),
+    ("fwd_ms", "fwd ms", "{:.3f}"),
+    ("fwd_bwd_ms", "fwd+bwd ms", "{:.3f}"),
+    ("infer_ms", "infer ms", "{:.3f}"),
+    ("speedup_vs_eager", "x eager", "{:.1f}"),
+    ("speedup_vs_compile", "x compile", "{:.1f}"),
+    ("saved_mb", "saved MB", "{:.1f}"),
+    ("saved_ratio", "saved/x", "{:.2f}"),
+    ("fwd_bw_frac", "fwd % floor", "{:.0%}"),
+    ("max_abs_err", "max err", "{:.1e}"),
+]
+
+
+def format_table(records: Sequence[Record]) -> str:
+    header = [title for _, title, _ in TABLE_COLUMNS]
+    rows = []
+    for r in records:
+        row = []
+        for key, _, fmt in TABLE_COLUMNS:
+            value = getattr(r, key)
+            row.append("-" if isinstance(value, float) and math.isnan(value) else fmt.format(value))
+        rows.append(row)
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: str, records: Sequence[Record], meta: dict) -> None:
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "records": [dataclasses.asdict(r) for r in records]}, f, indent=2)
+
+
+def write_csv(path: str, records: Sequence[Record]) -> None:
+    fields = [f.name for f in dataclasses.fields(Record)]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for r in records:
+            writer.writerow(dataclasses.asdict(r))
+
+
+def write_plot(path: str, records: Sequence[Record]) -> None:
+    """Forward+backward speed-up of each fused case and what each implementation keeps
+    for backward, side by side, as a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from None
+    fused = [r for r in records if r.impl == "fused"]
+    by_key = {(r.op, r.shape, r.dtype, r.impl): r for r in records}
+    names = [f"{r.op} {r.label or r.shape}" for r in fused]
+    fig, (ax_speed, ax_mem) = plt.subplots(1, 2, figsize=(max(8, 0.6 * len(fused) + 4), 4.5))
+    for i, base in enumerate(("eager", "compile")):
+        speed = [
+            by_key[(r.op, r.shape, r.dtype, base)].fwd_bwd_ms / r.fwd_bwd_ms
+            if (r.op, r.shape, r.dtype, base) in by_key
+            else math.nan
+            for r in fused
+        ]
+        ax_speed.bar([j + 0.4 * i for j in range(len(fused))], speed, width=0.4, label=f"vs {base}")
+    ax_speed.set_ylabel("forward+backward speed-up (x)")
+    ax_speed.set_xticks([j + 0.2 for j in range(len(fused))], names, rotation=60, ha="right", fontsize=7)
+    ax_speed.legend()
+    impls = [i for i in IMPLS if any(r.impl == i for r in records)]
+    for i, impl in enumerate(impls):
+        ratio = [
+            by_key[(r.op, r.shape, r.dtype, impl)].saved_ratio if (r.op, r.shape, r.dtype, impl) in by_key else 0
+            for r in fused
+        ]
+        ax_mem.bar([j + i / (len(impls) + 1) for j in range(len(fused))], ratio, width=1 / (len(impls) + 1), label=impl)
+    ax_mem.set_ylabel("saved for backward / input size")
+    ax_mem.set_xticks(range(len(fused)), names, rotation=60, ha="right", fontsize=7)
+    ax_mem.legend()
+    fig.suptitle(f"gateshift-bench on {records[0].device}, {records[0].dtype}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def markdown_summary(paths: Sequence[str]) -> str:
+    """One Markdown table per JSON file written by ``--json``: a row per case with the
+    forward+backward medians of each implementation, the fused op's speed-ups, and what
+    eager and fused keep for backward relative to their input."""
+    lines = []
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        lines += _markdown_table(data["meta"], data["records"])
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _markdown_table(meta: dict, records: Sequence[dict]) -> list[str]:
+    # Records are read as the dicts the JSON holds, by field name, so files written by
+    # any version of the benchmark summarise alike.
+    cases: dict[tuple, dict] = defaultdict(dict)
+    for r in records:
+        cases[(r["op"], r["shape"], r["label"])][r["impl"]] = r
+
+    def ms(r: dict | None) -> str:
+        return f"{r['fwd_bwd_ms']:.2f}" if r is not None else "-"
+
+    def speedup(base: dict | None, fused: dict | None) -> str:
+        return f"{base['fwd_bwd_ms'] / fused['fwd_bwd_ms']:.1f}" if base is not None and fused is not None else "-"
+
+    def saved(r: dict | None) -> str:
+        return f"{r['saved_ratio']:.2f}" if r is not None and not math.isnan(r["saved_ratio"]) else "-"
+
+    lines = [
+        f"`{meta['command']}` ({meta['device']}, {meta['dtype']}, medians of {meta['repeat']}):",
+        "",
+        "| op | where | B x T x C x H x W | eager ms | compile ms | fused ms | x eager | x compile "
+        "| saved/x eager | saved/x fused |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (op, shape, label), by_impl in cases.items():
+        fused, eager, comp = by_impl.get("fused"), by_impl.get("eager"), by_impl.get("compile")
+        lines.append(
+            f"| {op} | {label or '-'} | {shape} | {ms(eager)} | {ms(comp)} | {ms(fused)} | {speedup(eager, fused)} "
+            f"| {speedup(comp, fused)} | {saved(eager)} | {saved(fused)} |"
+        )
+    return lines

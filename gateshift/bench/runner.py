@@ -1,0 +1,201 @@
+"""Running the cases: each implementation of a case on the same inputs, one
+:class:`Record` per (case, implementation)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import platform
+import sys
+from collections.abc import Callable, Sequence
+
+import torch
+from tqdm import tqdm
+
+from gateshift.bench.timing import peak_bytes, saved_bytes, time_calls, write_profile
+from gateshift.bench.workloads import Workload
+
+
+@dataclasses.dataclass
+class Record:
+    """One (case, implementation) result: a row of the table and of the JSON/CSV.
+
+    The field names are the JSON keys and CSV columns; files written by earlier versions
+    are read by name (``benchmarks/summarize.py``), so they do not change.
+    """
+
+    op: str
+    impl: str
+    shape: str
+    label: str
+    dtype: str
+    device: str
+    numel: int
+    fwd_ms: float
+    fwd_ms_iqr: float
+    fwd_bwd_ms: float
+    fwd_bwd_ms_iqr: float
+    infer_ms: float
+    saved_bytes: int
+    saved_ratio: float  # saved_bytes / bytes of the input
+    peak_bytes: int | None
+    fwd_bw_frac: float  # the forward's bandwidth floor time over fwd_ms (not "forward+backward")
+    fwd_bwd_bw_frac: float  # the same for forward+backward
+    max_abs_err: float
+    speedup_vs_eager: float = math.nan
+    speedup_vs_compile: float = math.nan
+
+    @property
+    def saved_mb(self) -> float:
+        return self.saved_bytes / 2**20
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def benchmark_workload(
+    w: Workload,
+    dtype: torch.dtype,
+    device: torch.device,
+    impls: Sequence[str],
+    *,
+    warmup: int,
+    repeat: int,
+    bandwidth: float,
+    gen: torch.Generator,
+    profile_dir: str | None = None,
+) -> list[Record]:
+    """Time and measure each of ``impls`` on one case; ``bandwidth`` (bytes/s) turns the
+    case's floor bytes into floor times."""
+    # Every case compiles the same forward code anew; without a reset dynamo would
+    # reach its recompile limit after a few shapes and silently run eager.
+    torch._dynamo.reset()
+    models = {}
+    for impl in impls:
+        m = copy.deepcopy(w.fused if impl == "fused" else w.published).to(device=device, dtype=dtype)
+        models[impl] = torch.compile(m) if impl == "compile" else m
+    x = torch.randn(w.input_shape, generator=gen).to(device=device, dtype=dtype)
+    x_leaf = x.clone().requires_grad_()
+
+    # The output every implementation is compared with: the published module in
+    # eval mode (no BN statistics updates, so every implementation sees one state).
+    ref = copy.deepcopy(w.published).to(device=device, dtype=dtype).eval()
+    with torch.no_grad():
+        expected = ref(x).float()
+    grad = torch.randn(expected.shape, generator=gen).to(device=device, dtype=dtype)
+
+    x_bytes = x.numel() * x.element_size()
+    floor_fwd_ms = floor_fwd_bwd_ms = math.nan
+    if not w.is_model:
+        fwd_bytes, bwd_bytes = w.floor_bytes(x_bytes)
+        floor_fwd_ms = fwd_bytes / bandwidth * 1e3
+        floor_fwd_bwd_ms = (fwd_bytes + bwd_bytes) / bandwidth * 1e3
+
+    records = []
+    for impl, model in models.items():
+        model.eval()
+        with torch.no_grad():
+            err = (model(x).float() - expected).abs().max().item()
+            infer = time_calls(lambda: model(x), device, warmup=warmup, repeat=repeat)
+        model.train()
+
+        def forward():
+            return model(x_leaf)
+
+        def step():
+            # The input stands for the previous layer's output: a fresh gradient
+            # every step, not one accumulated into .grad (an extra full-size add).
+            x_leaf.grad = None
+            model(x_leaf).backward(grad)
+
+        fwd = time_calls(forward, device, warmup=warmup, repeat=repeat)
+        fwd_bwd = time_calls(step, device, warmup=warmup, repeat=repeat)
+        saved = saved_bytes(forward)
+        peak = peak_bytes(step, device)
+        if profile_dir is not None:
+            write_profile(step, device, profile_dir, f"{w.op}-{impl}-{w.shape}-{dtype_name(dtype)}")
+        model.zero_grad(set_to_none=True)
+        x_leaf.grad = None
+        records.append(
+            Record(
+                op=w.op,
+                impl=impl,
+                shape=w.shape,
+                label=w.label,
+                dtype=dtype_name(dtype),
+                device=device_name(device),
+                numel=x.numel(),
+                fwd_ms=fwd.median_ms,
+                fwd_ms_iqr=fwd.iqr_ms,
+                fwd_bwd_ms=fwd_bwd.median_ms,
+                fwd_bwd_ms_iqr=fwd_bwd.iqr_ms,
+                infer_ms=infer.median_ms,
+                saved_bytes=saved,
+                saved_ratio=math.nan if w.is_model else saved / x_bytes,
+                peak_bytes=peak,
+                fwd_bw_frac=floor_fwd_ms / fwd.median_ms,
+                fwd_bwd_bw_frac=floor_fwd_bwd_ms / fwd_bwd.median_ms,
+                max_abs_err=err,
+            )
+        )
+    by_impl = {r.impl: r for r in records}
+    for r in records:
+        if "eager" in by_impl:
+            r.speedup_vs_eager = by_impl["eager"].fwd_bwd_ms / r.fwd_bwd_ms
+        if "compile" in by_impl:
+            r.speedup_vs_compile = by_impl["compile"].fwd_bwd_ms / r.fwd_bwd_ms
+    return records
+
+
+def progress_bar(total: int, *, enabled: bool) -> tqdm:
+    """Cases done so far, on stderr; shown only when stderr is a terminal."""
+    # disable=None is tqdm's "off unless the stream is a TTY": logs and pipes stay clean.
+    return tqdm(total=total, desc="gateshift-bench", unit="case", file=sys.stderr, disable=None if enabled else True)
+
+
+def benchmark_all(
+    workloads: Sequence[Callable[[], Workload]],
+    dtype: torch.dtype,
+    device: torch.device,
+    impls: Sequence[str],
+    *,
+    warmup: int,
+    repeat: int,
+    bandwidth: float,
+    gen: torch.Generator,
+    compile_model: bool = False,
+    profile_dir: str | None = None,
+    progress: bool = True,
+) -> list[Record]:
+    """Every case in order, with the model-level case's own rules. ``workloads`` are
+    factories: a case is built just before it runs, so one case's modules are in memory at
+    a time and ``gen`` is drawn in one order (a case's weights, then its inputs), which
+    keeps a seed's weights and inputs what they have been."""
+    records: list[Record] = []
+    with progress_bar(len(workloads), enabled=progress) as bar:
+        for make in workloads:
+            w = make()
+            bar.set_postfix_str(f"{w.op} {w.shape}")
+            case_impls = list(impls)
+            model_case = w.is_model
+            if model_case and len(case_impls) > 1 and not compile_model:
+                # Compiling the whole network takes minutes on a CPU: the model-level case
+                # compares eager and fused unless --impls names compile alone.
+                case_impls = [i for i in case_impls if i != "compile"]
+            records += benchmark_workload(
+                w, dtype, device, case_impls,
+                # A network step costs as much as hundreds of op calls: fewer repetitions.
+                warmup=max(1, warmup // 2) if model_case else warmup,
+                repeat=max(3, repeat // 3) if model_case else repeat,
+                bandwidth=bandwidth, gen=gen, profile_dir=profile_dir,
+            )
+            bar.update()
+    return records

@@ -1,0 +1,110 @@
+"""The instruments: how long a call takes, the device's copy bandwidth, what autograd
+keeps for backward, peak device memory, and profiler traces.
+
+A measurement is ``warmup`` untimed calls, then ``repeat`` calls each timed on its own;
+the median and interquartile range of those samples are what is reported. The clock is
+``torch.utils.benchmark``'s, which synchronises the GPU before every reading so that
+asynchronous CUDA work is counted; the timing loop is Python's ``timeit``, the one
+``torch.utils.benchmark.Timer`` wraps, which keeps the garbage collector out of the
+timed calls. ``Timer.timeit`` itself is not used: it runs two warm-up calls before every
+sample, which would triple the calls of a measurement, and its autorange methods choose
+how many calls to time, where ``--repeat`` names the number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import statistics
+import timeit
+from collections.abc import Callable
+
+import torch
+import torch.utils.benchmark as benchmark
+from torch import Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class CallTimes:
+    """The durations of individually timed calls, in seconds."""
+
+    seconds: tuple[float, ...]
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.seconds) * 1e3
+
+    @property
+    def iqr_ms(self) -> float:
+        # statistics' default (exclusive) quartiles: the definition every result so far used
+        q1, _, q3 = statistics.quantiles(self.seconds, n=4)
+        return (q3 - q1) * 1e3
+
+
+def time_calls(fn: Callable[[], object], device: torch.device, *, warmup: int, repeat: int) -> CallTimes:
+    """``repeat`` calls of ``fn``, each timed on its own, after ``warmup`` untimed calls.
+    ``fn``'s work runs on ``device``."""
+    # The synchronising clock on CUDA, made current below so that the right GPU is
+    # waited for; on the CPU there is nothing to wait for.
+    clock = benchmark.timer if device.type == "cuda" else timeit.default_timer
+    timer = timeit.Timer(fn, timer=clock)
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        for _ in range(warmup):
+            fn()
+        return CallTimes(tuple(timer.timeit(number=1) for _ in range(repeat)))
+
+
+def copy_bandwidth(device: torch.device, repeat: int = 10) -> float:
+    """The device's copy bandwidth in bytes/s (read + write), measured now."""
+    numel = (64 if device.type == "cpu" else 256) * 2**20 // 4
+    src = torch.empty(numel, device=device).uniform_()
+    dst = torch.empty_like(src)
+    ms = time_calls(lambda: dst.copy_(src), device, warmup=3, repeat=repeat).median_ms
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
+
+
+def saved_bytes(fn: Callable[[], Tensor]) -> int:
+    """Bytes of the distinct storages autograd saves for backward while ``fn`` runs."""
+    storages: dict[int, int] = {}
+
+    def pack(t: Tensor):
+        s = t.untyped_storage()
+        storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
+    """Peak device memory allocated while ``fn`` runs, above what was allocated before
+    (CUDA only: None elsewhere)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def write_profile(fn: Callable[[], object], device: torch.device, directory: str, name: str) -> None:
+    """A ``torch.profiler`` trace (TensorBoard format) of two calls of ``fn``, after one
+    that warms the profiler up."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    handler = torch.profiler.tensorboard_trace_handler(directory, worker_name=name.replace(" ", "_"))
+    with torch.profiler.profile(
+        activities=activities,
+        schedule=torch.profiler.schedule(wait=0, warmup=1, active=2),
+        on_trace_ready=handler,
+        record_shapes=True,
+        profile_memory=True,
+        acc_events=True,
+    ) as prof:
+        for _ in range(3):
+            fn()
+            prof.step()

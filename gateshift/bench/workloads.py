@@ -1,0 +1,170 @@
+"""What is benchmarked: the ops, the shapes they run at, and the cases built from them.
+
+A case (:class:`Workload`) pairs a published-semantics module (``gateshift.reference``)
+with its fused twin holding the same weights, and names the input they run on. The
+shapes come from ``--shape`` or from presets: the DESIGN.md reference shape and the GSM
+placements of real networks (DESIGN.md section 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+import gateshift
+from gateshift import reference
+from gateshift.tsn import TSNResNet
+
+# How a case's modules are run: the published module op for op, torch.compile of it, ours.
+IMPLS = ("eager", "compile", "fused")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    clips: int  # B
+    frames: int  # T
+    channels: int  # C
+    height: int
+    width: int
+    label: str = ""
+
+    @property
+    def numel(self) -> int:
+        return self.clips * self.frames * self.channels * self.height * self.width
+
+    def __str__(self) -> str:
+        return f"{self.clips}x{self.frames}x{self.channels}x{self.height}x{self.width}"
+
+
+def _gate_floor(x_bytes: int) -> tuple[int, int]:
+    # forward: read x, write out; backward: read x and dout, write dx (DESIGN.md section 3)
+    return 2 * x_bytes, 3 * x_bytes
+
+
+def _shift_floor(x_bytes: int) -> tuple[int, int]:
+    # a pure shift: read and write once each way; backward needs no x
+    return 2 * x_bytes, 2 * x_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class OpSpec:
+    """An op that joins the benchmark: its published-semantics and fused modules."""
+
+    name: str
+    published: Callable[[int, int], nn.Module]  # (channels, frames) -> module
+    fused: Callable[[int, int], nn.Module]
+    # Bytes (forward, backward) the op must move at least, given the input's bytes.
+    floor_bytes: Callable[[int], tuple[int, int]] = _gate_floor
+
+
+OPS = {
+    "gsm": OpSpec("gsm", lambda c, t: reference.GSM(c, t), lambda c, t: gateshift.GSM(c, t)),
+    "gsf": OpSpec("gsf", lambda c, t: reference.GSF(c, t), lambda c, t: gateshift.GSF(c, t)),
+    "tsm": OpSpec(
+        "tsm",
+        lambda c, t: reference.TemporalShift(None, t, 8),
+        lambda c, t: gateshift.TemporalShift(None, t, 8),
+        _shift_floor,
+    ),
+}
+
+
+@dataclasses.dataclass
+class Workload:
+    """One benchmark case: a published-semantics module, its fused twin holding the
+    same weights, and the input they run on."""
+
+    op: str
+    shape: str
+    label: str
+    published: nn.Module
+    fused: nn.Module
+    input_shape: tuple[int, ...]
+    # Bytes a fused op must move at least (DESIGN.md section 3), or None for a model.
+    floor_bytes: Callable[[int], tuple[int, int]] | None = None
+
+    @property
+    def is_model(self) -> bool:
+        return self.floor_bytes is None
+
+
+def _randomise(module: nn.Module, gen: torch.Generator) -> None:
+    # Fresh GSMs have zero gates (the identity): give every module trained-looking weights.
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("bn.weight"):
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+            elif p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / p[0].numel()) ** 0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+
+
+def op_workload(spec: OpSpec, shape: Shape, gen: torch.Generator) -> Workload:
+    published = spec.published(shape.channels, shape.frames)
+    _randomise(published, gen)
+    fused = spec.fused(shape.channels, shape.frames)
+    fused.load_state_dict(published.state_dict())
+    rows = shape.clips * shape.frames
+    return Workload(
+        spec.name, str(shape), shape.label, published, fused, (rows, shape.channels, shape.height, shape.width),
+        floor_bytes=spec.floor_bytes,
+    )
+
+
+def model_workload(clips: int, frames: int, size: int, gen: torch.Generator) -> Workload:
+    """A TSN-style ResNet with a GSM in each block: the published GSM against ours."""
+    published = TSNResNet(reference.GSM, num_segments=frames)
+    _randomise(published, gen)
+    fused = TSNResNet(gateshift.GSM, num_segments=frames)
+    fused.load_state_dict(published.state_dict())
+    return Workload(
+        "tsn-resnet", f"{clips}x{frames}x3x{size}x{size}", "model, GSM in 3 blocks", published, fused,
+        (clips * frames, 3, size, size),
+    )
+
+
+# GSM placements in real networks (DESIGN.md section 4): (fPlane, H = W) per block.
+_BN_INCEPTION = [
+    (64, 28), (64, 28), (128, 28), (224, 14), (192, 14), (160, 14), (96, 14), (128, 14), (352, 7), (352, 7),
+]
+_BN_INCEPTION_BLOCKS = ["3a", "3b", "3c", "4a", "4b", "4c", "4d", "4e", "5a", "5b"]
+_INCEPTION_V3 = [
+    (64, 27), (64, 27), (64, 27), (192, 13), (192, 13), (192, 13), (192, 13), (192, 13), (320, 6), (448, 6),
+]
+_INCEPTION_V3_BLOCKS = ["5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b"]
+_RESNET50 = [(64, 56), (128, 28), (256, 14), (512, 7)]
+_RESNET50_STAGES = ["res2", "res3", "res4", "res5"]
+
+PRESETS = ("reference", "bn-inception", "inception-v3", "resnet50")
+
+
+def preset_shapes(name: str, clips: int, frames: Sequence[int]) -> list[Shape]:
+    if name == "reference":  # the figures quoted in DESIGN.md section 3
+        return [Shape(2, 8, 64, 28, 28, "DESIGN.md")]
+    tables = {
+        "bn-inception": (_BN_INCEPTION, _BN_INCEPTION_BLOCKS),
+        "inception-v3": (_INCEPTION_V3, _INCEPTION_V3_BLOCKS),
+        "resnet50": (_RESNET50, _RESNET50_STAGES),
+    }
+    if name not in tables:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    rows, labels = tables[name]
+    return [
+        Shape(clips, t, c, hw, hw, f"{name} {label}") for t in frames for (c, hw), label in zip(rows, labels)
+    ]
+
+
+def parse_shape(text: str) -> Shape:
+    """``--shape B,T,C,H,W``; raises argparse's error type so the parser reports it."""
+    try:
+        b, t, c, h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shape wants B,T,C,H,W (five integers), got {text!r}") from None
+    if min(b, t, c, h, w) < 1:
+        raise argparse.ArgumentTypeError(f"--shape sizes must be positive, got {text!r}")
+    return Shape(b, t, c, h, w, "custom")
