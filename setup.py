@@ -91,12 +91,17 @@ def sources(pattern: str):
     return sorted(glob.glob(os.path.join(CSRC, pattern)))
 
 
+def shared_sources():
+    """What every backend shares: argument checks and layout rules (common/)."""
+    return sources(os.path.join("common", "*.cpp"))
+
+
 def make_emulator_extension():
     """The CUDA kernels' device code built for the CPU under the execution emulator
     (gateshift.testing.cuda_emulator): always built, no CUDA needed."""
     return CppExtension(
         "gateshift._cuda_emulator",
-        sources("emulator/*.cpp") + [os.path.join(CSRC, "gate_shift_checks.cpp")],
+        sources("emulator/*.cpp") + shared_sources(),
         include_dirs=[os.path.join(ROOT, CSRC)],
         extra_compile_args={"cxx": ["-O2", "-pthread", "-Wall", "-Wno-unknown-pragmas"]},
         extra_link_args=["-pthread"],
@@ -106,7 +111,7 @@ def make_emulator_extension():
 def make_extension():
     cxx_flags = ["-O3", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
     link_flags = ["-fopenmp"]
-    cpp_sources = sources("*.cpp") + sources(os.path.join("cpu", "*.cpp"))
+    cpp_sources = sources("*.cpp") + shared_sources() + sources(os.path.join("cpu", "*.cpp"))
     include_dirs = [os.path.join(ROOT, CSRC)]
     if not want_cuda():
         return CppExtension(
@@ -146,7 +151,7 @@ setup(
     description="Fused Gate-Shift (GSM) operators for PyTorch: CPU and CUDA kernels",
     packages=find_packages(include=["gateshift", "gateshift.*"]),
     python_requires=">=3.10",
-    install_requires=["torch>=2.6"],
+    install_requires=["torch>=2.6", "tqdm"],
     extras_require={"test": ["pytest>=7", "hypothesis>=6", "numpy", "matplotlib"], "plot": ["matplotlib"]},
     ext_modules=[make_extension(), make_emulator_extension()],
     cmdclass={"build_ext": BuildExtension},

@@ -6,6 +6,10 @@ The schemas and the CPU/CUDA kernels live in ``csrc/``. Here, once per op:
   the ops without running them;
 * autograd: each forward op is differentiated by its ``*_backward`` op, a
   registered op of its own; double backward raises a clear error.
+
+The ops' autograd is reverse mode (``torch.library.register_autograd`` serves
+neither forward-mode AD nor torch.func transforms): the public functions of
+``gateshift.functional`` run the plain-PyTorch reference in those modes.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def with_contiguous_planes(t: Tensor) -> Tensor:
-    """Mirrors ``with_contiguous_planes`` in csrc/gate_shift_checks.cpp: the kernels
+    """Mirrors ``with_contiguous_planes`` in csrc/common/checks.cpp: the kernels
     read ``t`` as it is when each (H, W) plane is contiguous, else a contiguous copy."""
     h, w = t.shape[-2:]
     if (w <= 1 or t.stride(-1) == 1) and (h <= 1 or t.stride(-2) == w):
@@ -33,7 +37,7 @@ def with_contiguous_planes(t: Tensor) -> Tensor:
 
 
 def empty_output_like(x: Tensor) -> Tensor:
-    """Mirrors ``empty_output_like`` in csrc/gate_shift_checks.cpp: a tensor of the
+    """Mirrors ``ops::empty_output_like`` in csrc/ops/backend.h: a tensor of the
     5-D ``x``'s sizes that the kernels can write, every (H, W) plane contiguous and no
     element shared. ``x``'s own strides when it is non-overlapping and dense; else
     (overlapping or gapped views) dense strides with the planes innermost and B, T, C
@@ -116,22 +120,25 @@ def _forward_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(gates)
 
 
+def _gate_shift_input_grads(ctx, grads, bn_scale) -> tuple:
+    """The gradients of (x, weight, bias, bn_scale, bn_shift) from a gate-shift backward
+    op's first five outputs, None for the inputs that were None."""
+    grad_x, grad_weight, grad_bias, grad_scale, grad_shift = grads[:5]
+    has_affine = bn_scale is not None
+    return (
+        grad_x,
+        grad_weight,
+        grad_bias if ctx.has_bias else None,
+        grad_scale if has_affine else None,
+        grad_shift if has_affine else None,
+    )
+
+
 def _make_forward_backward(backward_op):
     def backward(ctx, grad_out, _grad_gates):
         x, gates, weight, bn_scale, bn_shift = ctx.saved_tensors
-        grad_x, grad_weight, grad_bias, grad_scale, grad_shift = backward_op(
-            grad_out, x, gates, weight, bn_scale, bn_shift, ctx.channels, ctx.interleaved
-        )
-        has_affine = bn_scale is not None
-        return (
-            grad_x,
-            grad_weight,
-            grad_bias if ctx.has_bias else None,
-            grad_scale if has_affine else None,
-            grad_shift if has_affine else None,
-            None,
-            None,
-        )
+        grads = backward_op(grad_out, x, gates, weight, bn_scale, bn_shift, ctx.channels, ctx.interleaved)
+        return (*_gate_shift_input_grads(ctx, grads, bn_scale), None, None)
 
     return backward
 
@@ -153,19 +160,8 @@ def _make_fuse_backward(backward_op):
         grads = backward_op(
             grad_out, x, gates, fusion, weight, bn_scale, bn_shift, fuse_weight, ctx.channels, ctx.interleaved
         )
-        grad_x, grad_weight, grad_bias, grad_scale, grad_shift, grad_fuse_weight, grad_fuse_bias = grads
-        has_affine = bn_scale is not None
-        return (
-            grad_x,
-            grad_weight,
-            grad_bias if ctx.has_bias else None,
-            grad_scale if has_affine else None,
-            grad_shift if has_affine else None,
-            grad_fuse_weight,
-            grad_fuse_bias,
-            None,
-            None,
-        )
+        grad_fuse_weight, grad_fuse_bias = grads[5:]
+        return (*_gate_shift_input_grads(ctx, grads, bn_scale), grad_fuse_weight, grad_fuse_bias, None, None)
 
     return backward
 
@@ -209,50 +205,45 @@ def _double_backward(ctx, *grads):
     )
 
 
+# Every op of the library: its fake kernel, and how autograd differentiates it, as
+# (make_backward, the op make_backward calls, setup_context). The ops that compute
+# backward passes have no derivatives of their own: None.
+_FAKE_KERNELS = {
+    "gate_shift_forward": _gate_shift_forward_fake,
+    "gate_shift_backward": _gate_shift_backward_fake,
+    "gate_shift_fuse_forward": _gate_shift_fuse_forward_fake,
+    "gate_shift_fuse_backward": _gate_shift_fuse_backward_fake,
+    "temporal_shift": _temporal_shift_fake,
+    "batch_stats": _batch_stats_fake,
+    "batch_stats_backward": _batch_stats_backward_fake,
+}
+_AUTOGRAD = {
+    "gate_shift_forward": (_make_forward_backward, "gate_shift_backward", _forward_setup_context),
+    "gate_shift_backward": None,
+    "gate_shift_fuse_forward": (_make_fuse_backward, "gate_shift_fuse_backward", _fuse_setup_context),
+    "gate_shift_fuse_backward": None,
+    # The shift's backward is the shift itself, reversed: second derivatives work too.
+    "temporal_shift": (_make_temporal_shift_backward, "temporal_shift", _temporal_shift_setup_context),
+    "batch_stats": (_make_batch_stats_backward, "batch_stats_backward", _batch_stats_setup_context),
+    "batch_stats_backward": None,
+}
+
+
 def register_fake_and_autograd(namespace: str) -> None:
-    """Fake kernels and autograd for every op of ``<namespace>``: ``gate_shift_forward/backward``,
-    ``gate_shift_fuse_forward/backward``, ``temporal_shift`` and ``batch_stats/_backward``.
+    """Fake kernels and autograd for every op of ``<namespace>``.
 
     Used for the ``gateshift`` library and for the emulated CUDA library of
     ``gateshift.testing.cuda_emulator``, which declares the same schemas.
     """
     library = getattr(torch.ops, namespace)
-    torch.library.register_fake(f"{namespace}::gate_shift_forward")(_gate_shift_forward_fake)
-    torch.library.register_fake(f"{namespace}::gate_shift_backward")(_gate_shift_backward_fake)
-    torch.library.register_autograd(
-        f"{namespace}::gate_shift_forward",
-        _make_forward_backward(library.gate_shift_backward),
-        setup_context=_forward_setup_context,
-    )
-    torch.library.register_autograd(
-        f"{namespace}::gate_shift_backward", _double_backward, setup_context=_no_setup_context
-    )
-    torch.library.register_fake(f"{namespace}::gate_shift_fuse_forward")(_gate_shift_fuse_forward_fake)
-    torch.library.register_fake(f"{namespace}::gate_shift_fuse_backward")(_gate_shift_fuse_backward_fake)
-    torch.library.register_autograd(
-        f"{namespace}::gate_shift_fuse_forward",
-        _make_fuse_backward(library.gate_shift_fuse_backward),
-        setup_context=_fuse_setup_context,
-    )
-    torch.library.register_autograd(
-        f"{namespace}::gate_shift_fuse_backward", _double_backward, setup_context=_no_setup_context
-    )
-    torch.library.register_fake(f"{namespace}::temporal_shift")(_temporal_shift_fake)
-    torch.library.register_autograd(
-        f"{namespace}::temporal_shift",
-        _make_temporal_shift_backward(library.temporal_shift),
-        setup_context=_temporal_shift_setup_context,
-    )
-    torch.library.register_fake(f"{namespace}::batch_stats")(_batch_stats_fake)
-    torch.library.register_fake(f"{namespace}::batch_stats_backward")(_batch_stats_backward_fake)
-    torch.library.register_autograd(
-        f"{namespace}::batch_stats",
-        _make_batch_stats_backward(library.batch_stats_backward),
-        setup_context=_batch_stats_setup_context,
-    )
-    torch.library.register_autograd(
-        f"{namespace}::batch_stats_backward", _double_backward, setup_context=_no_setup_context
-    )
+    for name, fake in _FAKE_KERNELS.items():
+        torch.library.register_fake(f"{namespace}::{name}")(fake)
+        if _AUTOGRAD[name] is None:
+            torch.library.register_autograd(f"{namespace}::{name}", _double_backward, setup_context=_no_setup_context)
+        else:
+            make_backward, backward_op, setup_context = _AUTOGRAD[name]
+            backward = make_backward(getattr(library, backward_op))
+            torch.library.register_autograd(f"{namespace}::{name}", backward, setup_context=setup_context)
 
 
 register_fake_and_autograd("gateshift")

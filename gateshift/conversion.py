@@ -21,6 +21,7 @@ so weights, buffers, devices, dtypes and an optimizer's references to the parame
 from __future__ import annotations
 
 import dataclasses
+import operator
 
 from torch import Tensor, nn
 
@@ -60,15 +61,27 @@ class FusedGatedShift(nn.Module):
         return self.net(self.gse(x))
 
 
+def _as_int(value) -> int | None:
+    """``value`` as an int when it is an integer of any kind (numpy's too), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def _is_published_gate_shift(m: nn.Module) -> bool:
     conv, bn = getattr(m, "conv3D", None), getattr(m, "bn", None)
+    planes, segments = _as_int(getattr(m, "fPlane", None)), _as_int(getattr(m, "num_segments", None))
     return (
         not isinstance(m, (GSM, GSF))
         and isinstance(conv, nn.Conv3d)
         and isinstance(bn, (nn.BatchNorm3d, nn.SyncBatchNorm))
-        and isinstance(getattr(m, "fPlane", None), int)
-        and isinstance(getattr(m, "num_segments", None), int)
-        and conv.in_channels == m.fPlane == bn.num_features
+        and planes is not None
+        and segments is not None
+        and planes % 4 == 0  # the published interleave needs it (its forward fails otherwise)
+        and conv.in_channels == planes == bn.num_features
         and conv.out_channels == 2
         and conv.groups == 2
         and tuple(conv.kernel_size) == (3, 3, 3)
@@ -113,44 +126,73 @@ def _is_gated_shift_wrapper(m: nn.Module) -> bool:
     return (
         not isinstance(m, FusedGatedShift)
         and isinstance(getattr(m, "net", None), nn.Module)
-        and isinstance(getattr(m, "fold_dim", None), int)
+        and _as_int(getattr(m, "fold_dim", None)) is not None
         and isinstance(gse, nn.Module)
         and (_is_convertible(gse) or isinstance(gse, (GSM, GSF)))
-        and gse.fPlane <= m.fold_dim  # a GSF below ratio 100 gates fewer; the rest pass through
+        and _as_int(gse.fPlane) <= _as_int(m.fold_dim)  # a GSF below ratio 100 gates fewer; the rest pass through
     )
+
+
+# The hooks a module keeps (nn.Module's own dictionaries): the fused twin takes them over.
+_HOOK_DICTS = (
+    "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called", "_backward_pre_hooks", "_backward_hooks", "_state_dict_hooks",
+    "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+)
+
+
+def _take_over(fused: nn.Module, m: nn.Module) -> nn.Module:
+    """``fused`` in ``m``'s place: its training flag (not .train(): the submodules keep
+    their own modes, frozen BN included) and its hooks."""
+    fused.training = m.training
+    for name in _HOOK_DICTS:
+        if hasattr(m, name) and hasattr(fused, name):
+            getattr(fused, name).update(getattr(m, name))
+    # Which kind of backward hooks _backward_hooks holds (full or the legacy ones).
+    fused._is_full_backward_hook = m._is_full_backward_hook
+    return fused
 
 
 def _fused_gate_shift(m: nn.Module) -> nn.Module:
     """The fused twin of a published GSM/GSF, built from its own submodules."""
     if isinstance(m, (GSM, GSF)):
         return m
-    if _is_published_gsf(m):
-        fused = GSF(m.fPlane, m.num_segments, 100)
-        fused.channel_conv1, fused.channel_conv2 = m.channel_conv1, m.channel_conv2
-    else:
-        fused = GSM(m.fPlane, m.num_segments)
-    fused.conv3D, fused.bn = m.conv3D, m.bn
-    fused.training = m.training  # not .train(): the submodules keep their own modes (frozen BN)
-    return fused
+    planes, segments = _as_int(m.fPlane), _as_int(m.num_segments)
+    fused = GSF(planes, segments, 100) if _is_published_gsf(m) else GSM(planes, segments)
+    if isinstance(fused, GSF):
+        fused.gsf_ch_ratio = None  # the published module keeps only the gated channels
+    for name, child in m.named_children():  # conv3D, bn, tanh, relu, ...: weights, modes and hooks
+        if hasattr(fused, name):
+            setattr(fused, name, child)
+    return _take_over(fused, m)
 
 
-def _convert_children(parent: nn.Module, prefix: str, report: list[Replacement]) -> None:
-    for name, child in list(parent.named_children()):
+def _convert_children(parent: nn.Module, prefix: str, report: list[Replacement], done: dict) -> None:
+    """Converts the children of ``parent`` in place. ``done`` maps each module already
+    converted (by identity; the module itself is kept there so that its id stays its own)
+    to its fused twin, so a module used at several places (tied modules) becomes one
+    fused module at all of them."""
+    # _modules, not named_children(): that one yields a module used twice only once.
+    for name, child in list(parent._modules.items()):
+        if child is None:
+            continue
         qualified = f"{prefix}.{name}" if prefix else name
-        if _is_gated_shift_wrapper(child):
-            _convert_children(child.net, f"{qualified}.net", report)
-            fused = FusedGatedShift(
-                _fused_gate_shift(child.gse), child.net, child.fold_dim, int(getattr(child, "n_segment", child.gse.num_segments))
+        if id(child) in done:
+            fused = done[id(child)][1]
+        elif _is_gated_shift_wrapper(child):
+            _convert_children(child.net, f"{qualified}.net", report, done)
+            segments = _as_int(getattr(child, "n_segment", child.gse.num_segments))
+            fused = _take_over(
+                FusedGatedShift(_fused_gate_shift(child.gse), child.net, _as_int(child.fold_dim), segments), child
             )
-            fused.training = child.training  # the wrapped block's modes stay as they were
-            setattr(parent, name, fused)
-            report.append(Replacement(qualified, type(child).__name__, "FusedGatedShift"))
         elif _is_convertible(child):
             fused = _fused_gate_shift(child)
-            setattr(parent, name, fused)
-            report.append(Replacement(qualified, type(child).__name__, type(fused).__name__))
         else:
-            _convert_children(child, qualified, report)
+            _convert_children(child, qualified, report, done)
+            continue
+        done[id(child)] = (child, fused)
+        setattr(parent, name, fused)
+        report.append(Replacement(qualified, type(child).__name__, type(fused).__name__))
 
 
 def convert(model: nn.Module) -> tuple[nn.Module, list[Replacement]]:
@@ -163,9 +205,9 @@ def convert(model: nn.Module) -> tuple[nn.Module, list[Replacement]]:
     if _is_gated_shift_wrapper(model) or _is_convertible(model):
         holder = nn.Module()
         holder.add_module("root", model)
-        _convert_children(holder, "", report)
+        _convert_children(holder, "", report, {})
         for r in report:
             r.name = r.name[len("root"):].lstrip(".")
         return holder.root, report
-    _convert_children(model, "", report)
+    _convert_children(model, "", report, {})
     return model, report

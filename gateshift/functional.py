@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
+from . import reference
 from ._ops import accumulation_dtype, ops
 
 __all__ = ["gate_shift", "gate_shift_fuse", "temporal_shift"]
@@ -60,8 +62,8 @@ def gate_shift(
         A tensor of the shape, dtype and device of ``x`` (the autocast dtype under
         ``torch.autocast``, with the BN affine kept in float32).
     """
-    return gate_shift_with(
-        ops.gate_shift_forward,
+    return _gate_shift(
+        ops,
         x,
         weight,
         bias,
@@ -74,8 +76,8 @@ def gate_shift(
     )
 
 
-def gate_shift_with(
-    forward_op,
+def _gate_shift(
+    library,
     x,
     weight,
     bias=None,
@@ -87,12 +89,40 @@ def gate_shift_with(
     channel_order="interleaved",
     layout="TSN",
 ) -> Tensor:
-    """:func:`gate_shift` on a given ``gate_shift_forward`` op (the emulated CUDA one, in tests)."""
+    """:func:`gate_shift` on the ops of ``library`` (``torch.ops.gateshift``, or the
+    emulated CUDA kernels' ``torch.ops.gateshift_emulated`` in gateshift.testing)."""
     x, (weight, bias), (bn_scale, bn_shift) = _autocast(x, (weight, bias), (bn_scale, bn_shift))
     x5 = _five_d_view(x, num_segments, layout)
     p = _check_args(x, x5.shape[2], weight, bias, bn_scale, bn_shift, channels, channel_order)
-    out5, _ = forward_op(x5, weight, bias, bn_scale, bn_shift, p, channel_order == "interleaved")
+    if _unfused_autograd_mode(x, weight, bias, bn_scale, bn_shift):
+        out5 = _on_clips(reference.gate_shift, x5, weight, bias, **_reference_kwargs(x, bn_scale, bn_shift, p, channel_order))
+    else:
+        out5, _ = library.gate_shift_forward(x5, weight, bias, bn_scale, bn_shift, p, channel_order == "interleaved")
     return out5.flatten(0, 1) if layout == "TSN" else out5.transpose(1, 2)
+
+
+def _unfused_autograd_mode(*tensors) -> bool:
+    """True under torch.func transforms (grad, vjp, jvp, jacrev, jacfwd, vmap, ...) and when
+    an argument carries a forward-mode tangent (torch.autograd.forward_ad). The fused ops'
+    autograd is reverse mode, registered with torch.library, which serves neither; there
+    the ops run their plain-PyTorch reference (gateshift.reference, the same math, unfused),
+    which every autograd mode differentiates."""
+    if torch._C._are_functorch_transforms_active():
+        return True
+    return any(isinstance(t, Tensor) and fwAD.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def _on_clips(reference_op, x5: Tensor, *args, **kwargs) -> Tensor:
+    """``reference_op`` (which takes ``(B*T, C, H, W)``) on the ``(B, T, C, H, W)`` view ``x5``."""
+    return reference_op(x5.flatten(0, 1), *args, num_segments=x5.shape[1], **kwargs).unflatten(0, x5.shape[:2])
+
+
+def _reference_kwargs(x, bn_scale, bn_shift, channels, channel_order) -> dict:
+    # The reference computes in x's dtype: the affine may be float32 for half-precision x.
+    def cast(t):
+        return None if t is None else t.to(x.dtype)
+
+    return dict(bn_scale=cast(bn_scale), bn_shift=cast(bn_shift), channels=channels, channel_order=channel_order)
 
 
 def _autocast(x, params: tuple, affine: tuple):
@@ -227,17 +257,17 @@ def gate_shift_fuse(
             input channel 0 takes the shifted part's means, 1 the residual's).
         fuse_bias: ``(2,)``, their biases.
     """
-    return gate_shift_fuse_with(
-        ops.gate_shift_fuse_forward, x, weight, bias, fuse_weight, fuse_bias, num_segments=num_segments,
+    return _gate_shift_fuse(
+        ops, x, weight, bias, fuse_weight, fuse_bias, num_segments=num_segments,
         bn_scale=bn_scale, bn_shift=bn_shift, channels=channels, channel_order=channel_order, layout=layout,
     )
 
 
-def gate_shift_fuse_with(
-    forward_op, x, weight, bias, fuse_weight, fuse_bias, *, num_segments=None, bn_scale=None, bn_shift=None,
+def _gate_shift_fuse(
+    library, x, weight, bias, fuse_weight, fuse_bias, *, num_segments=None, bn_scale=None, bn_shift=None,
     channels=None, channel_order="interleaved", layout="TSN",
 ) -> Tensor:
-    """:func:`gate_shift_fuse` on a given ``gate_shift_fuse_forward`` op (the emulated CUDA one, in tests)."""
+    """:func:`gate_shift_fuse` on the ops of ``library`` (see :func:`_gate_shift`)."""
     x, (weight, bias, fuse_weight, fuse_bias), (bn_scale, bn_shift) = _autocast(
         x, (weight, bias, fuse_weight, fuse_bias), (bn_scale, bn_shift)
     )
@@ -245,9 +275,13 @@ def gate_shift_fuse_with(
     p = _check_args(x, x5.shape[2], weight, bias, bn_scale, bn_shift, channels, channel_order)
     _check_tensor("fuse_weight", fuse_weight, (2, 2, 3, 3), x)
     _check_tensor("fuse_bias", fuse_bias, (2,), x)
-    out5, _, _ = forward_op(
-        x5, weight, bias, bn_scale, bn_shift, fuse_weight, fuse_bias, p, channel_order == "interleaved"
-    )
+    if _unfused_autograd_mode(x, weight, bias, fuse_weight, fuse_bias, bn_scale, bn_shift):
+        kwargs = _reference_kwargs(x, bn_scale, bn_shift, p, channel_order)
+        out5 = _on_clips(reference.gate_shift_fuse, x5, weight, bias, fuse_weight, fuse_bias, **kwargs)
+    else:
+        out5, _, _ = library.gate_shift_fuse_forward(
+            x5, weight, bias, bn_scale, bn_shift, fuse_weight, fuse_bias, p, channel_order == "interleaved"
+        )
     return out5.flatten(0, 1) if layout == "TSN" else out5.transpose(1, 2)
 
 
@@ -263,15 +297,22 @@ def temporal_shift(x: Tensor, num_segments: int | None = None, fold_div: int = 8
         num_segments: frames per clip ``T``; required for ``"TSN"``.
         fold_div: ``C // fold_div`` channels shift each way (``1``: all take the next
             frame's values, as in the published code).
+
+    Floating tensors run the fused kernels; integer and bool tensors (no gradients) are
+    shifted by plain indexing, as the published code shifts them.
     """
-    return temporal_shift_with(ops.temporal_shift, x, num_segments, fold_div, layout=layout)
+    return _temporal_shift(ops, x, num_segments, fold_div, layout=layout)
 
 
-def temporal_shift_with(op, x, num_segments=None, fold_div=8, *, layout="TSN") -> Tensor:
-    """:func:`temporal_shift` on a given ``temporal_shift`` op (the emulated CUDA one, in tests)."""
+def _temporal_shift(library, x, num_segments=None, fold_div=8, *, layout="TSN") -> Tensor:
+    """:func:`temporal_shift` on the ops of ``library`` (see :func:`_gate_shift`)."""
     x5 = _five_d_view(x, num_segments, layout)
     _check_int("fold_div", fold_div, minimum=1)
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"x must be float32, float64, float16 or bfloat16, got {x.dtype}")
-    out5 = op(x5, x5.shape[2] // fold_div, False)
+    if x.is_complex():
+        raise TypeError(f"x must be a real floating, integer or bool tensor, got {x.dtype}")
+    # Integer and bool tensors (which the published shift takes too) move by plain indexing.
+    if x.dtype not in _FLOAT_DTYPES or _unfused_autograd_mode(x):
+        out5 = _on_clips(reference.temporal_shift, x5, fold_div=fold_div)
+    else:
+        out5 = library.temporal_shift(x5, x5.shape[2] // fold_div, False)
     return out5.flatten(0, 1) if layout == "TSN" else out5.transpose(1, 2)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import operator
+import warnings
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.utils.prune import BasePruningMethod
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
-from ._ops import accumulation_dtype, ops
-from .functional import gate_shift, gate_shift_fuse, temporal_shift
+from ._ops import accumulation_dtype, ops, with_contiguous_planes
+from . import reference
+from .functional import _unfused_autograd_mode, gate_shift, gate_shift_fuse, temporal_shift
 from .reference import gsf_channels
 
 __all__ = ["GSM", "GSF", "TemporalShift", "batch_mean_var", "folded_batch_norm"]
@@ -20,9 +27,10 @@ def batch_mean_var(x5: Tensor, channels: int) -> tuple[Tensor, Tensor]:
     Takes the whole tensor rather than a channel slice so that backward does not
     build a zero-filled gradient of ``x``'s size for the slice.
     """
-    if x5.device.type in ("cpu", "cuda"):
+    if x5.device.type in ("cpu", "cuda") and not _unfused_autograd_mode(x5):
         return ops.batch_stats(x5, channels)
-    # Other devices: plain ops, in the accumulation dtype (a copy of x for half types).
+    # Other devices, torch.func transforms and forward-mode AD: plain ops, in the
+    # accumulation dtype (a copy of x for half types).
     acc = accumulation_dtype(x5.dtype)
     var, mean = torch.var_mean(x5[:, :, :channels].to(acc), dim=(0, 1, 3, 4), correction=0)
     return mean, var
@@ -58,17 +66,22 @@ def folded_batch_norm(
         group = _synchronised_group(bn)
         if group is not None:
             mean, var, count = _synchronised_moments(x5, channels, count, group)
+        elif count == 0:  # as BatchNorm: an empty batch leaves the running statistics alone
+            acc = accumulation_dtype(x5.dtype)
+            zero = x5.new_zeros((channels,), dtype=acc)
+            return zero + 1, zero
         else:
-            if count <= 1:
+            if count == 1:
                 raise ValueError(
                     f"Expected more than 1 value per channel when training, got input of shape {tuple(x5.shape)} "
                     "(B, T, C, H, W)"
                 )
             mean, var = batch_mean_var(x5, channels)
         if update_running:
+            # detach(): no gradient, nor a forward-mode tangent, flows into the buffers.
             with torch.no_grad():
-                unbiased = var * (count / (count - 1))
-                bn.running_mean.mul_(1 - factor).add_(mean.to(bn.running_mean.dtype), alpha=factor)
+                unbiased = var.detach() * (count / (count - 1))
+                bn.running_mean.mul_(1 - factor).add_(mean.detach().to(bn.running_mean.dtype), alpha=factor)
                 bn.running_var.mul_(1 - factor).add_(unbiased.to(bn.running_var.dtype), alpha=factor)
     else:
         mean, var = bn.running_mean, bn.running_var
@@ -140,9 +153,73 @@ class _AllReduceSum(torch.autograd.Function):
         return summed, None
 
 
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+def _positive_int(name: str, value) -> int:
+    """``value`` as a Python int when it is a positive integer of any integer type (numpy
+    integers included, as the published modules take them); else a ValueError."""
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or number < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return number
+
+
+# Forward pre-hooks that only recompute a submodule's weight from other parameters
+# (pruning masks, weight_norm, spectral_norm): they need nothing of the submodule's
+# input, so the fused forward runs them itself. (Parametrizations need nothing at
+# all: they recompute the weight whenever it is read.)
+_WEIGHT_PRE_HOOKS = (BasePruningMethod, WeightNorm, SpectralNorm)
+
+
+def _hooks_needing_intermediates(module: nn.Module) -> list[str]:
+    """The submodules of ``module`` holding hooks the fused forward cannot serve (they
+    would see the submodule's input, output or gradients, which the fused op never
+    forms): forward hooks, backward hooks, and forward pre-hooks other than the
+    weight-recomputing ones."""
+    found = []
+    for name, sub in module.named_children():
+        pre_hooks = [h for h in sub._forward_pre_hooks.values() if not isinstance(h, _WEIGHT_PRE_HOOKS)]
+        if pre_hooks or sub._forward_hooks or sub._backward_hooks or sub._backward_pre_hooks:
+            found.append(name)
+    return found
+
+
+def _run_weight_pre_hooks(module: nn.Module) -> None:
+    """What nn.Module.__call__ would run before each submodule's forward, for the hooks
+    that recompute its weight (the fused forward reads the weights, never calls the
+    submodules)."""
+    for sub in module.children():
+        for hook in sub._forward_pre_hooks.values():
+            hook(sub, ())
+
+
+def _check_dtype(module: nn.Module, x: Tensor, weight: Tensor) -> None:
+    """As the published module's convolution: x and the gating ``weight`` must have one
+    dtype, unless autocast chooses the dtype."""
+    autocast = torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type)
+    if x.dtype != weight.dtype and not autocast:
+        raise TypeError(
+            f"{type(module).__name__}: x is {x.dtype} but the module's parameters are {weight.dtype} "
+            f"(use module.to({x.dtype}) or torch.autocast)"
+        )
+
+
+def _unfused_forward(module: GSM | GSF, x: Tensor) -> Tensor | None:
+    """The published module's own sequence of ops, calling the submodules, when some
+    submodule holds hooks the fused forward cannot serve (with a warning); else None."""
+    hooked = _hooks_needing_intermediates(module)
+    if not hooked:
+        return None
+    warnings.warn(
+        f"{type(module).__name__}: hooks on {', '.join(hooked)} need the submodules' own inputs or outputs, "
+        "so this module runs the published, unfused sequence of ops (slower, more memory)",
+        stacklevel=3,
+    )
+    if isinstance(module, GSF):  # the published GSF takes all channels and passes the rest through
+        return reference.GSF.forward(module, x)
+    gated = reference.GSM.forward(module, x[:, : module.fPlane])
+    return torch.cat((gated, x[:, module.fPlane :]), dim=1) if x.shape[1] > module.fPlane else gated
 
 
 def _folded_gate_input(module: GSM | GSF, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -175,26 +252,37 @@ class GSM(nn.Module):
 
     def __init__(self, fPlane: int, num_segments: int = 3):
         super().__init__()
-        if isinstance(fPlane, bool) or not isinstance(fPlane, int) or fPlane < 4 or fPlane % 4 != 0:
+        fPlane = _positive_int("fPlane", fPlane)
+        if fPlane % 4 != 0:
             raise ValueError(f"fPlane must be a positive multiple of 4 (the interleaved order), got {fPlane!r}")
-        _check_positive_int("num_segments", num_segments)
+        num_segments = _positive_int("num_segments", num_segments)
         self.fPlane = fPlane
         self.num_segments = num_segments
         self.conv3D = nn.Conv3d(fPlane, 2, (3, 3, 3), stride=1, padding=(1, 1, 1), groups=2)
         nn.init.constant_(self.conv3D.weight, 0)
         nn.init.constant_(self.conv3D.bias, 0)
+        self.tanh = nn.Tanh()  # the published module's submodules, even those the fused op replaces
         self.bn = nn.BatchNorm3d(num_features=fPlane)
+        self.relu = nn.ReLU()
 
     def extra_repr(self) -> str:
         return f"fPlane={self.fPlane}, num_segments={self.num_segments}"
 
     def forward(self, x: Tensor) -> Tensor:
+        unfused = _unfused_forward(self, x)
+        if unfused is not None:
+            return unfused
+        _run_weight_pre_hooks(self)
+        # Read once, as the published forward does: a parametrization (spectral_norm's
+        # power iteration) runs at every read.
+        weight = self.conv3D.weight
+        _check_dtype(self, x, weight)
+        x = with_contiguous_planes(x)  # one copy of channels_last input, shared by both ops
         scale, shift = _folded_gate_input(self, x)
-        weight, bias = self.conv3D.weight, self.conv3D.bias
         return gate_shift(
             x,
-            weight.to(x.dtype),
-            None if bias is None else bias.to(x.dtype),
+            weight,
+            self.conv3D.bias,
             num_segments=self.num_segments,
             bn_scale=scale,
             bn_shift=shift,
@@ -216,8 +304,8 @@ class GSF(nn.Module):
 
     def __init__(self, fPlane: int, num_segments: int = 8, gsf_ch_ratio: float = 100):
         super().__init__()
-        _check_positive_int("fPlane", fPlane)
-        _check_positive_int("num_segments", num_segments)
+        fPlane = _positive_int("fPlane", fPlane)
+        num_segments = _positive_int("num_segments", num_segments)
         if not 0 < gsf_ch_ratio <= 100:
             raise ValueError(f"gsf_ch_ratio must be in (0, 100], got {gsf_ch_ratio!r}")
         self.fPlane = gsf_channels(fPlane, gsf_ch_ratio)
@@ -227,22 +315,34 @@ class GSF(nn.Module):
                 "interleaved channel order needs a positive multiple of 4"
             )
         self.num_segments = num_segments
+        self.gsf_ch_ratio = gsf_ch_ratio
         self.conv3D = nn.Conv3d(self.fPlane, 2, (3, 3, 3), stride=1, padding=(1, 1, 1), groups=2)
+        self.tanh = nn.Tanh()  # the published module's submodules, even those the fused op replaces
         self.bn = nn.BatchNorm3d(num_features=self.fPlane)
+        self.relu = nn.ReLU()
         self.channel_conv1 = nn.Conv2d(2, 1, (3, 3), padding=(1, 1))
         self.channel_conv2 = nn.Conv2d(2, 1, (3, 3), padding=(1, 1))
+        self.sigmoid = nn.Sigmoid()
 
     def extra_repr(self) -> str:
-        return f"fPlane={self.fPlane}, num_segments={self.num_segments}"
+        # fPlane is the published module's attribute: the gated channels, after the ratio.
+        return f"fPlane={self.fPlane} (gated channels), num_segments={self.num_segments}, gsf_ch_ratio={self.gsf_ch_ratio}"
 
     def forward(self, x: Tensor) -> Tensor:
+        unfused = _unfused_forward(self, x)
+        if unfused is not None:
+            return unfused
+        _run_weight_pre_hooks(self)
+        weight = self.conv3D.weight  # read once: see GSM.forward
+        _check_dtype(self, x, weight)
+        x = with_contiguous_planes(x)  # one copy of channels_last input, shared by both ops
         scale, shift = _folded_gate_input(self, x)
-        fuse_weight = torch.cat((self.channel_conv1.weight, self.channel_conv2.weight)).to(x.dtype)
-        fuse_bias = torch.cat((self.channel_conv1.bias, self.channel_conv2.bias)).to(x.dtype)
+        fuse_weight = torch.cat((self.channel_conv1.weight, self.channel_conv2.weight))
+        fuse_bias = torch.cat((self.channel_conv1.bias, self.channel_conv2.bias))
         return gate_shift_fuse(
             x,
-            self.conv3D.weight.to(x.dtype),
-            self.conv3D.bias.to(x.dtype),
+            weight,
+            self.conv3D.bias,
             fuse_weight,
             fuse_bias,
             num_segments=self.num_segments,
@@ -254,21 +354,34 @@ class GSF(nn.Module):
 
 class TemporalShift(nn.Module):
     """TSM's temporal shift, fused: a drop-in for the published ``TemporalShift(net,
-    n_segment, n_div)``, which shifts and then runs the wrapped module ``net``
+    n_segment, n_div, inplace)``, which shifts and then runs the wrapped module ``net``
     (``None``: nothing). Its ``state_dict`` is ``net``'s, as the published one's.
+
+    ``inplace=True`` writes the shifted values back into the input, as the published
+    in-place shift does (the fused shift saves nothing for backward either way).
     """
 
-    def __init__(self, net: nn.Module | None = None, n_segment: int = 3, n_div: int = 8):
+    def __init__(self, net: nn.Module | None = None, n_segment: int = 3, n_div: int = 8, inplace: bool = False):
         super().__init__()
-        _check_positive_int("n_segment", n_segment)
-        _check_positive_int("n_div", n_div)
+        n_segment = _positive_int("n_segment", n_segment)
+        n_div = _positive_int("n_div", n_div)
+        if not isinstance(inplace, bool):
+            raise TypeError(f"inplace must be a bool, got {type(inplace).__name__}")
         self.net = net
         self.n_segment = n_segment
         self.fold_div = n_div
+        self.inplace = inplace
 
     def extra_repr(self) -> str:
-        return f"n_segment={self.n_segment}, fold_div={self.fold_div}"
+        return f"n_segment={self.n_segment}, fold_div={self.fold_div}" + (", inplace=True" if self.inplace else "")
 
     def forward(self, x: Tensor) -> Tensor:
-        x = temporal_shift(x, self.n_segment, self.fold_div)
+        x = self.shift(x, self.n_segment, fold_div=self.fold_div, inplace=self.inplace)
         return x if self.net is None else self.net(x)
+
+    @staticmethod
+    def shift(x: Tensor, n_segment: int, fold_div: int = 3, inplace: bool = False) -> Tensor:
+        """The published static method, fused: :func:`gateshift.temporal_shift` of ``x``
+        ``(B*T, C, H, W)``, written back into ``x`` with ``inplace=True``."""
+        out = temporal_shift(x, n_segment, fold_div)
+        return x.copy_(out) if inplace else out

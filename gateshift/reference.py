@@ -62,17 +62,9 @@ def _gates(x, weight, bias, num_segments, bn_scale, bn_shift, channels) -> tuple
     return x5, p, torch.tanh(F.conv3d(u, weight, bias, padding=1, groups=2))
 
 
-def gate_shift(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None = None,
-    *,
-    num_segments: int,
-    bn_scale: Tensor | None = None,
-    bn_shift: Tensor | None = None,
-    channels: int | None = None,
-    channel_order: str = "interleaved",
-) -> Tensor:
+def gate_shift(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, num_segments: int,
+               bn_scale: Tensor | None = None, bn_shift: Tensor | None = None, channels: int | None = None,
+               channel_order: str = "interleaved") -> Tensor:
     """Reference Gate-Shift on ``x`` of shape ``(B*T, C, H, W)``; see ``gateshift.gate_shift``.
 
     Differentiable through autograd in every tensor argument. No argument checking
@@ -82,8 +74,9 @@ def gate_shift(
     xg = x5[:, :p]
     g0, g1 = gates[:, 0:1], gates[:, 1:2]
     x0, x1 = xg[:, : p // 2], xg[:, p // 2 :]
-    z0 = (1 - g0) * x0 + shift_from_next(g0 * x0)  # group 0 takes from the next frame
-    z1 = (1 - g1) * x1 + shift_from_previous(g1 * x1)  # group 1 takes from the previous frame
+    # The residual is x - g x, as the published module writes it ((1 - g) x differs at infinite x).
+    z0 = (x0 - g0 * x0) + shift_from_next(g0 * x0)  # group 0 takes from the next frame
+    z1 = (x1 - g1 * x1) + shift_from_previous(g1 * x1)  # group 1 takes from the previous frame
     if channel_order == "interleaved":
         z0, z1 = interleave_channels(z0), interleave_channels(z1)
     elif channel_order != "grouped":
@@ -140,19 +133,9 @@ def gsf_channels(fplane: int, gsf_ch_ratio: float) -> int:
     return p + 1 if p % 2 != 0 else p
 
 
-def gate_shift_fuse(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    fuse_weight: Tensor,
-    fuse_bias: Tensor,
-    *,
-    num_segments: int,
-    bn_scale: Tensor | None = None,
-    bn_shift: Tensor | None = None,
-    channels: int | None = None,
-    channel_order: str = "interleaved",
-) -> Tensor:
+def gate_shift_fuse(x: Tensor, weight: Tensor, bias: Tensor | None, fuse_weight: Tensor, fuse_bias: Tensor, *,
+                    num_segments: int, bn_scale: Tensor | None = None, bn_shift: Tensor | None = None,
+                    channels: int | None = None, channel_order: str = "interleaved") -> Tensor:
     """Reference Gate-Shift-Fuse (DESIGN.md section 2) on ``x`` ``(B*T, C, H, W)``.
 
     ``fuse_weight`` ``(2, 2, 3, 3)`` and ``fuse_bias`` ``(2,)`` hold the two groups'
@@ -166,7 +149,7 @@ def gate_shift_fuse(
         g = gates[:, k : k + 1]
         xk = xg[:, k * (p // 2) : (k + 1) * (p // 2)]
         ys = shift(g * xk)
-        r = (1 - g) * xk
+        r = xk - g * xk  # as the published module writes it
         means = torch.stack((ys.mean(dim=(3, 4)), r.mean(dim=(3, 4))), dim=1)  # (B, 2, P/2, T)
         f = torch.sigmoid(F.conv2d(means, fuse_weight[k : k + 1], fuse_bias[k : k + 1], padding=1))  # (B, 1, P/2, T)
         f = f[:, 0, :, :, None, None]

@@ -1,12 +1,57 @@
-"""Helpers shared by the gateshift tests: problem cases, random inputs, comparisons."""
+"""Helpers shared by the gateshift tests: the implementations to parametrise over,
+problem cases, random inputs, comparisons."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
+import pytest
 import torch
 
+from gateshift.testing import cuda_emulator
 from gateshift.testing.compare import compare_to_reference
+from gateshift.testing.implementations import NAMES, Implementation, implementation
+
+
+def implementations(*names: str) -> list:
+    """pytest parameters for the named implementations (every one by default), each an
+    :class:`Implementation` with its name as id; "cuda" carries the ``cuda`` marker, so it
+    is skipped where ``torch.cuda.is_available()`` is False (decided at run time)."""
+    return [
+        pytest.param(implementation(name), id=name, marks=[pytest.mark.cuda] if name == "cuda" else [])
+        for name in names or NAMES
+    ]
+
+
+# Every implementation of the ops, as torchvision's op testers parametrise over devices:
+# @pytest.mark.parametrize("impl", IMPLEMENTATIONS) and move inputs to impl.device.
+IMPLEMENTATIONS = implementations()
+
+
+def implementation_cases(cases, emulated, *, ids=str) -> list:
+    """(impl, case) pytest parameters: every one of ``cases`` on the CPU and CUDA, the
+    ``emulated`` ones on the emulator. An emulated block of 256 threads costs up to a
+    second on a 2-core machine, so the emulator gets small cases (its random
+    configurations, in each op's file, cover the rest of the ground)."""
+    params = []
+    for param in IMPLEMENTATIONS:
+        impl = param.values[0]
+        for case in emulated if impl.name == "cuda_emulator" else cases:
+            params.append(pytest.param(impl, case, id=f"{impl.name}-{ids(case)}", marks=param.marks))
+    return params
+
+
+def launches_as_on(impl: Implementation, num_sms: int | None):
+    """For the emulator, a context in which its launches are configured as on a device
+    with ``num_sms`` multiprocessors (few: whole clips per block; many: clips cut into
+    runs of frames). Nothing for the other implementations, nor for ``num_sms=None``."""
+    if impl.name != "cuda_emulator" or num_sms is None:
+        return contextlib.nullcontext()
+    return cuda_emulator.num_sms(num_sms)
+
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 @dataclasses.dataclass
@@ -53,6 +98,15 @@ def make_inputs(case: Case, gen: torch.Generator, dtype=torch.float64, device="c
     return x, weight, bias, scale, shift
 
 
+def fuse_inputs(case: Case, gen: torch.Generator, dtype=torch.float64):
+    """Random inputs of gate_shift_fuse for ``case``: make_inputs' and the fusion
+    convolutions' (x, weight, bias, bn_scale, bn_shift, fuse_weight, fuse_bias)."""
+    x, weight, bias, scale, shift = make_inputs(case, gen, dtype=dtype)
+    fuse_weight = (torch.randn(2, 2, 3, 3, generator=gen, dtype=torch.float64) * 0.5).to(dtype)
+    fuse_bias = (torch.randn(2, generator=gen, dtype=torch.float64) * 0.5).to(dtype)
+    return [x, weight, bias, scale, shift, fuse_weight, fuse_bias]
+
+
 def op_kwargs(case: Case, bn_scale, bn_shift) -> dict:
     return dict(
         num_segments=case.T,
@@ -88,7 +142,7 @@ def train_step_and_compare(published, fused, x, gen, lr: float, step: int) -> No
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     y1, y2 = published(x1), fused(x2)
     torch.testing.assert_close(y2, y1, msg=lambda m: f"step {step} output: {m}")
-    g = torch.randn(y1.shape, generator=gen, dtype=y1.dtype)
+    g = torch.randn(y1.shape, generator=gen, dtype=y1.dtype).to(y1.device)
     y1.backward(g)
     y2.backward(g)
     torch.testing.assert_close(x2.grad, x1.grad, msg=lambda m: f"step {step} grad x: {m}")
@@ -101,3 +155,132 @@ def train_step_and_compare(published, fused, x, gen, lr: float, step: int) -> No
             p1 -= lr * p1.grad
             p2 -= lr * p2.grad
             p1.grad = p2.grad = None
+
+
+def nan_padded(x: torch.Tensor, extra: int = 2) -> torch.Tensor:
+    """x as a channel slice of a NaN-filled tensor: a read into the wrong plane gives NaN."""
+    n, c, h, w = x.shape
+    buf = torch.full((n, c + 2 * extra, h, w), float("nan"), dtype=x.dtype, device=x.device)
+    buf[:, extra : extra + c] = x
+    return buf[:, extra : extra + c]
+
+
+def opcheck(impl: Implementation, op: str, args) -> None:
+    """``torch.library.opcheck`` of the raw op ``op`` of ``impl`` on ``args``.
+
+    The emulator returns its outputs inside guarded buffers (a storage offset, on
+    purpose) that the fake kernels do not predict: there only the schema and the
+    autograd registration are checked; the fake kernels are checked on the real ops.
+    """
+    overload = getattr(impl.ops, op).default
+    if impl.name == "cuda_emulator":
+        torch.library.opcheck(overload, args, test_utils=("test_schema", "test_autograd_registration"))
+    else:
+        torch.library.opcheck(overload, args)
+
+
+def check_runs_on_the_current_stream_and_device(fn, *tensors) -> None:
+    """``fn`` of CPU ``tensors``, on CUDA: called on a side stream it must run on that
+    stream (its inputs are written there only after a long sleep, so a launch on any
+    other stream reads them unwritten); with two GPUs, on the second while the first
+    is current, it must run on the device of its inputs."""
+
+    def as_tuple(out):
+        return out if isinstance(out, tuple) else (out,)
+
+    expected = as_tuple(fn(*(t.cuda() for t in tensors)))
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        torch.cuda._sleep(100_000_000)  # tens of milliseconds of a busy stream
+        late = [t.cuda() * 1 for t in tensors]  # written on the side stream, after the sleep
+        out = as_tuple(fn(*late))
+    torch.cuda.synchronize()
+    for a, b in zip(out, expected):
+        torch.testing.assert_close(a, b)
+    if torch.cuda.device_count() > 1:
+        with torch.cuda.device(0):
+            out = as_tuple(fn(*(t.to("cuda:1") for t in tensors)))
+        for a, b in zip(out, expected):
+            assert a.device == torch.device("cuda:1")
+            torch.testing.assert_close(a.cpu(), b.cpu())
+
+
+# ---------------------------------------------------------------------------
+# Every public op behind one interface, for the files that loop over the ops
+# (test_layouts.py, test_errors.py, test_ecosystem.py).
+# ---------------------------------------------------------------------------
+
+OPS = ("gate_shift", "gate_shift_fuse", "temporal_shift")
+GATED_OPS = ("gate_shift", "gate_shift_fuse")  # the ops with gates and parameters
+FOLD_DIV = 3  # the temporal shift's: channels [0, C/3) take the next frame, [C/3, 2C/3) the previous
+
+
+def op_params(op: str, case: Case, gen: torch.Generator, dtype=torch.float64) -> dict:
+    """Random parameters of ``op`` for ``case`` by keyword (none for the temporal
+    shift; no bias or BN affine where the case has none)."""
+    if op == "temporal_shift":
+        return {}
+    _, weight, bias, scale, shift, fuse_weight, fuse_bias = fuse_inputs(case, gen, dtype=dtype)
+    params = dict(weight=weight, bias=bias, bn_scale=scale, bn_shift=shift)
+    if op == "gate_shift_fuse":
+        params.update(fuse_weight=fuse_weight, fuse_bias=fuse_bias)
+    return {name: t for name, t in params.items() if t is not None}
+
+
+def call_op(op: str, library, x: torch.Tensor, params: dict, case: Case, **kwargs) -> torch.Tensor:
+    """``op`` of ``library`` (an Implementation, the gateshift package or gateshift.reference)
+    on ``x`` with ``params`` (op_params') for ``case``; ``kwargs`` go to the op as they are."""
+    if op == "temporal_shift":
+        return library.temporal_shift(x, kwargs.pop("num_segments", case.T), FOLD_DIV, **kwargs)
+    options = dict(num_segments=case.T, bn_scale=params.get("bn_scale"), bn_shift=params.get("bn_shift"),
+                   channels=case.P, channel_order=case.order)
+    options.update(kwargs)
+    if op == "gate_shift":
+        return library.gate_shift(x, params["weight"], params.get("bias"), **options)
+    return library.gate_shift_fuse(x, params["weight"], params.get("bias"), params["fuse_weight"],
+                                   params["fuse_bias"], **options)
+
+
+# ---------------------------------------------------------------------------
+# The raw ops (torch.ops.gateshift.* and the emulator's torch.ops.gateshift_emulated.*)
+# ---------------------------------------------------------------------------
+
+# Each raw op's arguments, in its schema's order.
+RAW_ARGUMENTS = {
+    "gate_shift_forward": ("x", "weight", "bias", "bn_scale", "bn_shift", "channels", "interleaved"),
+    "gate_shift_backward": ("grad_out", "x", "gates", "weight", "bn_scale", "bn_shift", "channels", "interleaved"),
+    "gate_shift_fuse_forward": ("x", "weight", "bias", "bn_scale", "bn_shift", "fuse_weight", "fuse_bias", "channels",
+                                "interleaved"),
+    "gate_shift_fuse_backward": ("grad_out", "x", "gates", "fusion", "weight", "bn_scale", "bn_shift", "fuse_weight",
+                                 "channels", "interleaved"),
+    "temporal_shift": ("x", "fold", "reverse"),
+    "batch_stats": ("x", "channels"),
+    "batch_stats_backward": ("grad_mean", "grad_var", "x", "mean", "channels"),
+}
+
+
+def raw_arguments(gen, device="cpu") -> dict:
+    """Valid float32 arguments of every raw op by name: x (B, T, C, H, W) = (2, 4, 8, 5, 5),
+    all 8 channels gated in the interleaved order. The tables a forward op returns for
+    its backward (gates, fusion, mean) are random tensors of the right shape and dtype:
+    the checks look at nothing else."""
+    case = Case(2, 4, 8, 5, 5)
+    x = make_inputs(case, gen, dtype=torch.float32)[0].unflatten(0, (2, 4))
+    tensors = dict(
+        x=x,
+        grad_out=torch.randn(x.shape, generator=gen),
+        gates=torch.rand(2, 4, 2, 5, 5, generator=gen),
+        fusion=torch.rand(2, 4, 3, 8, generator=gen),
+        grad_mean=torch.randn(8, generator=gen),
+        grad_var=torch.randn(8, generator=gen),
+        mean=torch.randn(8, generator=gen),
+        **op_params("gate_shift_fuse", case, gen, dtype=torch.float32),
+    )
+    return dict({name: t.to(device) for name, t in tensors.items()}, channels=8, interleaved=True, fold=2,
+                reverse=False)
+
+
+def call_raw(impl, op, arguments: dict, **changes):
+    """The raw op ``op`` of ``impl`` on ``arguments`` (raw_arguments'), some of them changed."""
+    a = {**arguments, **changes}
+    return getattr(impl.ops, op)(*(a[name] for name in RAW_ARGUMENTS[op]))

@@ -1,44 +1,96 @@
-"""The per-channel batch statistics op behind the GSM module's training-mode BatchNorm."""
+"""The per-channel batch statistics ops behind the GSM/GSF modules' training-mode
+BatchNorm (batch_stats and batch_stats_backward), on every implementation (the CPU
+kernels, the CUDA kernels run by the emulator, the CUDA kernels on a GPU), against
+torch.var_mean and its autograd in float64 on the CPU."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from helpers import IMPLEMENTATIONS, check_runs_on_the_current_stream_and_device, launches_as_on, opcheck
 
 from gateshift._ops import ops
 
+# Relative tolerances of the statistics (accumulated in float32, float64 for float64)
+# and of their gradient (in x's dtype).
+STATS_RTOL = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-6, torch.float16: 1e-6}
+GRAD_RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+
+def var_mean(x5: torch.Tensor, channels: int):
+    """The reference: biased variance and mean of the first ``channels`` channels of
+    (B, T, C, H, W) over B, T, H and W."""
+    return torch.var_mean(x5[:, :, :channels], dim=(0, 1, 3, 4), correction=0)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("shape,channels", [((2, 3, 8, 5, 7), 8), ((1, 4, 6, 1, 9), 4), ((3, 1, 5, 2, 2), 5)])
-def test_matches_var_mean(shape, channels, dtype, gen):
-    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 3 + 10).to(dtype)  # large mean: no cancellation
-    mean, var = ops.batch_stats(x, channels)
-    var_r, mean_r = torch.var_mean(x.double()[:, :, :channels], dim=(0, 1, 3, 4), correction=0)
+def test_matches_var_mean(impl, shape, channels, dtype, gen):
+    # A large mean: sums of squares would cancel; the kernels must not.
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 3 + 50).to(dtype)
+    mean, var = impl.batch_stats(impl.to(x), channels)
+    var_r, mean_r = var_mean(x.double(), channels)
     assert mean.dtype == var.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
-    tol = 1e-12 if dtype == torch.float64 else 1e-6
-    torch.testing.assert_close(mean.double(), mean_r, rtol=tol, atol=0)
-    torch.testing.assert_close(var.double(), var_r, rtol=tol * 10, atol=0)
+    assert mean.device.type == var.device.type == impl.device
+    tol = STATS_RTOL[dtype]
+    torch.testing.assert_close(mean.cpu().double(), mean_r, rtol=tol, atol=0)
+    torch.testing.assert_close(var.cpu().double(), var_r, rtol=tol * 10, atol=0)
+
+    # The gradient of <mean, grad_mean> + <var, grad_var> in x, against autograd's.
+    gm = torch.randn(channels, generator=gen, dtype=mean.dtype)
+    gv = torch.randn(channels, generator=gen, dtype=mean.dtype)
+    grad = impl.ops.batch_stats_backward(impl.to(gm), impl.to(gv), impl.to(x), mean, channels)
+    assert grad.dtype == dtype and grad.shape == x.shape
+    xr = x.double().requires_grad_()
+    var_r, mean_r = var_mean(xr, channels)
+    (expected,) = torch.autograd.grad((mean_r * gm.double()).sum() + (var_r * gv.double()).sum(), xr)
+    rtol = GRAD_RTOL[dtype]
+    torch.testing.assert_close(grad.cpu().double(), expected, rtol=rtol, atol=rtol * expected.abs().max().item())
 
 
-def test_gradcheck(gen):
-    x = torch.randn(2, 3, 6, 3, 4, generator=gen, dtype=torch.float64).requires_grad_()
-    assert torch.autograd.gradcheck(lambda x: ops.batch_stats(x, 4), (x,))
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_gradcheck(impl, gen):
+    x = impl.to(torch.randn(2, 3, 6, 3, 4, generator=gen, dtype=torch.float64)).requires_grad_()
+    # The emulator checks random projections of the Jacobian (fast_mode).
+    assert torch.autograd.gradcheck(lambda x: impl.batch_stats(x, 4), (x,), fast_mode=impl.name == "cuda_emulator")
 
 
-def test_gradient_is_the_adjoint(gen):
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_gradient_is_the_adjoint(impl, gen):
     # The statistics' gradient is linear in (grad_mean, grad_var) given x:
     # check against the reference's autograd on large random inputs.
     x = torch.randn(3, 5, 16, 9, 10, generator=gen, dtype=torch.float64)
     gm, gv = torch.randn(12, generator=gen, dtype=torch.float64), torch.randn(12, generator=gen, dtype=torch.float64)
-    mean, _ = ops.batch_stats(x, 12)
-    grad = ops.batch_stats_backward(gm, gv, x, mean, 12)
+    with launches_as_on(impl, 8):
+        mean, _ = impl.batch_stats(impl.to(x), 12)
+        grad = impl.ops.batch_stats_backward(impl.to(gm), impl.to(gv), impl.to(x), mean, 12).cpu()
     xr = x.clone().requires_grad_()
-    var_r, mean_r = torch.var_mean(xr[:, :, :12], dim=(0, 1, 3, 4), correction=0)
+    var_r, mean_r = var_mean(xr, 12)
     (expected,) = torch.autograd.grad((mean_r * gm).sum() + (var_r * gv).sum(), xr)
     torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-14)
     assert torch.equal(grad[:, :, 12:], torch.zeros_like(grad[:, :, 12:]))
 
 
-def test_empty_input_gives_nan_like_var_mean():
-    mean, var = ops.batch_stats(torch.empty(0, 3, 4, 2, 2), 4)
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_empty_input_gives_nan_like_var_mean(impl):
+    mean, var = impl.batch_stats(impl.to(torch.empty(0, 3, 4, 2, 2)), 4)
+    assert mean.shape == var.shape == (4,)
     assert torch.isnan(mean).all() and torch.isnan(var).all()
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("channels", [8, 5])
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck(impl, channels, requires_grad, gen):
+    x5 = impl.to(torch.randn(2, 3, 8, 4, 5, generator=gen)).requires_grad_(requires_grad)
+    opcheck(impl, "batch_stats", (x5, channels))
+    mean, _ = impl.batch_stats(x5.detach(), channels)
+    gm, gv = impl.to(torch.randn(channels, generator=gen)), impl.to(torch.randn(channels, generator=gen))
+    opcheck(impl, "batch_stats_backward", (gm, gv, x5.detach(), mean, channels))
+
+
+@pytest.mark.cuda
+def test_runs_on_the_current_stream_and_the_device_of_x(gen):
+    x5 = torch.randn(2, 4, 16, 9, 9, generator=gen)
+    check_runs_on_the_current_stream_and_device(lambda x5: ops.batch_stats(x5, 12), x5)

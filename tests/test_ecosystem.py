@@ -1,5 +1,6 @@
-"""What a PyTorch video codebase tries in its first week: compile, export, autocast,
-conversion of published modules, threads, NaN and Inf."""
+"""What a PyTorch video codebase tries in its first week, with every op and module:
+torch.compile (without graph breaks, with a changing batch size, inductor), export,
+autocast, conversion of published modules, deterministic mode, threads, NaN and Inf."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import threading
 
 import pytest
 import torch
-from helpers import Case, make_inputs, op_kwargs
+from helpers import GATED_OPS, OPS, Case, call_op, make_inputs, op_kwargs, op_params
 from torch import nn
 
 import gateshift
@@ -35,6 +36,84 @@ def tiny_tsn(temporal, segments=4):
 # ---------------------------------------------------------------------------
 # torch.compile and torch.export
 # ---------------------------------------------------------------------------
+
+
+# The published modules and their fused drop-ins, as factories of (channels, frames).
+PUBLISHED = {
+    "GSM": reference.GSM,
+    "GSF": reference.GSF,
+    "TemporalShift": lambda c, t: reference.TemporalShift(None, t, 8),
+}
+FUSED = {
+    "GSM": gateshift.GSM,
+    "GSF": gateshift.GSF,
+    "TemporalShift": lambda c, t: gateshift.TemporalShift(None, t, 8),
+}
+
+
+class TinyTSN(nn.Module):
+    """A 2-D CNN over frames with a temporal module after each convolution, as in TSN-style models."""
+
+    def __init__(self, temporal, segments=4, width=16, classes=5):
+        super().__init__()
+        self.segments = segments
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.temporal1 = temporal(width, segments)
+        self.conv = nn.Conv2d(width, width, 3, padding=1, stride=2)
+        self.temporal2 = temporal(width, segments)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, clips):  # (B*T, 3, H, W)
+        x = torch.relu(self.temporal1(self.stem(clips)))
+        x = torch.relu(self.temporal2(self.conv(x)))
+        scores = self.head(x.mean((2, 3)))
+        return scores.unflatten(0, (-1, self.segments)).mean(1)  # average over frames
+
+
+@pytest.mark.parametrize("module", FUSED)
+@pytest.mark.parametrize("training", [True, False])
+def test_compile_fullgraph_matches_eager(module, training, gen):
+    eager = randomise(TinyTSN(FUSED[module]), gen)  # random gates: not the identity
+    compiled_model = TinyTSN(FUSED[module])
+    compiled_model.load_state_dict(eager.state_dict())
+    eager.train(training)
+    compiled_model.train(training)
+    compiled = torch.compile(compiled_model, fullgraph=True, backend="aot_eager")
+    for batch in (2, 3):
+        clips = torch.randn(batch * 4, 3, 12, 12, generator=gen)
+        out_e, out_c = eager(clips), compiled(clips)
+        torch.testing.assert_close(out_c, out_e)
+        if training:
+            out_e.sum().backward()
+            out_c.sum().backward()
+            for (name, p1), p2 in zip(eager.named_parameters(), compiled_model.parameters()):
+                torch.testing.assert_close(p2.grad, p1.grad, msg=lambda m: f"grad {name}: {m}")
+    for b1, b2 in zip(eager.buffers(), compiled_model.buffers()):
+        torch.testing.assert_close(b2, b1)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_compile_inductor_functional(op, gen):
+    case = Case(2, 4, 8, 5, 5)
+    x = make_inputs(case, gen, dtype=torch.float32)[0]
+    params = op_params(op, case, gen, dtype=torch.float32)
+
+    def f(x, params):
+        return call_op(op, gateshift, x, params, case) * 2 + 1
+
+    compiled = torch.compile(f, fullgraph=True)
+    torch.testing.assert_close(compiled(x, params), f(x, params))
+    torch.testing.assert_close(f(x, params), call_op(op, reference, x, params, case) * 2 + 1)
+
+
+@pytest.mark.parametrize("module", PUBLISHED)
+def test_published_modules_compile_without_graph_breaks(module, gen):
+    # The benchmarks compile the reference modules as the baseline: they must compile
+    # without breaks too.
+    model = randomise(PUBLISHED[module](8, 4), gen)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x = torch.randn(8, 8, 5, 5, generator=gen)
+    torch.testing.assert_close(compiled(x), model(x))
 
 
 def count_graphs_compiled(model, batches) -> int:
@@ -126,12 +205,15 @@ def test_autocast_runs_in_the_autocast_dtype(module, device, dtype, gen):
         assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
 
 
-def test_autocast_leaves_float64_alone(gen):
+@pytest.mark.parametrize("op", GATED_OPS)
+def test_autocast_leaves_float64_alone(op, gen):
     case = Case(1, 2, 8, 3, 3)
-    x, weight, bias, scale, shift = make_inputs(case, gen)
+    x = make_inputs(case, gen)[0]
+    params = op_params(op, case, gen)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = gateshift.gate_shift(x, weight, bias, **op_kwargs(case, scale, shift))
+        out = call_op(op, gateshift, x, params, case)
     assert out.dtype == torch.float64
+    torch.testing.assert_close(out, call_op(op, reference, x, params, case))
 
 
 # ---------------------------------------------------------------------------
@@ -270,6 +352,47 @@ def test_convert_a_root_module_and_twice(gen):
     assert again is converted and report == []
 
 
+def test_convert_replaces_tied_modules_at_every_alias(gen):
+    gsm = randomise(reference.GSM(8, 2), gen).double()
+    model = nn.Sequential(gsm, nn.ReLU(), gsm)  # one module used twice
+    holder = nn.Module()
+    holder.a = holder.b = model
+    before = copy.deepcopy(holder.a)
+    converted, report = gateshift.convert(holder)
+    assert [str(r) for r in report] == ["a.0: GSM -> GSM", "a.2: GSM -> GSM"]
+    fused = converted.a[0]
+    assert isinstance(fused, gateshift.GSM) and converted.a[2] is fused and converted.b is converted.a
+    assert len(list(converted.parameters())) == len(list(gsm.parameters()))  # still tied: one set
+    x = torch.randn(6, 8, 4, 4, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(converted.a(x), before(x))
+
+
+def test_convert_takes_numpy_integer_attributes(gen):
+    np = pytest.importorskip("numpy")
+    published = randomise(reference.GSM(8, 2), gen)
+    published.fPlane, published.num_segments = np.int64(8), np.int32(2)
+    converted, report = gateshift.convert(nn.Sequential(published))
+    assert [str(r) for r in report] == ["0: GSM -> GSM"]
+    fused = converted[0]
+    assert type(fused.fPlane) is int and type(fused.num_segments) is int
+    assert fused.extra_repr() == "fPlane=8, num_segments=2"
+    # The modules take numpy integers too, and keep Python ints.
+    for module in (gateshift.GSM(np.int64(8), np.int64(3)), gateshift.GSF(np.int64(8), np.int16(3)),
+                   gateshift.TemporalShift(None, np.int64(3), np.int64(4))):
+        assert "np." not in module.extra_repr()
+    with pytest.raises(ValueError, match=r"fPlane must be a positive int, got np.float64\(8.0\)"):
+        gateshift.GSM(np.float64(8))
+
+
+@pytest.mark.parametrize("ratio", [25, 50, 100])
+def test_converted_gsf_reports_the_users_numbers(ratio, gen):
+    built = gateshift.GSF(16, 3, ratio)
+    assert built.extra_repr() == f"fPlane={16 * ratio // 100} (gated channels), num_segments=3, gsf_ch_ratio={ratio}"
+    published = randomise(reference.GSF(8, 3, 50), gen)  # keeps only its 4 gated channels
+    converted, _ = gateshift.convert(nn.Sequential(published))
+    assert converted[0].extra_repr() == "fPlane=4 (gated channels), num_segments=3, gsf_ch_ratio=None"
+
+
 # ---------------------------------------------------------------------------
 # Deterministic mode, threads, NaN and Inf
 # ---------------------------------------------------------------------------
@@ -298,18 +421,20 @@ def test_deterministic_mode_gives_bitwise_identical_gradients(module, device, ge
             assert torch.equal(a, b)
 
 
-def test_concurrent_calls_from_python_threads(gen):
+@pytest.mark.parametrize("op", OPS)
+def test_concurrent_calls_from_python_threads(op, gen):
     cases = [Case(2, 4, 16, 9, 9), Case(1, 8, 8, 5, 7, P=4), Case(3, 2, 12, 6, 6, order="grouped")]
     jobs = []
     for i in range(8):
         case = cases[i % len(cases)]
-        inputs = make_inputs(case, gen, dtype=torch.float32)
-        jobs.append((case, inputs, torch.randn(inputs[0].shape, generator=gen)))
+        x = make_inputs(case, gen, dtype=torch.float32)[0]
+        params = op_params(op, case, gen, dtype=torch.float32)
+        jobs.append((case, x, params, torch.randn(x.shape, generator=gen)))
 
     def run(job):
-        case, inputs, g = job
-        leaves = [t.clone().requires_grad_() for t in inputs]
-        out = gateshift.gate_shift(leaves[0], leaves[1], leaves[2], **op_kwargs(case, leaves[3], leaves[4]))
+        case, x, params, g = job
+        leaves = [x.clone().requires_grad_(), *(p.clone().requires_grad_() for p in params.values())]
+        out = call_op(op, gateshift, leaves[0], dict(zip(params, leaves[1:])), case)
         return [out.detach(), *torch.autograd.grad(out, leaves, g)]
 
     expected = [run(job) for job in jobs]

@@ -1,5 +1,12 @@
-"""Gate-Shift-Fuse, fused: the op on the CPU and through the CUDA emulator, and the
-module as a drop-in for the published GSF."""
+"""Gate-Shift-Fuse (GSF): the gate_shift_fuse op on every implementation (the CPU
+kernels, the CUDA kernels run by the emulator, the CUDA kernels on a GPU) against
+gateshift.reference on the CPU in float64, and gateshift.GSF as a drop-in for the
+published module.
+
+Layouts, argument errors, compile/export and property-based tests of every op live in
+the cross-cutting files (test_layouts.py, test_errors.py, test_ecosystem.py,
+test_properties.py).
+"""
 
 from __future__ import annotations
 
@@ -8,26 +15,32 @@ import random
 
 import pytest
 import torch
-from helpers import Case, assert_close_to_reference, make_inputs, op_kwargs, train_step_and_compare
-from torch import nn
+from helpers import (
+    IMPLEMENTATIONS,
+    LOW_PRECISION,
+    Case,
+    assert_close_to_reference,
+    check_runs_on_the_current_stream_and_device,
+    fuse_inputs,
+    implementation_cases,
+    implementations,
+    launches_as_on,
+    nan_padded,
+    op_kwargs,
+    opcheck,
+    train_step_and_compare,
+)
 
 import gateshift
 from gateshift import reference
-from gateshift._ops import ops
-from gateshift.testing import cuda_emulator
 
-IMPLS = {"cpu": gateshift.gate_shift_fuse, "cuda_emulator": cuda_emulator.gate_shift_fuse}
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
-
-
-def fuse_inputs(case, gen, dtype=torch.float64):
-    x, weight, bias, scale, shift = make_inputs(case, gen, dtype=dtype)
-    fuse_weight = (torch.randn(2, 2, 3, 3, generator=gen, dtype=torch.float64) * 0.5).to(dtype)
-    fuse_bias = (torch.randn(2, generator=gen, dtype=torch.float64) * 0.5).to(dtype)
-    return [x, weight, bias, scale, shift, fuse_weight, fuse_bias]
+INPUT_NAMES = ("x", "weight", "bias", "bn_scale", "bn_shift", "fuse_weight", "fuse_bias")
 
 
 def run(fn, case, inputs, grad_out):
+    """Output of ``fn`` on ``inputs`` (fuse_inputs' order) and the gradients of
+    ``<out, grad_out>`` in every tensor input."""
     leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in inputs]
     x, weight, bias, scale, shift, fuse_weight, fuse_bias = leaves
     out = fn(x, weight, bias, fuse_weight, fuse_bias, **op_kwargs(case, scale, shift))
@@ -35,20 +48,27 @@ def run(fn, case, inputs, grad_out):
     return out.detach(), list(torch.autograd.grad(out, present, grad_out.to(out.dtype)))
 
 
-def check_against_reference(fn, case, dtype, gen):
+def check_against_reference(impl, case, dtype, gen, *, num_sms=None, x_view=None):
+    """The op on ``impl`` (inputs in ``dtype`` on its device, x through ``x_view`` if
+    given) against the float64 reference on the CPU, output and every gradient; half
+    types within twice the reference's own error in that dtype."""
     inputs64 = fuse_inputs(case, gen)
-    inputs = [t.to(dtype) if t is not None else None for t in inputs64]
-    rounded = [t.double() if t is not None else None for t in inputs]
-    grad_out = torch.randn(inputs64[0].shape, generator=gen, dtype=torch.float64).to(dtype)
-    out, grads = run(fn, case, inputs, grad_out)
-    out64, grads64 = run(reference.gate_shift_fuse, case, rounded, grad_out.double())
-    low = dtype in (torch.bfloat16, torch.float16)
+    inputs = [None if t is None else t.to(device=impl.device, dtype=dtype) for t in inputs64]
+    if x_view is not None:
+        inputs[0] = x_view(inputs[0])
+    rounded = [None if t is None else t.cpu().double() for t in inputs]
+    grad_out = torch.randn(inputs64[0].shape, generator=gen, dtype=torch.float64).to(device=impl.device, dtype=dtype)
+    grad_out64 = grad_out.cpu().double()  # rounded to dtype too
+    with launches_as_on(impl, num_sms):
+        out, grads = run(impl.gate_shift_fuse, case, inputs, grad_out)
+    out64, grads64 = run(reference.gate_shift_fuse, case, rounded, grad_out64)
+    low = dtype in LOW_PRECISION
     out_lp, grads_lp = run(reference.gate_shift_fuse, case, inputs, grad_out) if low else (None, [None] * 7)
-    assert out.dtype == dtype
+    assert out.dtype == dtype and out.device.type == impl.device
     assert_close_to_reference(out, out64, out_lp, what="out")
-    names = [n for n, t in zip(("x", "weight", "bias", "bn_scale", "bn_shift", "fuse_weight", "fuse_bias"), inputs)
-             if t is not None]
+    names = [n for n, t in zip(INPUT_NAMES, inputs) if t is not None]
     for name, g, g64, glp in zip(names, grads, grads64, grads_lp):
+        assert g.device.type == impl.device
         assert_close_to_reference(g, g64, glp, what=f"grad {name}")
 
 
@@ -58,91 +78,132 @@ CASES = [
     Case(3, 2, 12, 1, 9, P=8),
     Case(2, 3, 10, 6, 1, P=6, order="grouped", affine=False),
     Case(1, 5, 8, 9, 11, bias=False),
+    Case(2, 8, 64, 14, 14),  # network-like: 64 channels of 14 x 14, 16 frames
 ]
+# The emulator's share (small: see helpers.implementation_cases): one frame.
+EMULATED_CASES = [CASES[1]]
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("impl,case", implementation_cases(CASES, EMULATED_CASES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_cpu_matches_reference(case, dtype, gen):
-    check_against_reference(gateshift.gate_shift_fuse, case, dtype, gen)
+def test_matches_reference(impl, case, dtype, gen):
+    check_against_reference(impl, case, dtype, gen)
 
 
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("index", range(8))
-def test_emulated_cuda_matches_reference(index, gen):
-    # Every dtype with and without the affine, random ragged sizes and SM counts.
+def test_random_configuration_matches_reference(impl, index, gen):
+    # Every dtype with and without the affine, random ragged sizes, x a channel slice of
+    # a NaN-filled tensor; on the emulator, random SM counts too.
     rng = random.Random(int(torch.randint(0, 2**31, (1,), generator=gen)))
     dtype, affine = DTYPES[index % 4], index >= 4
     order = rng.choice(["interleaved", "grouped"])
     P = 4 * rng.randint(1, 3) if order == "interleaved" else 2 * rng.randint(1, 5)
     case = Case(rng.choice([1, 2]), rng.choice([1, 2, 3, 5]), P + rng.choice([0, 2]), rng.randint(1, 10),
                 rng.randint(1, 10), P=P, order=order, affine=affine, bias=rng.random() < 0.5)
-    with cuda_emulator.num_sms(rng.choice([1, 4, 64])):
-        check_against_reference(cuda_emulator.gate_shift_fuse, case, dtype, gen)
+    sms = rng.choice([1, 4, 64])
+    print(f"case {case} {dtype} sms={sms}")
+    check_against_reference(impl, case, dtype, gen, num_sms=sms, x_view=nan_padded)
 
 
-def test_emulated_cuda_wide_channels(gen):
-    # 36 channels per group cross the forward kernel's channel chunks; the backward's
-    # last chunk mixes gated and pass-through channels.
-    with cuda_emulator.num_sms(2):
-        check_against_reference(cuda_emulator.gate_shift_fuse, Case(1, 3, 76, 5, 6, P=72), torch.float64, gen)
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_wide_channels_cross_the_chunk_boundaries(impl, gen):
+    # 36 channels per group cross the CUDA forward kernel's channel chunks; the
+    # backward's last chunk mixes gated and pass-through channels.
+    check_against_reference(impl, Case(1, 3, 76, 5, 6, P=72), torch.float64, gen, num_sms=2)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_backward_is_the_adjoint_of_forward(impl, gen):
     # Zero gating and fusion weights make the gates tanh(bias) and the fusion weights
     # sigmoid(fuse_bias), constants: the op is linear in x, and its x-gradient must be
     # its adjoint (the shifts' adjoints included).
     case = Case(2, 5, 16, 6, 7, P=12)
-    x, weight, bias, scale, shift, fuse_weight, fuse_bias = fuse_inputs(case, gen)
+    x, weight, bias, scale, shift, fuse_weight, fuse_bias = (impl.to(t) for t in fuse_inputs(case, gen))
     x = x.requires_grad_()
-    out = IMPLS[impl](x, torch.zeros_like(weight), bias, torch.zeros_like(fuse_weight), fuse_bias,
-                      **op_kwargs(case, scale, shift))
-    g = torch.randn(out.shape, generator=gen, dtype=out.dtype)
+    out = impl.gate_shift_fuse(x, torch.zeros_like(weight), bias, torch.zeros_like(fuse_weight), fuse_bias,
+                               **op_kwargs(case, scale, shift))
+    g = impl.to(torch.randn(out.shape, generator=gen, dtype=out.dtype))
     (gx,) = torch.autograd.grad(out, x, g)
+    # Relative to the sum of |terms|: the dot products cancel (their value can be small).
+    scale = torch.dot(out.detach().flatten().abs(), g.flatten().abs())
     torch.testing.assert_close(torch.dot(out.flatten(), g.flatten()), torch.dot(x.flatten(), gx.flatten()),
-                               rtol=1e-12, atol=0)
+                               rtol=0, atol=1e-13 * float(scale))
+    assert (out - x).abs().max() > 0.1  # the op is not the identity here
 
 
-def test_gradcheck(gen):
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize(
+    "tap,value",
+    [pytest.param(0, float("inf"), id="inf-first-tap"), pytest.param(2, float("-inf"), id="-inf-last-tap")],
+)
+def test_non_finite_gate_weights_propagate_as_in_the_reference(impl, tap, value, gen):
+    # As for gate_shift: an infinite weight of the first (last) temporal tap meets the
+    # conv's zero padding at a clip's first (last) frame, and 0 * inf is NaN there; the
+    # fusion convolution then spreads it over neighbouring channels and frames.
+    case = Case(2, 3, 8, 4, 5, affine=False)
+    x, weight, bias, _, _, fuse_weight, fuse_bias = fuse_inputs(case, gen)
+    weight[0, 1, tap, 1, 1] = value  # group 0, the spatial centre of a temporal tap
+    with launches_as_on(impl, 1):
+        out = impl.gate_shift_fuse(*(impl.to(t) for t in (x, weight, bias, fuse_weight, fuse_bias)),
+                                   num_segments=case.T).cpu()
+    expected = reference.gate_shift_fuse(x, weight, bias, fuse_weight, fuse_bias, num_segments=case.T)
+    assert torch.isnan(expected).any()
+    for what, where in (("NaN", torch.isnan), ("infinite", torch.isinf)):
+        differ = int((where(out) != where(expected)).sum())
+        assert differ == 0, f"{differ} elements {what} in one of ours and the reference only"
+    finite = torch.isfinite(expected)
+    torch.testing.assert_close(out[finite], expected[finite])
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_gradcheck(impl, gen):
     case = Case(1, 3, 8, 3, 4)
-    inputs = [t.requires_grad_() for t in fuse_inputs(case, gen)]
+    inputs = [impl.to(t).requires_grad_() for t in fuse_inputs(case, gen)]
 
     def fn(x, weight, bias, scale, shift, fuse_weight, fuse_bias):
-        return gateshift.gate_shift_fuse(x, weight, bias, fuse_weight, fuse_bias, **op_kwargs(case, scale, shift))
+        return impl.gate_shift_fuse(x, weight, bias, fuse_weight, fuse_bias, **op_kwargs(case, scale, shift))
 
-    assert torch.autograd.gradcheck(fn, inputs)
-    with cuda_emulator.num_sms(2):
-        def fn_emulated(x, weight, bias, scale, shift, fuse_weight, fuse_bias):
-            return cuda_emulator.gate_shift_fuse(x, weight, bias, fuse_weight, fuse_bias, **op_kwargs(case, scale, shift))
-
-        assert torch.autograd.gradcheck(fn_emulated, inputs, fast_mode=True)
+    # The emulator checks random projections of the Jacobian (fast_mode): a few emulated
+    # launches instead of one per input element.
+    with launches_as_on(impl, 2):
+        assert torch.autograd.gradcheck(fn, inputs, fast_mode=impl.name == "cuda_emulator")
 
 
-def test_double_backward_is_a_clear_error(gen):
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_double_backward_is_a_clear_error(impl, gen):
     case = Case(1, 2, 4, 3, 3)
-    x, weight, bias, scale, shift, fw, fb = (t.requires_grad_() for t in fuse_inputs(case, gen))
-    out = gateshift.gate_shift_fuse(x, weight, bias, fw, fb, **op_kwargs(case, scale, shift))
+    x, weight, bias, scale, shift, fw, fb = (impl.to(t).requires_grad_() for t in fuse_inputs(case, gen))
+    out = impl.gate_shift_fuse(x, weight, bias, fw, fb, **op_kwargs(case, scale, shift))
     (gx,) = torch.autograd.grad(out, x, torch.randn_like(out), create_graph=True)
     with pytest.raises(NotImplementedError, match="double backward"):
         gx.sum().backward()
 
 
-@pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck(requires_grad, gen):
+@pytest.mark.parametrize(
+    "impl,requires_grad",
+    # On the emulator opcheck tests the schema and the autograd registration only (see
+    # helpers.opcheck), which need inputs that require grad.
+    [pytest.param(*p.values, requires_grad, id=f"{p.id}-{requires_grad}", marks=p.marks)
+     for p in IMPLEMENTATIONS for requires_grad in (False, True)
+     if requires_grad or p.id != "cuda_emulator"],
+)
+def test_opcheck(impl, requires_grad, gen):
     case = Case(2, 3, 8, 4, 5)
-    x, weight, bias, scale, shift, fw, fb = (t.float().requires_grad_(requires_grad) for t in fuse_inputs(case, gen))
+    x, weight, bias, scale, shift, fw, fb = (impl.to(t.float()).requires_grad_(requires_grad)
+                                             for t in fuse_inputs(case, gen))
     args = (x.unflatten(0, (2, 3)), weight, bias, scale, shift, fw, fb, 8, True)
-    torch.library.opcheck(ops.gate_shift_fuse_forward.default, args)
-    out, gates, fusion = ops.gate_shift_fuse_forward(*(a.detach() if torch.is_tensor(a) else a for a in args))
-    grad = torch.randn(out.shape, generator=gen)
-    torch.library.opcheck(
-        ops.gate_shift_fuse_backward.default,
-        (grad, x.detach().unflatten(0, (2, 3)), gates, fusion, weight.detach(), scale.detach(), shift.detach(),
-         fw.detach(), 8, True),
-    )
+    with launches_as_on(impl, 2):
+        opcheck(impl, "gate_shift_fuse_forward", args)
+        out, gates, fusion = impl.ops.gate_shift_fuse_forward(*(a.detach() if torch.is_tensor(a) else a for a in args))
+        grad = impl.to(torch.randn(out.shape, generator=gen))
+        opcheck(impl, "gate_shift_fuse_backward",
+                (grad, x.detach().unflatten(0, (2, 3)), gates, fusion, weight.detach(), scale.detach(),
+                 shift.detach(), fw.detach(), 8, True))
 
 
-def test_parameter_gradients_are_reproducible_bitwise(gen):
+@pytest.mark.parametrize("impl", implementations("cpu"))
+def test_parameter_gradients_do_not_depend_on_the_thread_count(impl, gen):
     case = Case(1, 8, 12, 17, 18, P=8)
     inputs = [t.float() for t in fuse_inputs(case, gen)]
     grad_out = torch.randn(inputs[0].shape, generator=gen)
@@ -151,7 +212,7 @@ def test_parameter_gradients_are_reproducible_bitwise(gen):
         results = []
         for n in (1, 3, 8):
             torch.set_num_threads(n)
-            results.append(run(gateshift.gate_shift_fuse, case, inputs, grad_out))
+            results.append(run(impl.gate_shift_fuse, case, inputs, grad_out))
     finally:
         torch.set_num_threads(threads)
     for out, grads in results[1:]:
@@ -159,25 +220,27 @@ def test_parameter_gradients_are_reproducible_bitwise(gen):
         assert all(torch.equal(g, g0) for g, g0 in zip(grads, results[0][1]))
 
 
-def test_errors(gen):
-    case = Case(1, 2, 8, 3, 3)
-    x, weight, bias, scale, shift, fw, fb = fuse_inputs(case, gen)
-    kw = op_kwargs(case, scale, shift)
-    with pytest.raises(ValueError, match=r"fuse_weight must have shape \(2, 2, 3, 3\)"):
-        gateshift.gate_shift_fuse(x, weight, bias, fw[:1], fb, **kw)
-    with pytest.raises(TypeError, match="fuse_bias must have the dtype of x"):
-        gateshift.gate_shift_fuse(x, weight, bias, fw, fb.float(), **kw)
-    with pytest.raises(ValueError, match=r"fusion must have shape"):
-        out, gates, fusion = ops.gate_shift_fuse_forward(x.unflatten(0, (1, 2)), weight, bias, scale, shift, fw, fb, 8, True)
-        ops.gate_shift_fuse_backward(out, x.unflatten(0, (1, 2)), gates, fusion[:, :, :2], weight, scale, shift, fw, 8, True)
+@pytest.mark.cuda
+def test_runs_on_the_current_stream_and_the_device_of_x(gen):
+    case = Case(2, 4, 16, 9, 9)
+    x, weight, bias, scale, shift, fw, fb = (t.float() for t in fuse_inputs(case, gen))
+
+    def fn(x, weight, bias, scale, shift, fw, fb):
+        return gateshift.gate_shift_fuse(x, weight, bias, fw, fb, **op_kwargs(case, scale, shift))
+
+    check_runs_on_the_current_stream_and_device(fn, x, weight, bias, scale, shift, fw, fb)
 
 
 # ---------------------------------------------------------------------------
-# The module
+# The module: gateshift.GSF as a drop-in for the published module (gateshift.reference.GSF).
+# The modules call the public ops, so they run on the CPU kernels or on the GPU's;
+# the emulated kernels are not reachable through them.
 # ---------------------------------------------------------------------------
 
+MODULE_IMPLEMENTATIONS = implementations("cpu", "cuda")
 
-def randomised_pair(fplane, segments, ratio, gen, dtype=torch.float64):
+
+def randomised_pair(fplane, segments, ratio, gen, dtype=torch.float64, device="cpu"):
     published = reference.GSF(fplane, segments, ratio)
     with torch.no_grad():
         for name, p in published.named_parameters():
@@ -186,44 +249,39 @@ def randomised_pair(fplane, segments, ratio, gen, dtype=torch.float64):
         published.bn.running_var.uniform_(0.5, 1.5, generator=gen)
     fused = gateshift.GSF(fplane, segments, ratio)
     fused.load_state_dict(published.state_dict(), strict=True)
-    return published.to(dtype), fused.to(dtype)
+    return published.to(device=device, dtype=dtype), fused.to(device=device, dtype=dtype)
 
 
-def test_state_dict_is_the_published_modules():
+def test_module_state_dict_is_the_published_modules():
     published, fused = reference.GSF(32, 8), gateshift.GSF(32, 8)
     assert list(fused.state_dict()) == list(published.state_dict())
     assert all(fused.state_dict()[k].shape == v.shape for k, v in published.state_dict().items())
 
 
+@pytest.mark.parametrize("impl", MODULE_IMPLEMENTATIONS)
 @pytest.mark.parametrize("fplane,ratio,segments", [(16, 100, 4), (24, 50, 3), (48, 25, 1)])
-def test_training_steps_match_published_module(fplane, ratio, segments, gen):
-    published, fused = randomised_pair(fplane, segments, ratio, gen)
+def test_module_training_steps_match_published_module(impl, fplane, ratio, segments, gen):
+    published, fused = randomised_pair(fplane, segments, ratio, gen, device=impl.device)
     assert fused.fPlane == reference.gsf_channels(fplane, ratio)
     for step in range(3):
         x = torch.randn(2 * segments, fplane, 5, 6, generator=gen, dtype=torch.float64) * 1.5 + 0.2
-        train_step_and_compare(published, fused, x, gen, 0.05, step)
+        train_step_and_compare(published, fused, x.to(impl.device), gen, 0.05, step)
     published.eval()
     fused.eval()
-    x = torch.randn(2 * segments, fplane, 5, 6, generator=gen, dtype=torch.float64)
+    x = torch.randn(2 * segments, fplane, 5, 6, generator=gen, dtype=torch.float64).to(impl.device)
     torch.testing.assert_close(fused(x), published(x))
 
 
-def test_low_precision_module(gen):
-    published, fused = randomised_pair(16, 4, 100, gen, dtype=torch.float32)
-    x = torch.randn(8, 16, 6, 6, generator=gen)
+@pytest.mark.parametrize("impl", MODULE_IMPLEMENTATIONS)
+def test_module_low_precision(impl, gen):
+    published, fused = randomised_pair(16, 4, 100, gen, dtype=torch.float32, device=impl.device)
+    x = torch.randn(8, 16, 6, 6, generator=gen).to(impl.device)
     published_lp = copy.deepcopy(published).bfloat16()
     out, out_lp, exact = fused.bfloat16()(x.bfloat16()), published_lp(x.bfloat16()), published.double()(x.double())
     assert_close_to_reference(out, exact.detach(), out_lp, what="bf16 out")
 
 
-def test_compile_fullgraph(gen):
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), gateshift.GSF(16, 4), nn.ReLU())
-    compiled = torch.compile(copy.deepcopy(model), fullgraph=True, backend="aot_eager")
-    x = torch.randn(8, 3, 6, 6, generator=gen)
-    torch.testing.assert_close(compiled(x), model(x))
-
-
-def test_constructor_errors():
+def test_module_constructor_errors():
     with pytest.raises(ValueError, match="multiple of 4"):
         gateshift.GSF(6, 8)
     with pytest.raises(ValueError, match="gsf_ch_ratio"):

@@ -1,19 +1,24 @@
-"""Property-based tests (hypothesis): over shapes, dtypes, channel counts, layouts and
-arguments, valid or not, the fused ops either match the reference or raise the documented
-ValueError/TypeError, never crash or return garbage.
+"""Property-based tests (hypothesis) of every op: over shapes, dtypes, channel counts,
+layouts and arguments, valid or not, the fused ops either match the reference or raise the
+documented ValueError/TypeError, never crash or return garbage.
 
 Which arguments are valid is decided here from the documented rules alone (the
-functional docstrings), not from the implementation's checks.
+functional docstrings; for the raw batch_stats op, its schema's comment), not from the
+implementation's checks. They run on the CPU kernels and on the GPU's; the emulated CUDA
+kernels, at up to a second per emulated block, run their random configurations in the
+op files instead of 150 examples here.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
+from helpers import implementations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import gateshift
 from gateshift import reference
 from gateshift.testing.compare import compare_to_reference
 
@@ -90,14 +95,14 @@ def from_layout(out, pr):
     return out if pr["layout"] == "TSN" else out.transpose(1, 2).flatten(0, 1)
 
 
-def call(fn, tensors, kwargs, pr, dtype, float32_affine=True):
+def call(fn, tensors, kwargs, pr, dtype, float32_affine=True, device="cpu"):
     """``fn`` on tensors cast to ``dtype`` (the BN affine float32 for half types, as the
-    modules pass it, unless not ``float32_affine``) in the problem's layout; returns the
-    output in (B*T, C, H, W)."""
+    modules pass it, unless not ``float32_affine``) on ``device``, in the problem's layout;
+    returns the output in (B*T, C, H, W)."""
     half = dtype in (torch.float16, torch.bfloat16)
     affine_dtype = torch.float32 if half and float32_affine else dtype
     args = {
-        name: None if t is None else t.to(affine_dtype if name.startswith("bn_") else dtype)
+        name: None if t is None else t.to(device=device, dtype=affine_dtype if name.startswith("bn_") else dtype)
         for name, t in tensors.items()
     }
     x = args.pop("x")
@@ -110,48 +115,55 @@ def call(fn, tensors, kwargs, pr, dtype, float32_affine=True):
     return from_layout(fn(to_layout(x, pr), *positional, **args, **layout_kwargs), pr)
 
 
-def check_property(pr, fused_fn, reference_fn, fuse: bool):
+def check_property(pr, impl, fused_fn, reference_fn, fuse: bool):
     tensors, kwargs = make_call(pr, fuse)
     dtype = pr["dtype"]
     if documented_error(pr):
         with pytest.raises((ValueError, TypeError)):
-            call(fused_fn, tensors, kwargs, pr, dtype)
+            call(fused_fn, tensors, kwargs, pr, dtype, device=impl.device)
         return
     ref_kwargs = kwargs  # a num_segments that divides B*T is a valid (different) clip length
     exact = call(reference_fn, tensors, ref_kwargs, dict(pr, layout="TSN"), torch.float64)
     if dtype == torch.float64:
         # Forward and every gradient, against the reference's autograd.
-        leaves = {k: None if t is None else t.clone().requires_grad_() for k, t in tensors.items()}
+        leaves = {k: None if t is None else impl.to(t).requires_grad_() for k, t in tensors.items()}
         ref_leaves = {k: None if t is None else t.clone().requires_grad_() for k, t in tensors.items()}
-        out = call(fused_fn, leaves, kwargs, pr, dtype)
+        out = call(fused_fn, leaves, kwargs, pr, dtype, device=impl.device)
         ref = call(reference_fn, ref_leaves, ref_kwargs, dict(pr, layout="TSN"), dtype)
-        torch.testing.assert_close(out, ref, **TOLERANCE[dtype])
+        assert out.device.type == impl.device
+        torch.testing.assert_close(out.cpu(), ref, **TOLERANCE[dtype])
         g = torch.randn(out.shape, generator=torch.Generator().manual_seed(pr["seed"] + 1), dtype=dtype)
         names = [k for k, t in leaves.items() if t is not None]
-        grads = torch.autograd.grad(out, [leaves[k] for k in names], g)
+        grads = torch.autograd.grad(out, [leaves[k] for k in names], impl.to(g))
         ref_grads = torch.autograd.grad(ref, [ref_leaves[k] for k in names], g)
         for name, a, b in zip(names, grads, ref_grads):
-            torch.testing.assert_close(a, b, **TOLERANCE[dtype], msg=lambda m: f"grad {name}: {m}")
+            torch.testing.assert_close(a.cpu(), b, **TOLERANCE[dtype], msg=lambda m: f"grad {name}: {m}")
     else:
-        out = call(fused_fn, tensors, kwargs, pr, dtype)
-        assert out.dtype == dtype and out.shape == exact.shape
+        out = call(fused_fn, tensors, kwargs, pr, dtype, device=impl.device)
+        assert out.dtype == dtype and out.shape == exact.shape and out.device.type == impl.device
         low = call(reference_fn, tensors, ref_kwargs, dict(pr, layout="TSN"), dtype, float32_affine=False)
         c = compare_to_reference(out, exact, low)
         assert c.ok, f"{dtype}: error {c.error:.3g} > bound {c.bound:.3g}"
 
 
+IMPLEMENTATIONS = implementations("cpu", "cuda")
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @SETTINGS
 @given(problems())
-def test_gate_shift_matches_reference_or_raises(pr):
-    check_property(pr, gateshift.gate_shift, reference.gate_shift, fuse=False)
+def test_gate_shift_matches_reference_or_raises(impl, pr):
+    check_property(pr, impl, impl.gate_shift, reference.gate_shift, fuse=False)
 
 
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @SETTINGS
 @given(problems())
-def test_gate_shift_fuse_matches_reference_or_raises(pr):
-    check_property(pr, gateshift.gate_shift_fuse, reference.gate_shift_fuse, fuse=True)
+def test_gate_shift_fuse_matches_reference_or_raises(impl, pr):
+    check_property(pr, impl, impl.gate_shift_fuse, reference.gate_shift_fuse, fuse=True)
 
 
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @SETTINGS
 @given(
     clips=st.integers(1, 3),
@@ -160,17 +172,48 @@ def test_gate_shift_fuse_matches_reference_or_raises(pr):
     hw=st.tuples(st.integers(1, 5), st.integers(1, 5)),
     fold_div=st.integers(-1, 24),
     layout=st.sampled_from(["TSN", "BCTHW"]),
-    dtype=st.sampled_from([torch.float64, torch.float32, torch.bfloat16, torch.int32]),
+    dtype=st.sampled_from([torch.float64, torch.float32, torch.bfloat16, torch.int32, torch.bool, torch.complex64]),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_temporal_shift_matches_reference_or_raises(clips, frames, c, hw, fold_div, layout, dtype, seed):
+def test_temporal_shift_matches_reference_or_raises(impl, clips, frames, c, hw, fold_div, layout, dtype, seed):
+    # Floating tensors run the fused kernels; integer and bool ones are shifted by
+    # indexing, as the published shift does; complex ones are refused.
     gen = torch.Generator().manual_seed(seed)
     x = (torch.randn(clips * frames, c, *hw, generator=gen) * 10).to(dtype)
     pr = dict(layout=layout, clips=clips, frames=frames)
     kwargs = dict(num_segments=frames, layout="BCTHW") if layout == "BCTHW" else dict(num_segments=frames)
-    if fold_div < 1 or not dtype.is_floating_point:
+    if fold_div < 1 or dtype.is_complex:
         with pytest.raises((ValueError, TypeError)):
-            gateshift.temporal_shift(to_layout(x, pr), fold_div=fold_div, **kwargs)
+            impl.temporal_shift(to_layout(impl.to(x), pr), fold_div=fold_div, **kwargs)
         return
-    out = from_layout(gateshift.temporal_shift(to_layout(x, pr), fold_div=fold_div, **kwargs), pr)
-    assert torch.equal(out, reference.temporal_shift(x, frames, fold_div))  # a shift is exact
+    out = from_layout(impl.temporal_shift(to_layout(impl.to(x), pr), fold_div=fold_div, **kwargs), pr)
+    assert out.dtype == dtype and out.device.type == impl.device
+    assert torch.equal(out.cpu(), reference.temporal_shift(x, frames, fold_div))  # a shift is exact
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@SETTINGS
+@given(
+    shape=st.tuples(st.integers(0, 3), st.integers(1, 4), st.integers(1, 12), st.integers(1, 5), st.integers(1, 5)),
+    channels=st.integers(-1, 14),
+    dtype=st.sampled_from([torch.float64, torch.float32, torch.bfloat16, torch.float16]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_batch_stats_matches_var_mean_or_raises(impl, shape, channels, dtype, seed):
+    # The raw op's rule (its schema's comment): the statistics of the first `channels`
+    # channels, 1 <= channels <= C, over (B, T, H, W), in the accumulation dtype; NaN
+    # for an empty batch, as torch.var_mean.
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + 3).to(dtype)
+    if not 1 <= channels <= shape[2]:
+        with pytest.raises(ValueError, match="^batch_stats: channels must be in"):
+            impl.batch_stats(impl.to(x), channels)
+        return
+    mean, var = impl.batch_stats(impl.to(x), channels)
+    assert mean.dtype == var.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    with warnings.catch_warnings():  # an empty batch: NaN, with a warning about it
+        warnings.simplefilter("ignore")
+        var_r, mean_r = torch.var_mean(x.double()[:, :, :channels], dim=(0, 1, 3, 4), correction=0)
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(mean.cpu().double(), mean_r, rtol=rtol, atol=rtol, equal_nan=True)
+    torch.testing.assert_close(var.cpu().double(), var_r, rtol=rtol, atol=rtol, equal_nan=True)

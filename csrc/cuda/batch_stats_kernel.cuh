@@ -1,5 +1,5 @@
 // CUDA kernels of the per-channel batch statistics behind the GSM module's
-// training-mode BatchNorm (schemas.h: batch_stats, batch_stats_backward).
+// training-mode BatchNorm (ops/batch_stats.h).
 //
 // Device code only, like gate_shift_kernel.cuh: built by nvcc and, for the tests,
 // by the host compiler under the CPU emulator.
@@ -15,35 +15,35 @@
 
 #include <cstdint>
 
-#include "../portability.h"
-#include "gate_shift_kernel.cuh"
+#include "../common/dtypes.h"
+#include "../common/compile_target.h"
+#include "../common/layout.h"
 
 namespace gateshift::cuda {
 
 constexpr int kStatsThreads = 256;
 
 template <typename scalar_t>
-struct BatchStatsParams {
+struct BatchStatsKernelParams {
   using acc_t = acc_type<scalar_t>;
-  const scalar_t* x;  // (B, T, C, H, W), contiguous planes
-  Strides xs;
-  int64_t B, T, HW;
+  PlaneTensor<const scalar_t> x;  // (B, T, C, H, W), contiguous planes
+  PlaneGrid n;
   acc_t* mean;  // (channels)
   acc_t* var;
 };
 
 template <typename scalar_t>
-GATESHIFT_GLOBAL void __launch_bounds__(kStatsThreads) batch_stats_kernel(const BatchStatsParams<scalar_t> p) {
+GATESHIFT_GLOBAL void __launch_bounds__(kStatsThreads) batch_stats_kernel(const BatchStatsKernelParams<scalar_t> p) {
   using acc_t = acc_type<scalar_t>;
   GATESHIFT_DYNAMIC_SHARED(double, shared);  // [2][kStatsThreads]
   const int64_t c = blockIdx.x;
   const int tid = threadIdx.x;
-  const int64_t per_channel = p.B * p.T * p.HW;
-  const acc_t k = static_cast<acc_t>(p.x[p.xs.plane(0, 0, c)]);
+  const int64_t per_channel = p.n.B * p.n.T * p.n.HW;
+  const acc_t k = static_cast<acc_t>(p.x.plane(0, 0, c)[0]);
   acc_t sum = acc_t(0), squares = acc_t(0);
   for (int64_t e = tid; e < per_channel; e += kStatsThreads) {
-    const int64_t plane = e / p.HW, i = e % p.HW;
-    const acc_t d = static_cast<acc_t>(p.x[p.xs.plane(plane / p.T, plane % p.T, c) + i]) - k;
+    const int64_t plane = e / p.n.HW, i = e % p.n.HW;
+    const acc_t d = static_cast<acc_t>(p.x.plane(plane / p.n.T, plane % p.n.T, c)[i]) - k;
     sum += d;
     squares += d * d;
   }
@@ -66,13 +66,12 @@ GATESHIFT_GLOBAL void __launch_bounds__(kStatsThreads) batch_stats_kernel(const 
 }
 
 template <typename scalar_t>
-struct BatchStatsBackwardParams {
+struct BatchStatsBackwardKernelParams {
   using acc_t = acc_type<scalar_t>;
-  const scalar_t* x;
-  Strides xs;
-  scalar_t* grad_x;  // (B, T, C, H, W), contiguous planes
-  Strides gs;
-  int64_t B, T, C, HW, channels, count;
+  PlaneTensor<const scalar_t> x;
+  PlaneTensor<scalar_t> grad_x;  // (B, T, C, H, W), contiguous planes
+  PlaneGrid n;
+  int64_t channels, count;
   const acc_t* grad_mean;
   const acc_t* grad_var;
   const acc_t* mean;
@@ -82,21 +81,21 @@ struct BatchStatsBackwardParams {
 // channels, zero on the others; one thread per element.
 template <typename scalar_t>
 GATESHIFT_GLOBAL void __launch_bounds__(kStatsThreads)
-    batch_stats_backward_kernel(const BatchStatsBackwardParams<scalar_t> p) {
+    batch_stats_backward_kernel(const BatchStatsBackwardKernelParams<scalar_t> p) {
   using acc_t = acc_type<scalar_t>;
   const int64_t e = static_cast<int64_t>(blockIdx.x) * kStatsThreads + threadIdx.x;
-  if (e >= p.B * p.T * p.C * p.HW) {
+  if (e >= p.n.B * p.n.T * p.n.C * p.n.HW) {
     return;
   }
-  const int64_t i = e % p.HW, plane = e / p.HW;
-  const int64_t c = plane % p.C, t = (plane / p.C) % p.T, b = plane / (p.C * p.T);
+  const int64_t i = e % p.n.HW, plane = e / p.n.HW;
+  const int64_t c = plane % p.n.C, t = (plane / p.n.C) % p.n.T, b = plane / (p.n.C * p.n.T);
   acc_t g = acc_t(0);
   if (c < p.channels) {
     const acc_t inv_count = acc_t(1) / static_cast<acc_t>(p.count);
-    const acc_t xv = static_cast<acc_t>(p.x[p.xs.plane(b, t, c) + i]);
+    const acc_t xv = static_cast<acc_t>(p.x.plane(b, t, c)[i]);
     g = acc_t(2) * p.grad_var[c] * inv_count * (xv - p.mean[c]) + p.grad_mean[c] * inv_count;
   }
-  p.grad_x[p.gs.plane(b, t, c) + i] = static_cast<scalar_t>(g);
+  p.grad_x.plane(b, t, c)[i] = static_cast<scalar_t>(g);
 }
 
 }  // namespace gateshift::cuda

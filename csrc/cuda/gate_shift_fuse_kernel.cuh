@@ -27,9 +27,11 @@
 #include <cmath>
 #include <cstdint>
 
-#include "../gate_shift_fuse_math.h"
-#include "../gate_shift_indexing.h"
-#include "../portability.h"
+#include "../common/dtypes.h"
+#include "../common/channel_order.h"
+#include "../common/compile_target.h"
+#include "../common/fusion_math.h"
+#include "../common/layout.h"
 #include "gate_shift_kernel.cuh"
 
 namespace gateshift::cuda {
@@ -86,11 +88,9 @@ GATESHIFT_GLOBAL void __launch_bounds__(kFuseThreads) fuse_weights_kernel(const 
 template <typename scalar_t>
 struct FuseCombineParams {
   using acc_t = acc_type<scalar_t>;
-  Sizes n;
-  const scalar_t* x;
-  Strides xs;
-  scalar_t* out;
-  Strides os;
+  GateShiftSizes n;
+  PlaneTensor<const scalar_t> x;
+  PlaneTensor<scalar_t> out;
   const acc_t* gates;   // (B, T, 2, H, W)
   const acc_t* fusion;  // (B, T, 3, P)
 };
@@ -99,7 +99,7 @@ struct FuseCombineParams {
 template <typename scalar_t>
 GATESHIFT_GLOBAL void __launch_bounds__(kFuseThreads) fuse_combine_kernel(const FuseCombineParams<scalar_t> p) {
   using acc_t = acc_type<scalar_t>;
-  const Sizes& n = p.n;
+  const GateShiftSizes& n = p.n;
   const int64_t HW = n.H * n.W;
   const int64_t e = static_cast<int64_t>(blockIdx.x) * kFuseThreads + threadIdx.x;
   if (e >= n.B * n.T * n.C * HW) {
@@ -107,9 +107,9 @@ GATESHIFT_GLOBAL void __launch_bounds__(kFuseThreads) fuse_combine_kernel(const 
   }
   const int64_t i = e % HW, plane = e / HW;
   const int64_t c = plane % n.C, t = (plane / n.C) % n.T, b = plane / (n.C * n.T);
-  const scalar_t xv_raw = p.x[p.xs.plane(b, t, c) + i];
+  const scalar_t xv_raw = p.x.plane(b, t, c)[i];
   if (c >= n.P) {
-    p.out[p.os.plane(b, t, c) + i] = xv_raw;
+    p.out.plane(b, t, c)[i] = xv_raw;
     return;
   }
   const int64_t half = n.P / 2;
@@ -120,20 +120,18 @@ GATESHIFT_GLOBAL void __launch_bounds__(kFuseThreads) fuse_combine_kernel(const 
   const acc_t f = p.fusion[table_index(b, t, 2, c, n.T, 3, n.P)];
   acc_t ys = acc_t(0);
   if (tn >= 0 && tn < n.T) {
-    ys = p.gates[((b * n.T + tn) * 2 + k) * HW + i] * static_cast<acc_t>(p.x[p.xs.plane(b, tn, c) + i]);
+    ys = p.gates[((b * n.T + tn) * 2 + k) * HW + i] * static_cast<acc_t>(p.x.plane(b, tn, c)[i]);
   }
-  p.out[p.os.plane(b, t, output_channel(c, n.P, n.interleaved)) + i] =
+  p.out.plane(b, t, output_channel(c, n.P, n.interleaved))[i] =
       static_cast<scalar_t>(f * ys + (acc_t(1) - f) * (xv - g * xv));
 }
 
 template <typename scalar_t>
 struct FuseGradientParams {
   using acc_t = acc_type<scalar_t>;
-  Sizes n;
-  const scalar_t* grad_out;
-  Strides gos;
-  const scalar_t* x;
-  Strides xs;
+  GateShiftSizes n;
+  PlaneTensor<const scalar_t> grad_out;
+  PlaneTensor<const scalar_t> x;
   const acc_t* gates;
   acc_t* df;  // (B, T, 1, P)
 };
@@ -143,7 +141,7 @@ struct FuseGradientParams {
 template <typename scalar_t>
 GATESHIFT_GLOBAL void __launch_bounds__(kFuseThreads) fuse_gradient_kernel(const FuseGradientParams<scalar_t> p) {
   using acc_t = acc_type<scalar_t>;
-  const Sizes& n = p.n;
+  const GateShiftSizes& n = p.n;
   const int64_t HW = n.H * n.W, half = n.P / 2;
   const int64_t plane = static_cast<int64_t>(blockIdx.x) * (kFuseThreads / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -154,15 +152,15 @@ GATESHIFT_GLOBAL void __launch_bounds__(kFuseThreads) fuse_gradient_kernel(const
   const int k = c >= half ? 1 : 0;
   const int64_t tn = k == 0 ? t + 1 : t - 1;
   const bool has_next = tn >= 0 && tn < n.T;
-  const scalar_t* dz = p.grad_out + p.gos.plane(b, t, output_channel(c, n.P, n.interleaved));
-  const scalar_t* xc = p.x + p.xs.plane(b, t, c);
+  const scalar_t* dz = p.grad_out.plane(b, t, output_channel(c, n.P, n.interleaved));
+  const scalar_t* xc = p.x.plane(b, t, c);
   const acc_t* g = p.gates + ((b * n.T + t) * 2 + k) * HW;
   acc_t sum = acc_t(0);
   for (int64_t i = lane; i < HW; i += 32) {
     const acc_t xv = static_cast<acc_t>(xc[i]);
     acc_t ys = acc_t(0);
     if (has_next) {
-      ys = p.gates[((b * n.T + tn) * 2 + k) * HW + i] * static_cast<acc_t>(p.x[p.xs.plane(b, tn, c) + i]);
+      ys = p.gates[((b * n.T + tn) * 2 + k) * HW + i] * static_cast<acc_t>(p.x.plane(b, tn, c)[i]);
     }
     sum += static_cast<acc_t>(dz[i]) * (ys - (xv - g[i] * xv));
   }
@@ -181,7 +179,7 @@ struct FuseBackwardParams {
   int64_t T, P, HW;
   const acc_t* fusion;          // (B, T, 3, P)
   acc_t* ds;                    // (B, T, 1, P): df in, the logits' gradient out
-  acc_t* coef;                  // (B, T, 4, P), see BackwardParams::fuse_coef
+  acc_t* coef;                  // (B, T, 4, P), see GateShiftBackwardKernelParams::fuse_coef
   const scalar_t* fuse_weight;  // (2, 2, 3, 3)
   acc_t* fuse_partials;         // (B, kFuseParams): each clip's share of the convolution's gradients
 };

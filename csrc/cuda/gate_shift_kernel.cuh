@@ -1,8 +1,9 @@
 // CUDA kernels of the fused Gate-Shift op (DESIGN.md section 1).
 //
-// Device code only: it includes nothing but the portability header, the shared
-// launch configuration and c10's scalar types, so that the same source is built
-// by nvcc for GPUs and by the host compiler under the CPU emulator (tests).
+// Device code only: it includes nothing but the shared headers of common/ (the
+// compile-target macros, layouts, accumulation type, channel order), the launch
+// configuration and c10's scalar types, so that the same source is built by nvcc
+// for GPUs and by the host compiler under the CPU emulator (tests).
 //
 // TILING. A block owns one clip b, one 8 x 8 tile of the (H, W) plane and a run
 // of frames [t0, t1) (launch_config.h). It slides over the frames keeping a
@@ -51,23 +52,14 @@
 #include <cmath>
 #include <cstdint>
 
-#include "../gate_shift_indexing.h"
-#include "../portability.h"
+#include "../common/dtypes.h"
+#include "../common/channel_order.h"
+#include "../common/compile_target.h"
+#include "../common/fusion_math.h"
+#include "../common/layout.h"
 #include "launch_config.h"
 
 namespace gateshift::cuda {
-
-// Accumulation type: float for float and the half types, double for double.
-template <typename T>
-struct AccumulateType {
-  using type = float;
-};
-template <>
-struct AccumulateType<double> {
-  using type = double;
-};
-template <typename T>
-using acc_type = typename AccumulateType<T>::type;
 
 GATESHIFT_DEVICE float device_tanh(float v) {
   return tanhf(v);
@@ -101,20 +93,25 @@ GATESHIFT_DEVICE T sum_over_pixel_groups(T v) {
   return v;
 }
 
-// Which clip, frames and tile a block owns (the grid is 1-D: clips x chunks x tiles).
+// Which clips, frames and tile a block owns (the grid is 1-D: groups of clips x
+// chunks x tiles). The forward's groups are single clips; the backward's may hold
+// several (launch_config.h), which the block takes one after the other: b is the
+// clip at hand, from b_first to b_last - 1.
 struct BlockWork {
-  int64_t b, t0, t1, h0, w0, tile;
+  int64_t b, b_first, b_last, t0, t1, h0, w0, tile;
 };
 
 struct GridShape {
-  int64_t tiles, tiles_w, chunks, frames_per_chunk;
+  int64_t tiles, tiles_w, chunks, frames_per_chunk, clips_per_block;
 };
 
-GATESHIFT_DEVICE BlockWork block_work(int64_t block, const GridShape& g, int64_t T) {
+GATESHIFT_DEVICE BlockWork block_work(int64_t block, const GridShape& g, int64_t B, int64_t T) {
   BlockWork w;
   const int64_t tile = block % g.tiles;
   const int64_t rest = block / g.tiles;
-  w.b = rest / g.chunks;
+  w.b_first = rest / g.chunks * g.clips_per_block;
+  w.b_last = min_of(B, w.b_first + g.clips_per_block);
+  w.b = w.b_first;
   w.t0 = (rest % g.chunks) * g.frames_per_chunk;
   w.t1 = min_of(T, w.t0 + g.frames_per_chunk);
   w.h0 = (tile / g.tiles_w) * kTileH;
@@ -123,29 +120,15 @@ GATESHIFT_DEVICE BlockWork block_work(int64_t block, const GridShape& g, int64_t
   return w;
 }
 
-// Sizes and layout of one problem; x, out, grad_out and grad_x are (B, T, C, H, W)
-// with contiguous (H, W) planes and 64-bit strides for B, T and C.
-struct Sizes {
-  int64_t B, T, C, H, W, P;
-  bool interleaved;
-};
-
-struct Strides {
-  int64_t b, t, c;
-  GATESHIFT_DEVICE int64_t plane(int64_t bi, int64_t ti, int64_t ci) const {
-    return bi * b + ti * t + ci * c;
-  }
-};
-
+// x, out, grad_out and grad_x are (B, T, C, H, W) with contiguous (H, W) planes and
+// 64-bit strides for B, T and C (common/layout.h).
 template <typename scalar_t>
-struct ForwardParams {
+struct GateShiftForwardKernelParams {
   using acc_t = acc_type<scalar_t>;
-  Sizes n;
+  GateShiftSizes n;
   GridShape grid;
-  const scalar_t* x;
-  Strides xs;
-  scalar_t* out;
-  Strides os;
+  PlaneTensor<const scalar_t> x;
+  PlaneTensor<scalar_t> out;
   acc_t* gates;  // (B, T, 2, H, W)
   const scalar_t* weight;  // (2, P/2, 3, 3, 3)
   const scalar_t* bias;    // (2) or null
@@ -157,21 +140,18 @@ struct ForwardParams {
 };
 
 template <typename scalar_t>
-struct BackwardParams {
+struct GateShiftBackwardKernelParams {
   using acc_t = acc_type<scalar_t>;
-  Sizes n;
+  GateShiftSizes n;
   GridShape grid;
-  const scalar_t* grad_out;
-  Strides gos;
-  const scalar_t* x;
-  Strides xs;
+  PlaneTensor<const scalar_t> grad_out;
+  PlaneTensor<const scalar_t> x;
   const acc_t* gates;
   const scalar_t* weight;
   const acc_t* scale;  // (P) or null
   const acc_t* shift;
-  scalar_t* grad_x;
-  Strides gxs;
-  acc_t* partials;  // (blocks, partial_stride(P)), see launch_config.h
+  PlaneTensor<scalar_t> grad_x;
+  acc_t* partials;  // (blocks, PartialsLayout{P}.size()): common/layout.h
   // Gate-Shift-Fuse only (null for GSM): (B, T, 4, P) coefficients turning dz of
   // channel c at frame t into the residual's gradient a_r dz + b_r (rows 0, 1) and
   // the shifted part's a_y dz + b_y (rows 2, 3). GSM: a = 1, b = 0.
@@ -182,7 +162,7 @@ struct BackwardParams {
     if (fuse_coef == nullptr) {
       return dz;
     }
-    const acc_t* e = fuse_coef + ((bi * n.T + t) * 4 + row) * n.P + c;
+    const acc_t* e = fuse_coef + table_index(bi, t, row, c, n.T, 4, n.P);
     return e[0] * dz + e[n.P];
   }
 };
@@ -198,22 +178,59 @@ constexpr int kForwardMinBlocks = sizeof(acc_type<scalar_t>) == 4 ? 2 : 1;
 
 template <typename scalar_t, bool fuse_means = false>
 GATESHIFT_GLOBAL void __launch_bounds__(kThreads, kForwardMinBlocks<scalar_t>)
-    gate_shift_forward_kernel(const ForwardParams<scalar_t> p) {
+    gate_shift_forward_kernel(const GateShiftForwardKernelParams<scalar_t> p) {
   using acc_t = acc_type<scalar_t>;
   GATESHIFT_DYNAMIC_SHARED(acc_t, shared);
   acc_t* const u_s = shared;                                    // [kForwardChunk][kHaloPixels]
   acc_t* const w_s = u_s + kForwardChunk * kHaloPixels;         // [kForwardChunk][kWeightStride]
   acc_t* const part_s = w_s + kForwardChunk * kWeightStride;    // [kSlices][2][kTilePixels]
   acc_t* const gate_s = part_s + kSlices * 2 * kTilePixels;     // [3][2][kTilePixels]
+  acc_t* const edge_s = gate_s + 3 * 2 * kTilePixels;           // [2 groups][2 clip ends]
 
-  const Sizes& n = p.n;
+  const GateShiftSizes& n = p.n;
   const int tid = threadIdx.x;
-  const BlockWork bw = block_work(blockIdx.x, p.grid, n.T);
+
+  // What the conv's zero padding in time adds to the gates of the clip's first frame
+  // (tap 0 meets frame -1) and last frame (tap 2 meets frame T): the sum of 0 * w over
+  // that tap, 0 unless a weight there is NaN or infinite, as in the published conv3d.
+  // For each (group, end) in turn, each thread over a stride of the tap's weights, then
+  // the warps' sums in a fixed order. First thing, one accumulator at a time, 32-bit
+  // indices: the kernel is at its register cap, and a few loads per thread cost less
+  // than a spill in the main loop.
+  {
+    const int taps_per_group = static_cast<int>(n.P / 2) * 9;
+#pragma unroll 1
+    for (int m = 0; m < 4; ++m) {  // m = group * 2 + end; end 0 is tap 0, end 1 tap 2
+      const scalar_t* const w = p.weight + (m / 2) * taps_per_group * 3 + (m % 2) * 18;
+      acc_t z = acc_t(0);
+      for (int e = tid; e < taps_per_group; e += kThreads) {
+        z += acc_t(0) * static_cast<acc_t>(w[(e / 9) * 27 + e % 9]);
+      }
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) {
+        z += __shfl_xor_sync(0xffffffffu, z, offset);
+      }
+      if (tid % 32 == 0) {
+        part_s[(tid / 32) * 4 + m] = z;
+      }
+    }
+    __syncthreads();
+    if (tid < 4) {
+      acc_t sum = acc_t(0);
+      for (int warp = 0; warp < kThreads / 32; ++warp) {
+        sum += part_s[warp * 4 + tid];
+      }
+      edge_s[tid] = sum;
+    }
+    __syncthreads();  // part_s is written again by the first finished gate frame
+  }
+  const BlockWork bw = block_work(blockIdx.x, p.grid, n.B, n.T);
   const int64_t half = n.P / 2;
   // Output frames [t0, t1) need gate frames [glo, ghi), which need input frames [slo, shi).
   const int64_t glo = max_of<int64_t>(bw.t0 - 1, 0), ghi = min_of(bw.t1 + 1, n.T);
   const int64_t slo = max_of<int64_t>(glo - 1, 0), shi = min_of(ghi + 1, n.T);
   const bool affine = p.scale != nullptr;
+
 
   // Gate-conv role: a strip of kStrip pixels of one tile row, and a slice of the channels.
   const int lane = tid % kPixelLanes, slice = tid / kPixelLanes;
@@ -240,6 +257,12 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads, kForwardMinBlocks<scalar_t>)
     if (tid < 2 * kTilePixels) {
       const int k = tid / kTilePixels, pix = tid % kTilePixels;
       acc_t a = p.bias != nullptr ? static_cast<acc_t>(p.bias[k]) : acc_t(0);
+      if (tg == 0) {
+        a += edge_s[k * 2 + 0];
+      }
+      if (tg == n.T - 1) {
+        a += edge_s[k * 2 + 1];
+      }
       for (int sl = 0; sl < kSlices; ++sl) {
         a += part_s[(sl * 2 + k) * kTilePixels + pix];
       }
@@ -264,9 +287,9 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads, kForwardMinBlocks<scalar_t>)
         continue;
       }
       const int64_t hw = h * n.W + w;
-      const scalar_t xv_raw = p.x[p.xs.plane(bw.b, t, c) + hw];
+      const scalar_t xv_raw = p.x.plane(bw.b, t, c)[hw];
       if (c >= n.P) {  // pass-through channel
-        p.out[p.os.plane(bw.b, t, c) + hw] = xv_raw;
+        p.out.plane(bw.b, t, c)[hw] = xv_raw;
         continue;
       }
       const int k = c >= half ? 1 : 0;
@@ -276,9 +299,9 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads, kForwardMinBlocks<scalar_t>)
       const int64_t tn = k == 0 ? t + 1 : t - 1;
       if (tn >= 0 && tn < n.T) {
         const acc_t gn = gate_s[((tn % 3) * 2 + k) * kTilePixels + pix];
-        v += gn * static_cast<acc_t>(p.x[p.xs.plane(bw.b, tn, c) + hw]);
+        v += gn * static_cast<acc_t>(p.x.plane(bw.b, tn, c)[hw]);
       }
-      p.out[p.os.plane(bw.b, t, output_channel(c, n.P, n.interleaved)) + hw] = static_cast<scalar_t>(v);
+      p.out.plane(bw.b, t, output_channel(c, n.P, n.interleaved))[hw] = static_cast<scalar_t>(v);
     }
   };
 
@@ -296,11 +319,11 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads, kForwardMinBlocks<scalar_t>)
       if (c < n.P && h < n.H && w < n.W) {
         const int64_t hw = h * n.W + w;
         const int k = c >= half ? 1 : 0;
-        const acc_t xv = static_cast<acc_t>(p.x[p.xs.plane(bw.b, t, c) + hw]);
+        const acc_t xv = static_cast<acc_t>(p.x.plane(bw.b, t, c)[hw]);
         r = xv - gate_s[((t % 3) * 2 + k) * kTilePixels + pix] * xv;
         const int64_t tn = k == 0 ? t + 1 : t - 1;
         if (tn >= 0 && tn < n.T) {
-          ys = gate_s[((tn % 3) * 2 + k) * kTilePixels + pix] * static_cast<acc_t>(p.x[p.xs.plane(bw.b, tn, c) + hw]);
+          ys = gate_s[((tn % 3) * 2 + k) * kTilePixels + pix] * static_cast<acc_t>(p.x.plane(bw.b, tn, c)[hw]);
         }
       }
 #pragma unroll
@@ -343,7 +366,7 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads, kForwardMinBlocks<scalar_t>)
           acc_t v = acc_t(0);
           if (h >= 0 && h < n.H && w >= 0 && w < n.W) {
             const int64_t c = c0 + cc;
-            const acc_t xv = static_cast<acc_t>(p.x[p.xs.plane(bw.b, s, c) + h * n.W + w]);
+            const acc_t xv = static_cast<acc_t>(p.x.plane(bw.b, s, c)[h * n.W + w]);
             v = affine ? relu(p.scale[c] * xv + p.shift[c]) : xv;
           }
           u_s[e] = v;
@@ -413,7 +436,7 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads, kForwardMinBlocks<scalar_t>)
 // ---------------------------------------------------------------------------
 
 template <typename scalar_t>
-GATESHIFT_GLOBAL void __launch_bounds__(kThreads) gate_shift_backward_kernel(const BackwardParams<scalar_t> p) {
+GATESHIFT_GLOBAL void __launch_bounds__(kThreads) gate_shift_backward_kernel(const GateShiftBackwardKernelParams<scalar_t> p) {
   using acc_t = acc_type<scalar_t>;
   GATESHIFT_DYNAMIC_SHARED(acc_t, shared);
   acc_t* const da_s = shared;                                 // [3][2][kHaloPixels]
@@ -423,17 +446,18 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) gate_shift_backward_kernel(con
   acc_t* const dz_s = x_s + kChannelLanes * kStageStride;     // the same for dz
   acc_t* const dzn_s = dz_s + kChannelLanes * kStageStride;   // and dz of the neighbour frame
 
-  const Sizes& n = p.n;
+  const GateShiftSizes& n = p.n;
   const int tid = threadIdx.x;
-  const BlockWork bw = block_work(blockIdx.x, p.grid, n.T);
+  BlockWork bw = block_work(blockIdx.x, p.grid, n.B, n.T);
   const int64_t half = n.P / 2, HW = n.H * n.W;
   const bool affine = p.scale != nullptr;
-  acc_t* const partial = p.partials + static_cast<int64_t>(blockIdx.x) * partial_stride(n.P);
-  acc_t* const dbias = partial + n.P * 27;
-  acc_t* const dscale = dbias + 2;
-  acc_t* const dshift = dscale + n.P;
+  const PartialsLayout layout{n.P};
+  acc_t* const partial = p.partials + static_cast<int64_t>(blockIdx.x) * layout.size();
+  acc_t* const dbias = partial + layout.bias();
+  acc_t* const dscale = partial + layout.bn_scale();
+  acc_t* const dshift = partial + layout.bn_shift();
 
-  for (int64_t e = tid; e < partial_stride(n.P); e += kThreads) {
+  for (int64_t e = tid; e < layout.size(); e += kThreads) {
     partial[e] = acc_t(0);
   }
   __syncthreads();
@@ -448,22 +472,22 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) gate_shift_backward_kernel(con
     if (lane < kHaloPixels && h >= 0 && h < n.H && w >= 0 && w < n.W) {
       const int64_t hw = h * n.W + w;
       // dr = the residual's gradient at f, dys = the shifted part's at the neighbour
-      // (both dz for GSM, see BackwardParams::fused).
+      // (both dz for GSM, see GateShiftBackwardKernelParams::fused).
       for (int64_t c = slice; c < half; c += kDaSlices) {
         const int64_t oc = output_channel(c, n.P, n.interleaved);
-        const acc_t dr = p.fused(0, bw.b, f, c, static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, f, oc) + hw]));
+        const acc_t dr = p.fused(0, bw.b, f, c, static_cast<acc_t>(p.grad_out.plane(bw.b, f, oc)[hw]));
         const acc_t dys =
-            f >= 1 ? p.fused(2, bw.b, f - 1, c, static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, f - 1, oc) + hw]))
+            f >= 1 ? p.fused(2, bw.b, f - 1, c, static_cast<acc_t>(p.grad_out.plane(bw.b, f - 1, oc)[hw]))
                    : acc_t(0);
-        dg0 += static_cast<acc_t>(p.x[p.xs.plane(bw.b, f, c) + hw]) * (dys - dr);
+        dg0 += static_cast<acc_t>(p.x.plane(bw.b, f, c)[hw]) * (dys - dr);
       }
       for (int64_t c = half + slice; c < n.P; c += kDaSlices) {
         const int64_t oc = output_channel(c, n.P, n.interleaved);
-        const acc_t dr = p.fused(0, bw.b, f, c, static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, f, oc) + hw]));
+        const acc_t dr = p.fused(0, bw.b, f, c, static_cast<acc_t>(p.grad_out.plane(bw.b, f, oc)[hw]));
         const acc_t dys = f + 1 < n.T
-            ? p.fused(2, bw.b, f + 1, c, static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, f + 1, oc) + hw]))
+            ? p.fused(2, bw.b, f + 1, c, static_cast<acc_t>(p.grad_out.plane(bw.b, f + 1, oc)[hw]))
             : acc_t(0);
-        dg1 += static_cast<acc_t>(p.x[p.xs.plane(bw.b, f, c) + hw]) * (dys - dr);
+        dg1 += static_cast<acc_t>(p.x.plane(bw.b, f, c)[hw]) * (dys - dr);
       }
     }
     dg_s[(slice * 2 + 0) * kDaLanes + lane] = dg0;
@@ -516,13 +540,13 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) gate_shift_backward_kernel(con
             const int64_t oc = output_channel(c, n.P, n.interleaved);
             const int64_t tn = c < half ? t - 1 : t + 1;
             // Staged as the residual's gradient (dz) and the neighbour's shifted part's (dzn).
-            xv = static_cast<acc_t>(p.x[p.xs.plane(bw.b, t, c) + hw]);
-            dz = p.fused(0, bw.b, t, c, static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, t, oc) + hw]));
+            xv = static_cast<acc_t>(p.x.plane(bw.b, t, c)[hw]);
+            dz = p.fused(0, bw.b, t, c, static_cast<acc_t>(p.grad_out.plane(bw.b, t, oc)[hw]));
             if (tn >= 0 && tn < n.T) {
-              dzn = p.fused(2, bw.b, tn, c, static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, tn, oc) + hw]));
+              dzn = p.fused(2, bw.b, tn, c, static_cast<acc_t>(p.grad_out.plane(bw.b, tn, oc)[hw]));
             }
           } else {
-            dz = static_cast<acc_t>(p.grad_out[p.gos.plane(bw.b, t, c) + hw]);
+            dz = static_cast<acc_t>(p.grad_out.plane(bw.b, t, c)[hw]);
           }
         }
         x_s[cc * kStageStride + pix] = xv;
@@ -616,19 +640,21 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) gate_shift_backward_kernel(con
         const int cc = e / kTilePixels, pix = e % kTilePixels;
         const int64_t cg = c0 + cc, h = bw.h0 + pix / kTileW, w = bw.w0 + pix % kTileW;
         if (cg < n.C && h < n.H && w < n.W) {
-          p.grad_x[p.gxs.plane(bw.b, t, cg) + h * n.W + w] = static_cast<scalar_t>(x_s[cc * kStageStride + pix]);
+          p.grad_x.plane(bw.b, t, cg)[h * n.W + w] = static_cast<scalar_t>(x_s[cc * kStageStride + pix]);
         }
       }
     }
   };
 
-  // dx at frame t needs da at t - 1 .. t + 1: keep da one frame ahead.
-  int64_t next_da = max_of<int64_t>(bw.t0 - 1, 0);
-  for (int64_t t = bw.t0; t < bw.t1; ++t) {
-    for (; next_da <= min_of(t + 1, n.T - 1); ++next_da) {
-      compute_da_frame(next_da);
+  for (; bw.b < bw.b_last; ++bw.b) {
+    // dx at frame t needs da at t - 1 .. t + 1: keep da one frame ahead.
+    int64_t next_da = max_of<int64_t>(bw.t0 - 1, 0);
+    for (int64_t t = bw.t0; t < bw.t1; ++t) {
+      for (; next_da <= min_of(t + 1, n.T - 1); ++next_da) {
+        compute_da_frame(next_da);
+      }
+      backward_frame(t);
     }
-    backward_frame(t);
   }
 }
 
@@ -652,7 +678,8 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) sum_partials_kernel(
     scalar_t* grad_fuse_weight,  // the first kFuse - 2 fusion parameters' gradients
     scalar_t* grad_fuse_bias) {  // the last two
   using acc_t = acc_type<scalar_t>;
-  const int64_t stride = partial_stride(P);
+  const PartialsLayout layout{P};
+  const int64_t stride = layout.size();
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (j >= stride) {
     if (fuse_partials != nullptr && j < stride + kFuse) {
@@ -673,16 +700,16 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) sum_partials_kernel(
   for (int64_t blk = 0; blk < blocks; ++blk) {
     sum += partials[blk * stride + j];
   }
-  if (j < P * 27) {
+  if (j < layout.bias()) {
     grad_weight[j] = static_cast<scalar_t>(sum);
-  } else if (j < P * 27 + 2) {
-    grad_bias[j - P * 27] = static_cast<scalar_t>(sum);
-  } else if (j < P * 27 + 2 + P) {
+  } else if (j < layout.bn_scale()) {
+    grad_bias[j - layout.bias()] = static_cast<scalar_t>(sum);
+  } else if (j < layout.bn_shift()) {
     if (grad_scale != nullptr) {
-      grad_scale[j - P * 27 - 2] = static_cast<affine_t>(sum);
+      grad_scale[j - layout.bn_scale()] = static_cast<affine_t>(sum);
     }
   } else if (grad_shift != nullptr) {
-    grad_shift[j - P * 27 - 2 - P] = static_cast<affine_t>(sum);
+    grad_shift[j - layout.bn_shift()] = static_cast<affine_t>(sum);
   }
 }
 

@@ -1,11 +1,13 @@
 // Launch configuration of the Gate-Shift CUDA kernels, computed in ONE place for
-// the real launcher (gate_shift_cuda.cu) and the CPU emulator, so that the
+// the real launcher (gate_shift.cu, via gate_shift_launch.h) and the CPU emulator, so that the
 // emulated launch cannot drift from the real one. Plain C++: no CUDA headers.
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+
+#include "../common/layout.h"
 
 namespace gateshift::cuda {
 
@@ -40,17 +42,15 @@ constexpr int kChannelLanes = kThreads / kPixelGroups;
 constexpr int kStageStride = 72;
 
 
-// Per-block partial sums of the parameter gradients, in the accumulation dtype:
-// [dweight (P * 27) | dbias (2) | dbn_scale (P) | dbn_shift (P)].
-constexpr int64_t partial_stride(int64_t gated_channels) {  // constexpr: usable in device code
-  return gated_channels * 27 + 2 + 2 * gated_channels;
-}
-
 struct LaunchConfig {
   int64_t tiles_h, tiles_w;    // tiles covering a plane
   int64_t frames_per_chunk;    // frames of a clip one block owns
   int64_t chunks;              // runs of frames per clip
-  int64_t blocks;              // clips x chunks x tiles, a 1-D grid
+  int64_t blocks;              // clips x chunks x tiles, a 1-D grid (forward)
+  // Backward: a block owns clips_per_block clips (the same run of frames and tile of
+  // each), so that its per-block parameter-gradient partials stay within half of x.
+  int64_t clips_per_block;
+  int64_t backward_blocks;     // ceil(B / clips_per_block) x chunks x tiles
   std::size_t forward_shared;  // bytes of dynamic shared memory
   std::size_t backward_shared;
 
@@ -59,28 +59,44 @@ struct LaunchConfig {
   }
 };
 
-// acc_bytes: sizeof the accumulation type (4 for float and half types, 8 for double).
+// The sizes of x (B, T, C, H, W) with P gated channels; acc_bytes: sizeof the
+// accumulation type (4 for float and half types, 8 for double), item_bytes: of x's.
 // num_sms: multiprocessors of the device; the emulator passes its own count.
+// min_partials_bytes: the partials may always take this much (2 MB on a GPU; tests of
+// the emulator lower it to make blocks take several clips on small problems).
 inline LaunchConfig make_launch_config(
-    int64_t B, int64_t T, int64_t H, int64_t W, int64_t num_sms, std::size_t acc_bytes) {
+    int64_t B, int64_t T, int64_t C, int64_t H, int64_t W, int64_t P, int64_t num_sms, std::size_t acc_bytes,
+    std::size_t item_bytes, int64_t min_partials_bytes) {
   LaunchConfig c{};
   c.tiles_h = (H + kTileH - 1) / kTileH;
   c.tiles_w = (W + kTileW - 1) / kTileW;
+  // The backward's partials, one PartialsLayout row per block, may take half of x
+  // (or min_partials_bytes): when clips are many and small (1 x 1 planes, say), a
+  // block takes several, and runs of frames are cut no finer than that allows.
+  const int64_t row_bytes = PartialsLayout{P}.size() * static_cast<int64_t>(acc_bytes);
+  const int64_t x_bytes = B * T * C * H * W * static_cast<int64_t>(item_bytes);
+  const int64_t max_rows = std::max<int64_t>(1, std::max<int64_t>(x_bytes / 2, min_partials_bytes) / row_bytes);
+  const int64_t clip_rows = std::max<int64_t>(1, B) * c.tiles();
+  c.clips_per_block = std::max<int64_t>(1, (clip_rows + max_rows - 1) / max_rows);
+  const int64_t clip_groups = (B + c.clips_per_block - 1) / c.clips_per_block;
   // Late layers (7 x 7 planes: one tile) would leave a grid of B blocks, too few
   // to fill the device: cut clips into runs of frames until there are about two
   // blocks per multiprocessor. A run recomputes the gates of the frames on either
   // side of it, so whole clips are kept whenever the grid is large enough.
-  const int64_t per_chunk = std::max<int64_t>(1, B * c.tiles());
+  const int64_t per_chunk = std::max<int64_t>(1, clip_groups * c.tiles());
   const int64_t wanted = (2 * std::max<int64_t>(num_sms, 1) + per_chunk - 1) / per_chunk;
-  const int64_t chunks = std::clamp<int64_t>(wanted, 1, std::max<int64_t>(T, 1));
+  const int64_t chunks =
+      std::clamp<int64_t>(std::min(wanted, max_rows / per_chunk), 1, std::max<int64_t>(T, 1));
   c.frames_per_chunk = (T + chunks - 1) / chunks;
   c.chunks = (T + c.frames_per_chunk - 1) / std::max<int64_t>(c.frames_per_chunk, 1);
   c.blocks = B * c.chunks * c.tiles();
+  c.backward_blocks = clip_groups * c.chunks * c.tiles();
   c.forward_shared = acc_bytes *
       (kForwardChunk * kHaloPixels          // u of a channel chunk, tile + halo
        + kForwardChunk * kWeightStride      // its gating weights
        + kSlices * 2 * kTilePixels          // per-slice partial gate sums
-       + 3 * 2 * kTilePixels);              // finished gates, a ring of three frames
+       + 3 * 2 * kTilePixels                // finished gates, a ring of three frames
+       + 4);                                // the zero padding's terms at the clip ends
   c.backward_shared = acc_bytes *
       (3 * 2 * kHaloPixels                  // da, a ring of three frames, tile + halo
        + kDaSlices * 2 * kDaLanes           // per-slice partial dg sums

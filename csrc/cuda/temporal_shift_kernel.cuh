@@ -1,4 +1,4 @@
-// CUDA kernel of TSM's temporal shift (schemas.h: temporal_shift). Device code
+// CUDA kernel of TSM's temporal shift (ops/temporal_shift.h). Device code
 // only: built by nvcc and, for the tests, under the CPU emulator.
 //
 // One thread per output element, consecutive threads along W (coalesced): a read
@@ -8,34 +8,34 @@
 
 #include <cstdint>
 
-#include "../portability.h"
-#include "gate_shift_kernel.cuh"
+#include "../common/dtypes.h"
+#include "../common/compile_target.h"
+#include "../common/layout.h"
 
 namespace gateshift::cuda {
 
 constexpr int kShiftThreads = 256;
 
 template <typename scalar_t>
-struct TemporalShiftParams {
-  const scalar_t* x;
-  Strides xs;
-  scalar_t* out;
-  Strides os;
-  int64_t B, T, C, HW, fold;
+struct TemporalShiftKernelParams {
+  PlaneTensor<const scalar_t> x;
+  PlaneTensor<scalar_t> out;
+  PlaneGrid n;
+  int64_t fold;
   int64_t first;  // frame step of the first fold: +1 (forward) or -1 (reverse, the adjoint)
 };
 
 template <typename scalar_t>
-GATESHIFT_GLOBAL void __launch_bounds__(kShiftThreads) temporal_shift_kernel(const TemporalShiftParams<scalar_t> p) {
+GATESHIFT_GLOBAL void __launch_bounds__(kShiftThreads) temporal_shift_kernel(const TemporalShiftKernelParams<scalar_t> p) {
   const int64_t e = static_cast<int64_t>(blockIdx.x) * kShiftThreads + threadIdx.x;
-  if (e >= p.B * p.T * p.C * p.HW) {
+  if (e >= p.n.B * p.n.T * p.n.C * p.n.HW) {
     return;
   }
-  const int64_t i = e % p.HW, plane = e / p.HW;
-  const int64_t c = plane % p.C, t = (plane / p.C) % p.T, b = plane / (p.C * p.T);
+  const int64_t i = e % p.n.HW, plane = e / p.n.HW;
+  const int64_t c = plane % p.n.C, t = (plane / p.n.C) % p.n.T, b = plane / (p.n.C * p.n.T);
   const int64_t step = c < p.fold ? p.first : (c < 2 * p.fold ? -p.first : 0);
   const int64_t ts = t + step;
-  p.out[p.os.plane(b, t, c) + i] = ts >= 0 && ts < p.T ? p.x[p.xs.plane(b, ts, c) + i] : scalar_t(0);
+  p.out.plane(b, t, c)[i] = ts >= 0 && ts < p.n.T ? p.x.plane(b, ts, c)[i] : scalar_t(0);
 }
 
 }  // namespace gateshift::cuda

@@ -7,22 +7,31 @@ and warp shuffles, launched with the configuration the real launcher computes.
 Inputs are copied into NaN-guarded buffers, outputs are NaN-poisoned inside
 guard margins that are checked after every launch.
 
-:func:`gate_shift` has the signature of :func:`gateshift.gate_shift` and its
-autograd runs the emulated backward kernels: it is how the CUDA kernels are
-tested on machines without a GPU. It takes CPU tensors.
+:func:`gate_shift`, :func:`gate_shift_fuse` and :func:`temporal_shift` have the
+signatures of the public functions, and their autograd runs the emulated backward
+kernels: it is how the CUDA kernels are tested on machines without a GPU. They
+take CPU tensors. (``gateshift.testing.implementations`` has the same as its
+``"cuda_emulator"`` implementation.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
-from .. import _cuda_emulator  # noqa: F401  (registers torch.ops.gateshift_emulated)
+from .. import functional
 from .._ops import register_fake_and_autograd
-from ..functional import gate_shift_fuse_with, gate_shift_with, temporal_shift_with
 
-__all__ = ["gate_shift", "gate_shift_fuse", "temporal_shift", "ops", "set_num_sms", "num_sms"]
+__all__ = ["gate_shift", "gate_shift_fuse", "temporal_shift", "ops", "set_num_sms", "num_sms", "min_partials_bytes"]
+
+# GATESHIFT_EMULATOR_LIBRARY: a rebuilt emulator library to load instead of the
+# installed one (tools/emulator_mutants.py runs the tests on deliberately broken kernels).
+if os.environ.get("GATESHIFT_EMULATOR_LIBRARY"):
+    torch.ops.load_library(os.environ["GATESHIFT_EMULATOR_LIBRARY"])
+else:
+    from .. import _cuda_emulator  # noqa: F401  (registers torch.ops.gateshift_emulated)
 
 register_fake_and_autograd("gateshift_emulated")
 ops = torch.ops.gateshift_emulated
@@ -30,17 +39,17 @@ ops = torch.ops.gateshift_emulated
 
 def gate_shift(x, weight, bias=None, **kwargs):
     """:func:`gateshift.gate_shift`, computed by the emulated CUDA kernels (CPU tensors)."""
-    return gate_shift_with(ops.gate_shift_forward, x, weight, bias, **kwargs)
+    return functional._gate_shift(ops, x, weight, bias, **kwargs)
 
 
 def gate_shift_fuse(x, weight, bias, fuse_weight, fuse_bias, **kwargs):
     """:func:`gateshift.gate_shift_fuse`, computed by the emulated CUDA kernels (CPU tensors)."""
-    return gate_shift_fuse_with(ops.gate_shift_fuse_forward, x, weight, bias, fuse_weight, fuse_bias, **kwargs)
+    return functional._gate_shift_fuse(ops, x, weight, bias, fuse_weight, fuse_bias, **kwargs)
 
 
 def temporal_shift(x, num_segments=None, fold_div=8, **kwargs):
     """:func:`gateshift.temporal_shift`, computed by the emulated CUDA kernel (CPU tensors)."""
-    return temporal_shift_with(ops.temporal_shift, x, num_segments, fold_div, **kwargs)
+    return functional._temporal_shift(ops, x, num_segments, fold_div, **kwargs)
 
 
 def set_num_sms(count: int) -> int:
@@ -61,3 +70,15 @@ def num_sms(count: int):
         yield
     finally:
         set_num_sms(previous)
+
+
+@contextlib.contextmanager
+def min_partials_bytes(count: int):
+    """``with min_partials_bytes(n):`` lets the backward's parameter-gradient partials
+    always take only ``n`` bytes (2 MB on a GPU) beyond half of x, so that backward
+    blocks take several clips even on a small problem (csrc/cuda/launch_config.h)."""
+    previous = int(ops.set_min_partials_bytes(count))
+    try:
+        yield
+    finally:
+        ops.set_min_partials_bytes(previous)

@@ -13,7 +13,7 @@
 
 #include <cstdint>
 
-#include "portability.h"
+#include "compile_target.h"
 
 namespace gateshift {
 

@@ -1,6 +1,6 @@
 // A CPU execution emulator for gateshift's CUDA kernels (tests only).
 //
-// Included through portability.h when GATESHIFT_CUDA_EMULATION is defined, it
+// Included through common/compile_target.h when GATESHIFT_CUDA_EMULATION is defined, it
 // gives the device code of csrc/cuda/*.cuh the CUDA execution model on the host:
 //
 //  * a launch runs a 1-D grid of blocks, one block at a time;

@@ -1,10 +1,10 @@
-// Index helpers of the Gate-Shift layout, shared by the CPU kernels, the CUDA
-// kernels and their emulation so that all of them agree on the channel order.
+// The published GSM channel order, shared by the CPU kernels, the CUDA kernels
+// and their emulation so that all of them agree on it.
 #pragma once
 
 #include <cstdint>
 
-#include "portability.h"
+#include "compile_target.h"
 
 namespace gateshift {
 

@@ -1,6 +1,6 @@
-// Runtime of the CPU execution emulator (see cuda_emulation.h).
+// Runtime of the CPU execution emulator (see runtime.h).
 
-#include "cuda_emulation.h"
+#include "runtime.h"
 
 #include <algorithm>
 #include <chrono>

@@ -1,0 +1,39 @@
+// GSM on the CPU: the registered entries (ops/gate_shift.h), launched by
+// gate_shift_launch.h (which explains the work split; the kernels and their
+// layouts are in gate_shift_kernel.h).
+
+#include <torch/library.h>
+
+#include "../ops/gate_shift.h"
+#include "backend.h"
+#include "gate_shift_launch.h"
+
+namespace gateshift::cpu {
+
+// The backward's one instantiation per dtype (gate_shift_launch.h declares them).
+template void launch<float>(Backend&, const GateShiftBackwardParams&);
+template void launch<double>(Backend&, const GateShiftBackwardParams&);
+template void launch<c10::Half>(Backend&, const GateShiftBackwardParams&);
+template void launch<c10::BFloat16>(Backend&, const GateShiftBackwardParams&);
+
+TORCH_LIBRARY_IMPL(gateshift, CPU, m) {
+  m.impl("gate_shift_forward", &ops::gate_shift_forward<Backend>);
+  m.impl("gate_shift_backward", &ops::gate_shift_backward<Backend>);
+}
+
+namespace {
+
+// Test-only: caps each thread's CPU scratch at `bytes`, so that tests can make the
+// kernels tile small planes; 0 restores the default. Returns the old cap.
+int64_t set_cpu_scratch_limit(int64_t bytes) {
+  TORCH_CHECK_VALUE(bytes >= 0, "_set_cpu_scratch_limit: bytes must be >= 0, got ", bytes);
+  return scratch_limit_override.exchange(bytes);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(gateshift, m) {
+  m.def("_set_cpu_scratch_limit(int bytes) -> int", &set_cpu_scratch_limit);
+}
+
+}  // namespace gateshift::cpu

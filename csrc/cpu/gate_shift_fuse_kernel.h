@@ -1,0 +1,181 @@
+// CPU kernels of Gate-Shift-Fuse (DESIGN.md section 2) besides the gate-shift
+// tasks it shares with GSM (gate_shift_kernel.h). gate_shift_fuse_launch.h runs
+// them over the CPU threads, in three passes each way:
+//
+// forward  (1) gates, and the means ym, rm per (clip, frame, channel): the GSM
+//              tasks in their kFuseMeans mode, reading x once;
+//          (2) fusion_weight_rows: the fusion convolution and sigmoid over
+//              (channel, frame), tiny;
+//          (3) combine_planes: f ys + (1 - f) r from the stored gates, reading x
+//              (the frame and its neighbour, from cache) and writing the output once.
+// backward (1) fusion_gradient_planes: df = sum_hw dz (ys - r) per (clip, frame,
+//              channel);
+//          (2) through the sigmoid and the fusion convolution: its parameters'
+//              gradients and, per element, the coefficients that turn dz into the
+//              gradients of the residual and of the shifted part;
+//          (3) the GSM backward tasks with those coefficients.
+// Nothing of x's size is allocated besides the output and dx.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "../common/dtypes.h"
+#include "../common/channel_order.h"
+#include "../common/compile_target.h"
+#include "../common/fusion_math.h"
+#include "../common/layout.h"
+#include "gate_shift_kernel.h"
+
+namespace gateshift::cpu {
+
+// Forward pass (3): out[t] = f ys + (1 - f) r, with ys = g[tn] x[tn] (tn = t + 1 for
+// group 0, t - 1 for group 1, zero past the clip) and r = (1 - g[t]) x[t].
+template <typename scalar_t>
+GATESHIFT_CPU_MULTIVERSION void combine_planes(
+    const Problem<scalar_t>& p,
+    const acc_type<scalar_t>* gates,
+    const acc_type<scalar_t>* fusion,
+    PlaneTensor<scalar_t> out,
+    int64_t plane_begin,
+    int64_t plane_end) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t T = p.T, C = p.C, P = p.P, half = P / 2, HW = p.H * p.W;
+  for (int64_t plane = plane_begin; plane < plane_end; ++plane) {
+    const int64_t c = plane % C, t = (plane / C) % T, b = plane / (C * T);
+    const scalar_t* xc = p.x_plane(b, t, c);
+    if (c >= P) {  // pass-through channel
+      std::copy(xc, xc + HW, out.plane(b, t, c));
+      continue;
+    }
+    const int64_t k = c / half, tn = k == 0 ? t + 1 : t - 1;
+    const acc_t* g = gates + ((b * T + t) * 2 + k) * HW;
+    const acc_t f = fusion[table_index(b, t, 2, c, T, 3, P)];
+    scalar_t* o = out.plane(b, t, output_channel(c, P, p.interleaved));
+    if (tn >= 0 && tn < T) {
+      const acc_t* gn = gates + ((b * T + tn) * 2 + k) * HW;
+      const scalar_t* xn = p.x_plane(b, tn, c);
+#pragma omp simd
+      for (int64_t i = 0; i < HW; ++i) {
+        const acc_t xv = static_cast<acc_t>(xc[i]);
+        o[i] = static_cast<scalar_t>(f * gn[i] * static_cast<acc_t>(xn[i]) + (acc_t(1) - f) * (xv - g[i] * xv));
+      }
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < HW; ++i) {
+        const acc_t xv = static_cast<acc_t>(xc[i]);
+        o[i] = static_cast<scalar_t>((acc_t(1) - f) * (xv - g[i] * xv));
+      }
+    }
+  }
+}
+
+// Backward pass (1): df = sum_hw dz (ys - r) for the gated channels' planes.
+template <typename scalar_t>
+GATESHIFT_CPU_MULTIVERSION void fusion_gradient_planes(
+    const Problem<scalar_t>& p,
+    PlaneTensor<const scalar_t> grad_out,
+    const acc_type<scalar_t>* gates,
+    acc_type<scalar_t>* df,
+    int64_t plane_begin,
+    int64_t plane_end) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t T = p.T, P = p.P, half = P / 2, HW = p.H * p.W;
+  for (int64_t plane = plane_begin; plane < plane_end; ++plane) {
+    const int64_t c = plane % P, t = (plane / P) % T, b = plane / (P * T);
+    const int64_t k = c / half, tn = k == 0 ? t + 1 : t - 1;
+    const scalar_t* xc = p.x_plane(b, t, c);
+    const scalar_t* dz = grad_out.plane(b, t, output_channel(c, P, p.interleaved));
+    const acc_t* g = gates + ((b * T + t) * 2 + k) * HW;
+    acc_t sum = 0;
+    if (tn >= 0 && tn < T) {
+      const acc_t* gn = gates + ((b * T + tn) * 2 + k) * HW;
+      const scalar_t* xn = p.x_plane(b, tn, c);
+#pragma omp simd reduction(+ : sum)
+      for (int64_t i = 0; i < HW; ++i) {
+        const acc_t xv = static_cast<acc_t>(xc[i]);
+        sum += static_cast<acc_t>(dz[i]) * (gn[i] * static_cast<acc_t>(xn[i]) - (xv - g[i] * xv));
+      }
+    } else {
+#pragma omp simd reduction(+ : sum)
+      for (int64_t i = 0; i < HW; ++i) {
+        const acc_t xv = static_cast<acc_t>(xc[i]);
+        sum -= static_cast<acc_t>(dz[i]) * (xv - g[i] * xv);
+      }
+    }
+    df[table_index(b, t, 0, c, T, 1, P)] = sum;
+  }
+}
+
+// Forward pass (2): f = sigmoid(fusion logit) into row 2 of the (B, T, 3, P) table
+// `fz`, whose rows 0 and 1 hold the means, for (clip, gated channel) pairs
+// [bc_begin, bc_end). V (2, 2, 3, 3) and e (2) are the fusion convolutions.
+template <typename acc_t>
+void fusion_weight_rows(acc_t* fz, const acc_t* V, const acc_t* e, int64_t T, int64_t P, int64_t bc_begin,
+                        int64_t bc_end) {
+  const int64_t half = P / 2;
+  for (int64_t bc = bc_begin; bc < bc_end; ++bc) {
+    const int64_t b = bc / P, c = bc % P;
+    const int k = c < half ? 0 : 1;
+    for (int64_t t = 0; t < T; ++t) {
+      const acc_t logit = fuse_logit(fz, T, P, b, k, c - k * half, t, V, e[k]);
+      fz[table_index(b, t, 2, c, T, 3, P)] = acc_t(1) / (acc_t(1) + std::exp(-logit));
+    }
+  }
+}
+
+// Backward pass (2), serial and tiny: df -> ds = df f (1 - f) in place, then the
+// fusion convolution's parameter gradients dV (36) and de (2), summed in a fixed order.
+template <typename acc_t>
+void fusion_parameter_gradients(acc_t* ds, const acc_t* fz, int64_t B, int64_t T, int64_t P, acc_t* dV, acc_t* de) {
+  const int64_t half = P / 2;
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t c = 0; c < P; ++c) {
+        const acc_t f = fz[table_index(b, t, 2, c, T, 3, P)];
+        ds[table_index(b, t, 0, c, T, 1, P)] *= f * (acc_t(1) - f);
+      }
+    }
+  }
+  for (int k = 0; k < 2; ++k) {
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t t = 0; t < T; ++t) {
+        for (int64_t cq = 0; cq < half; ++cq) {
+          de[k] += ds[table_index(b, t, 0, k * half + cq, T, 1, P)];
+        }
+      }
+      for (int ch = 0; ch < 2; ++ch) {
+        for (int i = 0; i < 3; ++i) {
+          for (int j = 0; j < 3; ++j) {
+            dV[((k * 2 + ch) * 3 + i) * 3 + j] += fuse_weight_grad(ds, fz, T, P, b, k, ch, i, j);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Backward pass (2), per (clip, gated channel) in [bc_begin, bc_end): the means'
+// gradients, through the transposed convolution, become per-element offsets,
+// dr = (1 - f) dz + drm / HW and dys = f dz + dym / HW, written as the (B, T, 4, P)
+// coefficient table cf of the gate-shift backward (BackwardBuffers).
+template <typename acc_t>
+void fusion_coefficient_rows(const acc_t* ds, const acc_t* fz, const acc_t* V, int64_t T, int64_t P, int64_t HW,
+                             acc_t* cf, int64_t bc_begin, int64_t bc_end) {
+  const int64_t half = P / 2;
+  for (int64_t bc = bc_begin; bc < bc_end; ++bc) {
+    const int64_t b = bc / P, c = bc % P;
+    const int k = c < half ? 0 : 1;
+    for (int64_t t = 0; t < T; ++t) {
+      const acc_t f = fz[table_index(b, t, 2, c, T, 3, P)];
+      const acc_t dym = fuse_image_grad(ds, T, P, b, k, 0, c - k * half, t, V);
+      const acc_t drm = fuse_image_grad(ds, T, P, b, k, 1, c - k * half, t, V);
+      cf[table_index(b, t, 0, c, T, 4, P)] = acc_t(1) - f;
+      cf[table_index(b, t, 1, c, T, 4, P)] = drm / static_cast<acc_t>(HW);
+      cf[table_index(b, t, 2, c, T, 4, P)] = f;
+      cf[table_index(b, t, 3, c, T, 4, P)] = dym / static_cast<acc_t>(HW);
+    }
+  }
+}
+
+}  // namespace gateshift::cpu

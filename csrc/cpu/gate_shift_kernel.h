@@ -1,0 +1,739 @@
+// CPU kernels of the fused Gate-Shift ops, shared by GSM (gate_shift.cpp) and
+// Gate-Shift-Fuse (gate_shift_fuse.cpp). gate_shift_launch.h runs them over the
+// CPU threads.
+//
+// Work split. A task is a run of the frames of all clips taken in order (whole
+// clips when there are enough of them); at::parallel_for runs the tasks. A task
+// slides over each clip's frames of its run with a three-frame window, so every
+// plane of x (and of grad_out) comes from memory once and its re-reads for
+// neighbouring frames hit the cache. Gate frames on either side of a run that
+// cuts a clip are recomputed by both tasks that need them; the run length gives
+// about as many tasks as threads, which keeps that overlap to the clips that must
+// be split for parallelism.
+//
+// Plane layout in scratch. Gate accumulators, the gate input u and da live in
+// float scratch planes whose rows are Wp = W + 2 apart. A zero-padded plane holds
+// (H + 2) rows of Wp; a "strided" plane holds the H x W interior at row stride Wp,
+// two junk columns per row. Then a 3x3 correlation of a padded plane, evaluated
+// for a whole strided plane, is ONE flat loop over o in [0, H*Wp - 2):
+//     out[o] += sum_{jj, ll} k[3*jj + ll] * padded[o + jj*Wp + ll]
+// which vectorises for any W, including the 7x7 planes of late layers.
+//
+// Accumulation is in acc_type (float for half types), and every sum runs
+// in an order fixed by the shape alone: results do not depend on the thread count.
+// The parameter gradients are summed per group of frames into a workspace and
+// then over groups in order, so they are bitwise reproducible. A group's length
+// depends only on the shape: as few frames (of any clips) as keep the workspace
+// within a tenth of x, or one group's 29 P + 2 floats when x is smaller than ten
+// of them. Runs of frames are whole groups, so each group has one owner task
+// whatever the thread count.
+
+#pragma once
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <new>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "../common/dtypes.h"
+#include "../common/channel_order.h"
+#include "../common/compile_target.h"
+#include "../common/fusion_math.h"
+#include "../common/layout.h"
+#include "vectorizable_tanh.h"
+
+namespace gateshift::cpu {
+
+// --------------------------------------------------------------------------
+// Inner loops over strided planes (see the layout note at the top).
+// --------------------------------------------------------------------------
+
+// Nine values of a 3x3 stencil: a kernel, or the neighbourhood of one position.
+// Plain members rather than an array keep the loops below vectorisable by GCC.
+template <typename T>
+struct Taps9 {
+  T v0, v1, v2, v3, v4, v5, v6, v7, v8;
+  GATESHIFT_ALWAYS_INLINE explicit Taps9(const T* k)
+      : v0(k[0]), v1(k[1]), v2(k[2]), v3(k[3]), v4(k[4]), v5(k[5]), v6(k[6]), v7(k[7]), v8(k[8]) {}
+  // The 3x3 neighbourhood whose top-left corner is o, in rows r0, r1, r2.
+  GATESHIFT_ALWAYS_INLINE Taps9(const T* r0, const T* r1, const T* r2, int64_t o)
+      : v0(r0[o]), v1(r0[o + 1]), v2(r0[o + 2]), v3(r1[o]), v4(r1[o + 1]), v5(r1[o + 2]),
+        v6(r2[o]), v7(r2[o + 1]), v8(r2[o + 2]) {}
+  GATESHIFT_ALWAYS_INLINE T dot(const Taps9& b) const {
+    return v0 * b.v0 + v1 * b.v1 + v2 * b.v2 + v3 * b.v3 + v4 * b.v4 + v5 * b.v5 + v6 * b.v6 +
+        v7 * b.v7 + v8 * b.v8;
+  }
+};
+
+// acc_m[o] += sum_{jj,ll} k_m[3*jj + ll] * in[o + jj*Wp + ll] for the NT targets m
+// (the forward gate conv: one input plane feeds up to three gate frames).
+template <int NT, typename acc_t>
+GATESHIFT_ALWAYS_INLINE void correlate_into(
+    const acc_t* __restrict in,
+    int64_t Wp,
+    int64_t n,
+    const acc_t* const* kernels,
+    acc_t* __restrict a0,
+    acc_t* __restrict a1,
+    acc_t* __restrict a2) {
+  const Taps9<acc_t> k0(kernels[0]);
+  const Taps9<acc_t> k1(kernels[NT > 1 ? 1 : 0]);
+  const Taps9<acc_t> k2(kernels[NT > 2 ? 2 : 0]);
+  const acc_t* __restrict r0 = in;
+  const acc_t* __restrict r1 = in + Wp;
+  const acc_t* __restrict r2 = in + 2 * Wp;
+#pragma omp simd
+  for (int64_t o = 0; o < n; ++o) {
+    const Taps9<acc_t> v(r0, r1, r2, o);
+    a0[o] += k0.dot(v);
+    if constexpr (NT > 1) {
+      a1[o] += k1.dot(v);
+    }
+    if constexpr (NT > 2) {
+      a2[o] += k2.dot(v);
+    }
+  }
+}
+
+// The backward pair for one da frame and one channel, in one pass:
+//   du[o]  += sum_m kf[m] * da[o + off(m)]     (transposed conv: kf is the flipped kernel)
+//   dkf[m] += sum_o u[o]  * da[o + off(m)]     (weight gradient, in flipped order)
+// with off(m) = (m / 3) * Wp + m % 3. u must be zero on the junk columns.
+template <typename acc_t>
+GATESHIFT_ALWAYS_INLINE void correlate_backward(
+    const acc_t* __restrict da,
+    int64_t Wp,
+    int64_t n,
+    const acc_t* kernel_flipped,
+    const acc_t* __restrict u,
+    acc_t* __restrict du,
+    acc_t* dkf) {
+  const Taps9<acc_t> kf(kernel_flipped);
+  const acc_t* __restrict r0 = da;
+  const acc_t* __restrict r1 = da + Wp;
+  const acc_t* __restrict r2 = da + 2 * Wp;
+  acc_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8)
+  for (int64_t o = 0; o < n; ++o) {
+    const Taps9<acc_t> v(r0, r1, r2, o);
+    du[o] += kf.dot(v);
+    const acc_t uo = u[o];
+    s0 += uo * v.v0;
+    s1 += uo * v.v1;
+    s2 += uo * v.v2;
+    s3 += uo * v.v3;
+    s4 += uo * v.v4;
+    s5 += uo * v.v5;
+    s6 += uo * v.v6;
+    s7 += uo * v.v7;
+    s8 += uo * v.v8;
+  }
+  dkf[0] += s0;
+  dkf[1] += s1;
+  dkf[2] += s2;
+  dkf[3] += s3;
+  dkf[4] += s4;
+  dkf[5] += s5;
+  dkf[6] += s6;
+  dkf[7] += s7;
+  dkf[8] += s8;
+}
+
+template <typename acc_t>
+GATESHIFT_ALWAYS_INLINE acc_t relu(acc_t v) {
+  return v < acc_t(0) ? acc_t(0) : v;  // keeps NaN, as torch.relu does
+}
+
+// Row copies between a dense H x W plane and rows `stride` apart. Elementwise
+// work runs in flat loops over dense planes (row loops of a few elements would
+// spend their time in scalar remainders); only these copies see the row stride.
+// (Plain loops: late layers' rows are 7 elements, too short for memmove calls.)
+template <typename T>
+GATESHIFT_ALWAYS_INLINE void scatter_rows(const T* __restrict dense, int64_t H, int64_t W, T* __restrict rows, int64_t stride) {
+  for (int64_t h = 0; h < H; ++h) {
+    for (int64_t w = 0; w < W; ++w) {
+      rows[h * stride + w] = dense[h * W + w];
+    }
+  }
+}
+
+template <typename T>
+GATESHIFT_ALWAYS_INLINE void gather_rows(const T* __restrict rows, int64_t stride, int64_t H, int64_t W, T* __restrict dense) {
+  for (int64_t h = 0; h < H; ++h) {
+    for (int64_t w = 0; w < W; ++w) {
+      dense[h * W + w] = rows[h * stride + w];
+    }
+  }
+}
+
+// --------------------------------------------------------------------------
+// Tiles: what of a plane a task processes at a time.
+// --------------------------------------------------------------------------
+
+// A rectangle of an (H, W) plane: rows [r0, r0 + rows), columns [c0, c0 + cols).
+struct Rect {
+  int64_t r0, c0, rows, cols;
+  int64_t size() const {
+    return rows * cols;
+  }
+};
+
+// A tile's own pixels and, for the 3x3 convolutions, its halo: the tile grown by one
+// pixel on each side, within the plane. A whole-plane tile is its own halo.
+struct TileGeometry {
+  Rect own, halo;
+  bool whole;
+};
+
+// f(plane_offset, dense_offset, length) over the runs of r's pixels that are
+// contiguous both in a plane of width W and in r's dense (rows x cols) copy: one run
+// when r spans whole rows, so whole planes keep flat loops (rows of a few pixels
+// would spend their time in scalar remainders).
+template <typename F>
+GATESHIFT_ALWAYS_INLINE void for_each_run(const Rect& r, int64_t W, F&& f) {
+  if (r.cols == W) {
+    f(r.r0 * W, int64_t(0), r.rows * W);
+    return;
+  }
+  for (int64_t i = 0; i < r.rows; ++i) {
+    f((r.r0 + i) * W + r.c0, i * r.cols, r.cols);
+  }
+}
+
+// --------------------------------------------------------------------------
+// Problem descriptions shared by the tasks of one call.
+// --------------------------------------------------------------------------
+
+template <typename scalar_t>
+struct Problem {
+  using acc_t = acc_type<scalar_t>;
+  int64_t B, T, C, H, W, P;
+  bool interleaved;
+  PlaneTensor<const scalar_t> x;
+  // Parameters in acc_t. weight is (2, P/2, 27); backward also keeps each 3x3
+  // slice flipped, the kernel of the transposed conv.
+  std::vector<acc_t> weight, weight_flipped;
+  acc_t bias[2] = {0, 0};
+  // What the gating conv's zero padding in time adds to a gate at the clip's first
+  // (edge[k][0]: tap 0, frame -1) and last (edge[k][1]: tap 2, frame T) frame: the sum
+  // of 0 * w over that tap, 0 unless a weight there is NaN or infinite. The published
+  // conv3d multiplies the padding, so a non-finite weight makes those gates NaN.
+  acc_t edge[2][2] = {{0, 0}, {0, 0}};
+  std::vector<acc_t> scale, shift;  // empty without the BN affine
+  const acc_t* gates = nullptr;     // (B, T, 2, H, W): read by backward
+  // Frames counted over all clips in order (clip b's frame t is frame b * T + t):
+  int64_t frames_per_task;   // a task's run of frames, a multiple of frames_per_group
+  int64_t frames_per_group;  // frames whose parameter-gradient partials are summed together
+
+  // The plane is processed in tile_h x tile_w tiles, tiles_h x tiles_w of them: one
+  // whole-plane tile unless a plane's scratch would be large next to x (make_problem).
+  int64_t tile_h, tile_w, tiles_h, tiles_w;
+
+  const scalar_t* x_plane(int64_t b, int64_t t, int64_t c) const {
+    return x.plane(b, t, c);
+  }
+  int64_t tiles() const {
+    return tiles_h * tiles_w;
+  }
+  TileGeometry tile_geometry(int64_t tile) const {
+    const int64_t h0 = tile / tiles_w * tile_h, w0 = tile % tiles_w * tile_w;
+    const Rect own{h0, w0, std::min(tile_h, H - h0), std::min(tile_w, W - w0)};
+    const int64_t r0 = std::max<int64_t>(h0 - 1, 0), c0 = std::max<int64_t>(w0 - 1, 0);
+    const Rect halo{r0, c0, std::min(h0 + own.rows + 1, H) - r0, std::min(w0 + own.cols + 1, W) - c0};
+    return TileGeometry{own, halo, tiles() == 1};
+  }
+  int64_t tasks() const {
+    return (B * T + frames_per_task - 1) / frames_per_task;
+  }
+  int64_t groups() const {
+    return (B * T + frames_per_group - 1) / frames_per_group;
+  }
+};
+
+// Scratch planes of one worker thread, reused across its tasks.
+//
+// The flat loops run over `strided` elements, H * Wp - 2 rounded up to a multiple
+// of kLoopMultiple: a 7 x 7 plane is a 61-element loop, and its 13-element scalar
+// remainder used to cost more than its vector iterations. The extra elements are
+// junk like the junk columns (u is zero there), and every plane is long enough
+// for a correlation's reads past them.
+constexpr int64_t kLoopMultiple = 16;
+
+template <typename acc_t>
+struct Scratch {
+  int64_t Wp, strided, plane_size;  // row stride, length of the flat loops, floats per plane
+  std::vector<acc_t> storage;
+  acc_t* next;
+
+  static int64_t round_up(int64_t v, int64_t m) {
+    return (v + m - 1) / m * m;
+  }
+  // For tiles of at most H x W pixels.
+  Scratch(int64_t H, int64_t W, int64_t planes)
+      : Wp(W + 2),
+        strided(round_up(H * (W + 2) - 2, kLoopMultiple)),
+        plane_size(floats_per_plane(H, W)),
+        storage(allocate(planes * plane_size)),
+        next(storage.data()) {}
+  static int64_t floats_per_plane(int64_t H, int64_t W) {
+    const int64_t strided = round_up(H * (W + 2) - 2, kLoopMultiple);
+    return round_up(std::max((H + 2) * (W + 2), strided + 2 * (W + 2) + 2), kLoopMultiple);
+  }
+  static std::vector<acc_t> allocate(int64_t floats) {
+    try {
+      return std::vector<acc_t>(static_cast<size_t>(floats), acc_t(0));
+    } catch (const std::bad_alloc&) {
+      TORCH_CHECK(false, "gateshift: could not allocate ", floats * int64_t(sizeof(acc_t)), " bytes of CPU scratch");
+    }
+  }
+  // The flat loops' length for a tile of `rows` rows.
+  int64_t strided_for(int64_t rows) const {
+    return round_up(rows * Wp - 2, kLoopMultiple);
+  }
+  // Zero-filled when handed out; the border of a whole padded plane is never written.
+  acc_t* plane() {
+    acc_t* p = next;
+    next += plane_size;
+    return p;
+  }
+};
+
+// The dense values over a tile's halo, into the zero-padded plane `padded` of the
+// tile (rows Wp apart): the positions outside the (H, W) plane stay zero. A whole
+// plane's border is never written; a tile's is cleared, as the last tile's halo may
+// have been there.
+template <typename acc_t>
+GATESHIFT_ALWAYS_INLINE void place_padded(
+    const acc_t* dense, const TileGeometry& box, int64_t Wp, acc_t* padded, const Scratch<acc_t>& scratch) {
+  if (!box.whole) {
+    std::fill(padded, padded + scratch.plane_size, acc_t(0));
+  }
+  acc_t* at = padded + (box.halo.r0 - box.own.r0 + 1) * Wp + (box.halo.c0 - box.own.c0 + 1);
+  scatter_rows(dense, box.halo.rows, box.halo.cols, at, Wp);
+}
+
+// --------------------------------------------------------------------------
+// Forward
+// --------------------------------------------------------------------------
+
+// What a forward pass writes for each finished frame: GSM's output, or (the
+// first pass of Gate-Shift-Fuse) the spatial means of the shifted part
+// ys = g[t +- 1] x[t +- 1] and of the residual r = (1 - g[t]) x[t] per channel.
+enum class ForwardMode { kGateShift, kFuseMeans };
+
+template <typename scalar_t>
+struct ForwardOutputs {
+  PlaneTensor<scalar_t> out;  // kGateShift
+  acc_type<scalar_t>* gates;
+  acc_type<scalar_t>* fusion;  // kFuseMeans: the (B, T, 3, P) table, rows 0 (ym) and 1 (rm)
+};
+
+template <typename scalar_t, ForwardMode mode = ForwardMode::kGateShift>
+GATESHIFT_CPU_MULTIVERSION void forward_tasks(
+    const Problem<scalar_t>& p, const ForwardOutputs<scalar_t>& y, int64_t task_begin, int64_t task_end) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t H = p.H, W = p.W, HW = H * W, T = p.T, P = p.P, half = P / 2;
+  const bool affine = !p.scale.empty();
+  Scratch<acc_t> scratch(p.tile_h, p.tile_w, 2 + 6 + 6);
+  const int64_t Wp = scratch.Wp;
+  acc_t* const u = scratch.plane();        // padded gate input of one channel and frame
+  acc_t* const u_dense = scratch.plane();  // the same, dense, before it is padded
+  acc_t* acc[3][2];                  // gate accumulators (strided), by frame % 3 and group
+  acc_t* gate[3][2];                 // finished gates (dense tile), by frame % 3 and group
+  for (int r = 0; r < 3; ++r) {
+    for (int k = 0; k < 2; ++k) {
+      acc[r][k] = scratch.plane();
+      gate[r][k] = scratch.plane();
+    }
+  }
+
+  for (int64_t task = task_begin; task < task_end; ++task) {
+    // A task is a run of the frames of all clips in order (whole groups of frames,
+    // possibly across clips): one segment [t0, t1) per clip b it touches.
+    const int64_t f0 = task * p.frames_per_task, f1 = std::min(p.B * T, f0 + p.frames_per_task);
+    for (int64_t b = f0 / T; b * T < f1; ++b) {
+      const int64_t t0 = std::max<int64_t>(f0 - b * T, 0), t1 = std::min(f1 - b * T, T);
+      // Output frames [t0, t1) need gate frames [glo, ghi), which need input frames [slo, shi).
+      const int64_t glo = std::max<int64_t>(t0 - 1, 0), ghi = std::min(t1 + 1, T);
+      const int64_t slo = std::max<int64_t>(glo - 1, 0), shi = std::min(ghi + 1, T);
+      for (int64_t tile = 0; tile < p.tiles(); ++tile) {
+        const TileGeometry box = p.tile_geometry(tile);
+        const Rect& own = box.own;
+        const int64_t n = box.whole ? scratch.strided : scratch.strided_for(own.rows);
+
+        const auto write_output_frame = [&](int64_t t) GATESHIFT_INLINE_LAMBDA {
+          for (int64_t c = 0; c < (mode == ForwardMode::kGateShift ? p.C : P); ++c) {
+            const scalar_t* xc = p.x_plane(b, t, c);
+            if (c >= P) {  // pass-through channel
+              scalar_t* oc = y.out.plane(b, t, c);
+              for_each_run(own, W, [&](int64_t at, int64_t, int64_t len) GATESHIFT_INLINE_LAMBDA {
+                std::copy(xc + at, xc + at + len, oc + at);
+              });
+              continue;
+            }
+            const int64_t k = c / half;
+            const acc_t* g = gate[t % 3][k];
+            // Group 0 takes from the next frame, group 1 from the previous one; zero at the clip ends.
+            const int64_t tn = k == 0 ? t + 1 : t - 1;
+            const bool has_next = tn >= 0 && tn < T;
+            const acc_t* gn = has_next ? gate[tn % 3][k] : g;
+            const scalar_t* xn = has_next ? p.x_plane(b, tn, c) : xc;
+            if constexpr (mode == ForwardMode::kGateShift) {
+              scalar_t* oc = y.out.plane(b, t, output_channel(c, P, p.interleaved));
+              for_each_run(own, W, [&](int64_t at, int64_t d, int64_t len) GATESHIFT_INLINE_LAMBDA {
+                if (has_next) {
+#pragma omp simd
+                  for (int64_t i = 0; i < len; ++i) {
+                    const acc_t xv = static_cast<acc_t>(xc[at + i]);
+                    oc[at + i] = static_cast<scalar_t>(xv - g[d + i] * xv + gn[d + i] * static_cast<acc_t>(xn[at + i]));
+                  }
+                } else {
+#pragma omp simd
+                  for (int64_t i = 0; i < len; ++i) {
+                    const acc_t xv = static_cast<acc_t>(xc[at + i]);
+                    oc[at + i] = static_cast<scalar_t>(xv - g[d + i] * xv);
+                  }
+                }
+              });
+            } else {
+              acc_t shifted = 0, residual = 0;
+              for_each_run(own, W, [&](int64_t at, int64_t d, int64_t len) GATESHIFT_INLINE_LAMBDA {
+#pragma omp simd reduction(+ : shifted, residual)
+                for (int64_t i = 0; i < len; ++i) {
+                  const acc_t xv = static_cast<acc_t>(xc[at + i]);
+                  residual += xv - g[d + i] * xv;
+                  shifted += gn[d + i] * static_cast<acc_t>(xn[at + i]);
+                }
+              });
+              // Tiles add their shares of the means in tile order.
+              const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(HW);
+              acc_t& ym = y.fusion[table_index(b, t, 0, c, T, 3, P)];
+              acc_t& rm = y.fusion[table_index(b, t, 1, c, T, 3, P)];
+              ym = (tile == 0 ? acc_t(0) : ym) + (has_next ? shifted * inv_hw : acc_t(0));
+              rm = (tile == 0 ? acc_t(0) : rm) + residual * inv_hw;
+            }
+          }
+        };
+
+        // Gate frame tg is complete: tanh, keep it for the output, store it for backward.
+        const auto finish_gate_frame = [&](int64_t tg) GATESHIFT_INLINE_LAMBDA {
+          for (int k = 0; k < 2; ++k) {
+            acc_t* g = gate[tg % 3][k];
+            gather_rows(acc[tg % 3][k], Wp, own.rows, own.cols, g);
+#pragma omp simd
+            for (int64_t i = 0; i < own.size(); ++i) {
+              g[i] = tanh_vectorizable(g[i]);
+            }
+            if (tg >= t0 && tg < t1) {
+              acc_t* stored = y.gates + ((b * T + tg) * 2 + k) * HW;
+              for_each_run(own, W, [&](int64_t at, int64_t d, int64_t len) GATESHIFT_INLINE_LAMBDA {
+                std::copy(g + d, g + d + len, stored + at);
+              });
+            }
+          }
+        };
+
+        int64_t next_to_start = glo;  // first gate frame whose accumulator is not set up yet
+        for (int64_t s = slo; s < shi; ++s) {
+          // Input frame s feeds gate frames tg in [s-1, s+1] through weight tap i = s - tg + 1.
+          const int64_t tg_first = std::max(s - 1, glo), tg_last = std::min(s + 1, ghi - 1);
+          for (; next_to_start <= tg_last; ++next_to_start) {
+            const int64_t tg = next_to_start;
+            for (int k = 0; k < 2; ++k) {
+              const acc_t start =
+                  p.bias[k] + (tg == 0 ? p.edge[k][0] : acc_t(0)) + (tg == T - 1 ? p.edge[k][1] : acc_t(0));
+              std::fill(acc[tg % 3][k], acc[tg % 3][k] + n, start);
+            }
+          }
+          const int targets = static_cast<int>(tg_last - tg_first + 1);
+          for (int64_t c = 0; c < P; ++c) {
+            const int64_t k = c / half;
+            const scalar_t* xc = p.x_plane(b, s, c);
+            const acc_t sc = affine ? p.scale[c] : acc_t(1);
+            const acc_t sh = affine ? p.shift[c] : acc_t(0);
+            // The gate input over the tile and its halo (the plane itself when whole).
+            for_each_run(box.halo, W, [&](int64_t at, int64_t d, int64_t len) GATESHIFT_INLINE_LAMBDA {
+              if (affine) {
+#pragma omp simd
+                for (int64_t i = 0; i < len; ++i) {
+                  u_dense[d + i] = relu(sc * static_cast<acc_t>(xc[at + i]) + sh);
+                }
+              } else {
+#pragma omp simd
+                for (int64_t i = 0; i < len; ++i) {
+                  u_dense[d + i] = static_cast<acc_t>(xc[at + i]);
+                }
+              }
+            });
+            place_padded(u_dense, box, Wp, u, scratch);
+            const acc_t* kernels[3];
+            acc_t* targets_of[3] = {nullptr, nullptr, nullptr};
+            for (int m = 0; m < targets; ++m) {
+              const int64_t tg = tg_first + m;
+              kernels[m] = p.weight.data() + c * kTaps + (s - tg + 1) * 9;
+              targets_of[m] = acc[tg % 3][k];
+            }
+            switch (targets) {
+              case 1:
+                correlate_into<1>(u, Wp, n, kernels, targets_of[0], targets_of[1], targets_of[2]);
+                break;
+              case 2:
+                correlate_into<2>(u, Wp, n, kernels, targets_of[0], targets_of[1], targets_of[2]);
+                break;
+              default:
+                correlate_into<3>(u, Wp, n, kernels, targets_of[0], targets_of[1], targets_of[2]);
+                break;
+            }
+          }
+          // Gate frame s-1 has all its inputs now; so has frame s when s is the clip's last.
+          // Output frame t needs gate frames t-1..t+1, so it follows gate frame t+1.
+          for (int64_t tg = s - 1; tg <= s; ++tg) {
+            if (tg < glo || tg >= ghi || (tg == s && s != T - 1)) {
+              continue;
+            }
+            finish_gate_frame(tg);
+            if (tg - 1 >= t0 && tg - 1 < t1) {
+              write_output_frame(tg - 1);
+            }
+            if (tg == T - 1 && tg >= t0 && tg < t1) {
+              write_output_frame(tg);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// --------------------------------------------------------------------------
+// Backward
+// --------------------------------------------------------------------------
+
+template <typename scalar_t>
+struct BackwardBuffers {
+  using acc_t = acc_type<scalar_t>;
+  PlaneTensor<const scalar_t> grad_out;
+  PlaneTensor<scalar_t> grad_x;
+  // Partial sums of the parameter gradients per group of frames ((b * T + t) /
+  // frames_per_group), laid out as PartialsLayout{P}.
+  acc_t* partials;
+  // Gate-Shift-Fuse only (null for GSM): the (B, T, 4, P) table turning the output
+  // gradient dz of channel c at frame t into the gradients of its residual,
+  // dr = a_r dz + b_r (rows 0 and 1), and of its shifted part, dys = a_y dz + b_y
+  // (rows 2 and 3). GSM's z = r + ys is a_r = a_y = 1, b_r = b_y = 0.
+  const acc_t* fuse_coef = nullptr;
+
+  // (a, b) of `row` (0: residual, 2: shifted part) at clip b, frame t, channel c.
+  std::pair<acc_t, acc_t> coef(int64_t row, int64_t b, int64_t t, int64_t c, int64_t T, int64_t P) const {
+    if (fuse_coef == nullptr) {
+      return {acc_t(1), acc_t(0)};
+    }
+    const acc_t* e = fuse_coef + table_index(b, t, row, c, T, 4, P);
+    return {e[0], e[P]};
+  }
+};
+
+template <typename scalar_t>
+GATESHIFT_CPU_MULTIVERSION void backward_tasks(
+    const Problem<scalar_t>& p, const BackwardBuffers<scalar_t>& g, int64_t task_begin, int64_t task_end) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t H = p.H, W = p.W, HW = H * W, T = p.T, P = p.P, half = P / 2;
+  const bool affine = !p.scale.empty();
+  Scratch<acc_t> scratch(p.tile_h, p.tile_w, 6 + 2 + 2 + 2);
+  const int64_t Wp = scratch.Wp;
+  acc_t* da[3][2];  // padded da planes, by frame % 3 and group
+  for (int r = 0; r < 3; ++r) {
+    for (int k = 0; k < 2; ++k) {
+      da[r][k] = scratch.plane();
+    }
+  }
+  acc_t* dg[2] = {scratch.plane(), scratch.plane()};  // dense over the tile and its halo
+  acc_t* const u = scratch.plane();                   // strided; junk columns stay zero
+  acc_t* const du = scratch.plane();                  // strided
+  acc_t* const u_dense = scratch.plane();
+  acc_t* const du_dense = scratch.plane();
+  acc_t da_sum[3][2];                                 // sum of da over the tile, for dbias
+
+  const auto grad_plane = [&](int64_t b, int64_t t, int64_t c) GATESHIFT_INLINE_LAMBDA {
+    return g.grad_out.plane(b, t, c);
+  };
+
+  for (int64_t task = task_begin; task < task_end; ++task) {
+    // A task is a run of the frames of all clips in order (whole groups of frames,
+    // possibly across clips): one segment [t0, t1) per clip b it touches.
+    const int64_t f0 = task * p.frames_per_task, f1 = std::min(p.B * T, f0 + p.frames_per_task);
+    for (int64_t b = f0 / T; b * T < f1; ++b) {
+      const int64_t t0 = std::max<int64_t>(f0 - b * T, 0), t1 = std::min(f1 - b * T, T);
+      // dx at frames [t0, t1) needs da at frames [t0-1, t1+1) (the transposed conv).
+      const int64_t ghi = std::min(t1 + 1, T);
+      for (int64_t tile = 0; tile < p.tiles(); ++tile) {
+        const TileGeometry box = p.tile_geometry(tile);
+        const Rect &own = box.own, &halo = box.halo;
+        const int64_t n = box.whole ? scratch.strided : scratch.strided_for(own.rows);
+        int64_t next_da = std::max<int64_t>(t0 - 1, 0);
+
+        // da_k[f] = (1 - g_k[f]^2) * sum_{c in G_k} x_c[f] * (dys_c[neighbour] - dr_c[f]),
+        // the neighbour being f-1 for group 0 and f+1 for group 1 (the adjoint of the
+        // shifts); for GSM dr = dys = dz. Over the tile and its halo, which the
+        // transposed conv reads.
+        const auto compute_da_frame = [&](int64_t f) GATESHIFT_INLINE_LAMBDA {
+          std::fill(dg[0], dg[0] + halo.size(), acc_t(0));
+          std::fill(dg[1], dg[1] + halo.size(), acc_t(0));
+          for (int64_t c = 0; c < P; ++c) {
+            const int64_t k = c / half, oc = output_channel(c, P, p.interleaved);
+            const scalar_t* xc = p.x_plane(b, f, c);
+            const scalar_t* dz = grad_plane(b, f, oc);
+            const int64_t fn = k == 0 ? f - 1 : f + 1;
+            const auto [ar, br] = g.coef(0, b, f, c, T, P);
+            acc_t* d = dg[k];
+            if (fn >= 0 && fn < T) {
+              const scalar_t* dzn = grad_plane(b, fn, oc);
+              const auto [ay, by] = g.coef(2, b, fn, c, T, P);
+              for_each_run(halo, W, [&](int64_t at, int64_t o, int64_t len) GATESHIFT_INLINE_LAMBDA {
+#pragma omp simd
+                for (int64_t i = 0; i < len; ++i) {
+                  d[o + i] += static_cast<acc_t>(xc[at + i]) *
+                      ((ay * static_cast<acc_t>(dzn[at + i]) + by) - (ar * static_cast<acc_t>(dz[at + i]) + br));
+                }
+              });
+            } else {
+              for_each_run(halo, W, [&](int64_t at, int64_t o, int64_t len) GATESHIFT_INLINE_LAMBDA {
+#pragma omp simd
+                for (int64_t i = 0; i < len; ++i) {
+                  d[o + i] -= static_cast<acc_t>(xc[at + i]) * (ar * static_cast<acc_t>(dz[at + i]) + br);
+                }
+              });
+            }
+          }
+          for (int k = 0; k < 2; ++k) {
+            const acc_t* gk = p.gates + ((b * T + f) * 2 + k) * HW;
+            acc_t* d = dg[k];
+            acc_t sum = 0;
+            for_each_run(halo, W, [&](int64_t at, int64_t o, int64_t len) GATESHIFT_INLINE_LAMBDA {
+#pragma omp simd reduction(+ : sum)
+              for (int64_t i = 0; i < len; ++i) {
+                d[o + i] *= acc_t(1) - gk[at + i] * gk[at + i];
+                sum += d[o + i];
+              }
+            });
+            if (!box.whole) {  // dbias sums the tile's own pixels, not its halo
+              sum = 0;
+              for (int64_t r = 0; r < own.rows; ++r) {
+                const acc_t* row = d + (own.r0 - halo.r0 + r) * halo.cols + (own.c0 - halo.c0);
+                for (int64_t i = 0; i < own.cols; ++i) {
+                  sum += row[i];
+                }
+              }
+            }
+            place_padded(d, box, Wp, da[f % 3][k], scratch);
+            da_sum[f % 3][k] = sum;
+          }
+        };
+
+        for (int64_t t = t0; t < t1; ++t) {
+          for (; next_da < std::min(t + 2, ghi); ++next_da) {
+            compute_da_frame(next_da);
+          }
+          // This task owns whole groups: it starts each group's slot at its first frame
+          // (first tile); the tiles of a frame add to it in tile order.
+          const PartialsLayout layout{P};
+          acc_t* part = g.partials + (b * T + t) / p.frames_per_group * layout.size();
+          if ((b * T + t) % p.frames_per_group == 0 && tile == 0) {
+            std::fill(part, part + layout.size(), acc_t(0));
+          }
+          acc_t* const dweight = part + layout.weight();
+          acc_t* const dbias = part + layout.bias();
+          acc_t* const dscale = part + layout.bn_scale();
+          acc_t* const dshift = part + layout.bn_shift();
+          dbias[0] += da_sum[t % 3][0];
+          dbias[1] += da_sum[t % 3][1];
+
+          for (int64_t c = 0; c < p.C; ++c) {
+            const scalar_t* xc = p.x_plane(b, t, c);
+            scalar_t* dxc = g.grad_x.plane(b, t, c);
+            if (c >= P) {  // pass-through channel
+              const scalar_t* dz = grad_plane(b, t, c);
+              for_each_run(own, W, [&](int64_t at, int64_t, int64_t len) GATESHIFT_INLINE_LAMBDA {
+                std::copy(dz + at, dz + at + len, dxc + at);
+              });
+              continue;
+            }
+            const int64_t k = c / half, oc = output_channel(c, P, p.interleaved);
+            const acc_t sc = affine ? p.scale[c] : acc_t(1);
+            const acc_t sh = affine ? p.shift[c] : acc_t(0);
+            for_each_run(own, W, [&](int64_t at, int64_t o, int64_t len) GATESHIFT_INLINE_LAMBDA {
+#pragma omp simd
+              for (int64_t i = 0; i < len; ++i) {
+                const acc_t xv = static_cast<acc_t>(xc[at + i]);
+                u_dense[o + i] = affine ? relu(sc * xv + sh) : xv;
+              }
+            });
+            if (!box.whole) {  // a narrower tile than the last leaves junk in the columns past it
+              std::fill(u, u + n, acc_t(0));
+            }
+            scatter_rows(u_dense, own.rows, own.cols, u, Wp);
+            std::fill(du, du + n, acc_t(0));
+            // Frame tap i of the conv links u at frame t with da at frame t - i + 1.
+            for (int i = 0; i < 3; ++i) {
+              const int64_t f = t - i + 1;
+              if (f < 0 || f >= T) {
+                continue;
+              }
+              acc_t dkf[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+              correlate_backward(da[f % 3][k], Wp, n, p.weight_flipped.data() + c * kTaps + i * 9, u, du, dkf);
+              for (int e = 0; e < 9; ++e) {
+                dweight[c * kTaps + i * 9 + (8 - e)] += dkf[e];  // undo the flip
+              }
+            }
+            // dx = adjoint of gating and shift, plus du through the BN affine and ReLU.
+            const acc_t* gk = p.gates + ((b * T + t) * 2 + k) * HW;
+            const scalar_t* dz = grad_plane(b, t, oc);
+            const int64_t tn = k == 0 ? t - 1 : t + 1;
+            const bool has_next = tn >= 0 && tn < T;
+            const scalar_t* dzn = has_next ? grad_plane(b, tn, oc) : dz;
+            const acc_t next_weight = has_next ? acc_t(1) : acc_t(0);
+            // dx = (1 - g[t]) dr[t] + g[t] dys[tn]: the residual's and the shifted part's gradients.
+            const auto [ar, br] = g.coef(0, b, t, c, T, P);
+            const auto [ay, by] = has_next ? g.coef(2, b, tn, c, T, P) : std::pair<acc_t, acc_t>{acc_t(0), acc_t(0)};
+            gather_rows(du, Wp, own.rows, own.cols, du_dense);
+            if (affine) {
+              acc_t ds = 0, dh = 0;
+              for_each_run(own, W, [&](int64_t at, int64_t o, int64_t len) GATESHIFT_INLINE_LAMBDA {
+#pragma omp simd reduction(+ : ds, dh)
+                for (int64_t q = 0; q < len; ++q) {
+                  const acc_t gv = gk[at + q];
+                  const acc_t xv = static_cast<acc_t>(xc[at + q]);
+                  // ReLU passes du where its input was positive; the affine scales it.
+                  const acc_t dum = sc * xv + sh > acc_t(0) ? du_dense[o + q] : acc_t(0);
+                  ds += dum * xv;
+                  dh += dum;
+                  dxc[at + q] = static_cast<scalar_t>(
+                      (acc_t(1) - gv) * (ar * static_cast<acc_t>(dz[at + q]) + br) +
+                      next_weight * gv * (ay * static_cast<acc_t>(dzn[at + q]) + by) + dum * sc);
+                }
+              });
+              dscale[c] += ds;
+              dshift[c] += dh;
+            } else {
+              for_each_run(own, W, [&](int64_t at, int64_t o, int64_t len) GATESHIFT_INLINE_LAMBDA {
+#pragma omp simd
+                for (int64_t q = 0; q < len; ++q) {
+                  const acc_t gv = gk[at + q];
+                  dxc[at + q] = static_cast<scalar_t>(
+                      (acc_t(1) - gv) * (ar * static_cast<acc_t>(dz[at + q]) + br) +
+                      next_weight * gv * (ay * static_cast<acc_t>(dzn[at + q]) + by) + du_dense[o + q]);
+                }
+              });
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace gateshift::cpu

@@ -1,0 +1,116 @@
+// The gateshift CUDA kernels, executed on the CPU by the emulator (tests only).
+//
+// Defines the ops of the `gateshift_emulated` library from the same op table as
+// the `gateshift` library (ops/op_table.h), registers the same checked entries
+// (ops/<op>.h) on the emulator's Backend (backend.h), which runs the same launch
+// code as the real CUDA backend (cuda/<op>_launch.h). Importing
+// gateshift._cuda_emulator loads this library; gateshift/testing/cuda_emulator.py
+// wraps it like gateshift.gate_shift.
+
+#include "backend.h"  // first: it defines GATESHIFT_CUDA_EMULATION for the device code
+
+#include <ATen/ops/empty.h>
+#include <Python.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include "../ops/batch_stats.h"
+#include "../ops/gate_shift.h"
+#include "../ops/gate_shift_fuse.h"
+#include "../ops/op_table.h"
+#include "../ops/temporal_shift.h"
+
+namespace gateshift::emulation {
+namespace {
+
+constexpr int64_t kMarginBytes = 4096;
+constexpr uint8_t kPoison = 0xFF;  // a NaN in float16, bfloat16, float32 and float64
+
+// Number of elements from the first to the last element of t's view, plus one.
+int64_t extent(at::IntArrayRef sizes, at::IntArrayRef strides) {
+  int64_t span = 1;
+  for (size_t d = 0; d < sizes.size(); ++d) {
+    if (sizes[d] == 0) {
+      return 0;
+    }
+    span += (sizes[d] - 1) * strides[d];
+  }
+  return span;
+}
+
+bool has_zero_stride(const at::Tensor& t) {
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.stride(d) == 0 && t.size(d) > 1) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// The multiprocessor count the launch configuration sees; returns the previous.
+int64_t set_num_sms(int64_t num_sms) {
+  TORCH_CHECK_VALUE(num_sms >= 1, "set_num_sms: num_sms must be positive, got ", num_sms);
+  return emulated_sms().exchange(num_sms);
+}
+
+// What the backward's partials may always take; returns the previous value.
+int64_t set_min_partials_bytes(int64_t bytes) {
+  TORCH_CHECK_VALUE(bytes >= 0, "set_min_partials_bytes: bytes must be >= 0, got ", bytes);
+  return emulated_min_partials_bytes().exchange(bytes);
+}
+
+}  // namespace
+
+at::Tensor Backend::input(const at::Tensor& t) {
+  const bool overlapping = !t.is_non_overlapping_and_dense() && has_zero_stride(t);
+  const at::Tensor src = overlapping ? t.contiguous() : t;
+  at::Tensor copy = guarded(src.sizes(), src.strides(), src.options(), "input");
+  copy.copy_(src);
+  return copy;
+}
+
+at::Tensor Backend::guarded(
+    at::IntArrayRef sizes,
+    at::IntArrayRef strides,
+    const at::TensorOptions& options,
+    const char* what) {
+  const int64_t item = static_cast<int64_t>(options.dtype().itemsize());
+  const int64_t view_bytes = extent(sizes, strides) * item;
+  at::Tensor buffer = at::empty({2 * kMarginBytes + view_bytes}, options.dtype(at::kByte));
+  buffer.fill_(kPoison);
+  guards_.push_back(Guard{buffer, view_bytes, what});
+  // as_strided without an offset keeps the narrowed view's: the first element
+  // after the leading margin.
+  return buffer.narrow(0, kMarginBytes, view_bytes).view(options.dtype().toScalarType()).as_strided(sizes, strides);
+}
+
+void Backend::check_margins() const {
+  for (const Guard& g : guards_) {
+    const at::Tensor before = g.buffer.narrow(0, 0, kMarginBytes);
+    const at::Tensor after = g.buffer.narrow(0, kMarginBytes + g.view_bytes, kMarginBytes);
+    TORCH_CHECK(
+        before.eq(kPoison).all().item<bool>() && after.eq(kPoison).all().item<bool>(),
+        "gateshift CUDA emulator: a kernel wrote outside an ", g.what, " tensor (its guard margin changed)");
+  }
+}
+
+}  // namespace gateshift::emulation
+
+TORCH_LIBRARY(gateshift_emulated, m) {
+#define GATESHIFT_DEFINE_OP(name, schema) m.def(schema);
+  GATESHIFT_FOR_EACH_OP(GATESHIFT_DEFINE_OP)
+#undef GATESHIFT_DEFINE_OP
+  m.def("set_num_sms(int num_sms) -> int", &gateshift::emulation::set_num_sms);
+  m.def("set_min_partials_bytes(int bytes) -> int", &gateshift::emulation::set_min_partials_bytes);
+}
+
+TORCH_LIBRARY_IMPL(gateshift_emulated, CPU, m) {
+#define GATESHIFT_REGISTER_OP(name, schema) m.impl(#name, &gateshift::ops::name<gateshift::emulation::Backend>);
+  GATESHIFT_FOR_EACH_OP(GATESHIFT_REGISTER_OP)
+#undef GATESHIFT_REGISTER_OP
+}
+
+extern "C" PyMODINIT_FUNC PyInit__cuda_emulator(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cuda_emulator", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
