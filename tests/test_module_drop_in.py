@@ -1,0 +1,108 @@
+"""The corners where the fused GSM and GSF must behave as the published modules do:
+empty batches, mixed dtypes, non-finite inputs, channels_last input (copied once)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import gateshift
+from gateshift import reference
+
+MODULES = {"GSM": (reference.GSM, gateshift.GSM), "GSF": (reference.GSF, gateshift.GSF)}
+
+
+def module_pair(module: str, gen, dtype=torch.float64):
+    published = MODULES[module][0](8, 3).to(dtype)
+    with torch.no_grad():
+        for name, p in published.named_parameters():
+            p.copy_(torch.rand(p.shape, generator=gen) + 0.5 if name == "bn.weight" else torch.randn(p.shape, generator=gen) * 0.4)
+    fused = MODULES[module][1](8, 3).to(dtype)
+    fused.load_state_dict(published.state_dict())
+    return published, fused
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("module", MODULES)
+def test_empty_batch_returns_an_empty_tensor_as_published(module, training, gen):
+    published, fused = module_pair(module, gen)
+    x = torch.empty(0, 8, 5, 4, dtype=torch.float64, requires_grad=True)
+    out_r = published.train(training)(x)
+    out_f = fused.train(training)(x)
+    assert out_f.shape == out_r.shape == x.shape
+    out_f.sum().backward()
+    assert x.grad.shape == x.shape
+    for (name, a), b in zip(published.named_buffers(), fused.buffers()):  # num_batches_tracked counts it
+        torch.testing.assert_close(b, a, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_x_in_another_dtype_than_the_parameters_is_an_error(module, gen):
+    published, fused = module_pair(module, gen)
+    x = torch.randn(6, 8, 5, 4, generator=gen)  # float32 into a float64 module
+    with pytest.raises(RuntimeError):
+        published(x)
+    with pytest.raises(TypeError, match=r"x is torch.float32 but the module's parameters are torch.float64"):
+        fused(x)
+    # Under autocast, bfloat16 x into a float32 module is no error: autocast picks the dtype.
+    fused32, published32 = MODULES[module][1](8, 3), MODULES[module][0](8, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fused32(x.bfloat16()).dtype == published32(x.bfloat16()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("module", MODULES)
+def test_the_reference_and_the_published_module_agree_on_non_finite_x(module, bad, gen):
+    # The published module computes x - g*x (not (1-g)*x): inf - g*inf is NaN where
+    # (1-g)*inf is not. The reference, and so every kernel tested against it, follows it.
+    published, _ = module_pair(module, gen)
+    published.eval()
+    x = torch.randn(6, 8, 5, 4, generator=gen, dtype=torch.float64)
+    x[2, 1, 3, 2] = bad
+    x[4, 6, 0, 0] = bad
+    bn = published.bn
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
+    kwargs = dict(num_segments=3, bn_scale=scale.detach(), bn_shift=shift.detach())
+    if module == "GSM":
+        expected = reference.gate_shift(x, published.conv3D.weight.detach(), published.conv3D.bias.detach(), **kwargs)
+    else:
+        fuse_weight = torch.cat((published.channel_conv1.weight, published.channel_conv2.weight)).detach()
+        fuse_bias = torch.cat((published.channel_conv1.bias, published.channel_conv2.bias)).detach()
+        expected = reference.gate_shift_fuse(x, published.conv3D.weight.detach(), published.conv3D.bias.detach(),
+                                             fuse_weight, fuse_bias, **kwargs)
+    with torch.no_grad():
+        out = published(x)
+    assert torch.equal(torch.isnan(expected), torch.isnan(out))
+    assert torch.equal(torch.isinf(expected), torch.isinf(out))
+    finite = torch.isfinite(out)
+    torch.testing.assert_close(expected[finite], out[finite])
+
+
+def x_sized_copies(fn, x: torch.Tensor) -> int:
+    """How many copies of an x-sized tensor ``fn`` makes, nested calls inside the ops
+    included (the profiler sees every ATen call)."""
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name == "aten::copy_" and e.input_shapes and
+               list(e.input_shapes[0]) == list(x.shape))
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_channels_last_input_is_copied_once(module, gen):
+    _, fused = module_pair(module, gen, dtype=torch.float32)
+    leaf = torch.randn(6, 8, 5, 7, generator=gen, requires_grad=True)
+    x = leaf.to(memory_format=torch.channels_last)  # an activation of a channels_last network
+    assert not x.is_contiguous()
+    g = torch.randn(6, 8, 5, 7, generator=gen)
+
+    def forward_and_backward():
+        out = fused(x)
+        torch.autograd.grad(out, x, g)  # the gradient of x itself: no accumulation into a leaf
+
+    # Once in forward, shared by the batch statistics and the gate-shift op; the saved
+    # copy serves backward.
+    assert x_sized_copies(forward_and_backward, x) == 1
+    contiguous = x.contiguous()
+    assert x_sized_copies(lambda: torch.autograd.grad(fused(contiguous), contiguous, g), x) == 0
