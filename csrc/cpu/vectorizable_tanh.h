@@ -13,7 +13,7 @@
 #include <cmath>
 #include <cstdint>
 
-namespace gateshift {
+namespace gateshift::cpu {
 
 __attribute__((always_inline)) inline float tanh_vectorizable(float x) {
   // tanh(9.02) rounds to 1.0f already; clamping keeps 2^k a normal number.
@@ -48,4 +48,4 @@ __attribute__((always_inline)) inline double tanh_vectorizable(double x) {
   return std::tanh(x);
 }
 
-}  // namespace gateshift
+}  // namespace gateshift::cpu
