@@ -84,7 +84,14 @@ TESTS = [
 
 
 def build(csrc: str, build_dir: str) -> str:
-    """The emulator library built from ``csrc``; returns the path of the shared library."""
+    """The emulator library built from ``csrc``; returns the path of the shared library.
+    In a child process: building loads the library, and one process can hold only one
+    library that defines the gateshift_emulated namespace."""
+    subprocess.run([sys.executable, os.path.abspath(__file__), "--build", csrc, build_dir], check=True)
+    return os.path.join(build_dir, "gateshift_emulator_mutant.so")
+
+
+def build_here(csrc: str, build_dir: str) -> None:
     from torch.utils import cpp_extension
 
     sources = [os.path.join(csrc, "emulator", f) for f in sorted(os.listdir(os.path.join(csrc, "emulator")))
@@ -101,7 +108,6 @@ def build(csrc: str, build_dir: str) -> str:
         is_python_module=False,
         verbose=False,
     )
-    return os.path.join(build_dir, "gateshift_emulator_mutant.so")
 
 
 def run_mutant(m: Mutant) -> bool:
@@ -119,11 +125,12 @@ def run_mutant(m: Mutant) -> bool:
         library = build(csrc, os.path.join(tmp, "build"))
         env = dict(os.environ, GATESHIFT_EMULATOR_LIBRARY=library)
         tests = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "cuda_emulator", *TESTS],
+            [sys.executable, "-m", "pytest", "-q", "-x", "-rf", "-p", "no:cacheprovider", "-k", "cuda_emulator", *TESTS],
             cwd=ROOT, env=env, capture_output=True, text=True,
         )
-        summary = (tests.stdout.strip().splitlines() or ["(no output)"])[-1]
-        print(f"  {summary}")
+        lines = tests.stdout.strip().splitlines() or ["(no output)"]
+        failed = [line for line in lines if line.startswith("FAILED")][:1]
+        print(f"  {lines[-1]}" + (f"; first: {failed[0][:160]}" if failed else ""))
         return tests.returncode != 0
 
 
@@ -131,7 +138,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="mutants to run (default: all)")
     parser.add_argument("--list", action="store_true", help="list the mutants")
+    parser.add_argument("--build", nargs=2, metavar=("CSRC", "BUILD_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.build:
+        build_here(*args.build)
+        return 0
     if args.list:
         for m in MUTANTS:
             print(f"{m.name}: {m.path}")
