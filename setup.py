@@ -152,7 +152,7 @@ setup(
     packages=find_packages(include=["gateshift", "gateshift.*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.6", "tqdm"],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6", "numpy", "matplotlib"], "plot": ["matplotlib"]},
+    extras_require={"test": ["pytest>=7", "hypothesis>=6", "numpy", "matplotlib", "torchvision"], "plot": ["matplotlib"]},
     ext_modules=[make_extension(), make_emulator_extension()],
     cmdclass={"build_ext": BuildExtension},
     entry_points={

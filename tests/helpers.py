@@ -150,6 +150,18 @@ def assert_close_to_reference(actual, expected64, low_precision_ref=None, *, wha
     assert c.ok, f"{what}: error {c.error:.3g} > bound {c.bound:.3g}"
 
 
+def randomise(model: torch.nn.Module, gen: torch.Generator) -> torch.nn.Module:
+    """``model`` with random parameters (BN scales in [0.5, 1.5)): not the identity a new
+    GSM is, so that conversions and compilations are compared on real numbers."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bn.weight"):
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * (0.3 if p.dim() > 1 else 0.1))
+    return model
+
+
 def train_step_and_compare(published, fused, x, gen, lr: float, step: int) -> None:
     """One forward and backward of both modules on ``x``: outputs, the gradients of ``x``
     and of every parameter, and the buffers must agree; then an SGD step of ``lr`` on both,

@@ -1,32 +1,21 @@
 """What a PyTorch video codebase tries in its first week, with every op and module:
 torch.compile (without graph breaks, with a changing batch size, inductor), export,
-autocast, conversion of published modules, deterministic mode, threads, NaN and Inf."""
+autocast, deterministic mode, threads, NaN and Inf (gateshift.convert: test_convert.py)."""
 
 from __future__ import annotations
 
 import copy
-import math
 import threading
 
 import pytest
 import torch
-from helpers import GATED_OPS, OPS, Case, call_op, make_inputs, op_kwargs, op_params
+from helpers import GATED_OPS, OPS, Case, call_op, make_inputs, op_kwargs, op_params, randomise
 from torch import nn
 
 import gateshift
 from gateshift import reference
 from gateshift.testing.compare import compare_to_reference
 from gateshift.tsn import TSNResNet
-
-
-def randomise(model: nn.Module, gen: torch.Generator) -> nn.Module:
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bn.weight"):
-                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen) * (0.3 if p.dim() > 1 else 0.1))
-    return model
 
 
 def tiny_tsn(temporal, segments=4):
@@ -214,183 +203,6 @@ def test_autocast_leaves_float64_alone(op, gen):
         out = call_op(op, gateshift, x, params, case)
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, call_op(op, reference, x, params, case))
-
-
-# ---------------------------------------------------------------------------
-# gateshift.convert
-# ---------------------------------------------------------------------------
-
-
-class BasicBlock(nn.Module):
-    """A torchvision-style ResNet basic block."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x):
-        return (self.bn2(self.conv2(self.bn1(self.conv1(x)).relu())) + x).relu()
-
-
-class GatedShift(nn.Module):
-    """The wrapper of temporal action/event spotting codebases, written as they write it: a
-    published GSM (or GSF at ratio 100) on the first fold_dim channels, the other channels
-    copied through, then the wrapped block."""
-
-    def __init__(self, net, n_segment, n_div, gsf=False):
-        super().__init__()
-        channels = net.conv1.in_channels
-        fold = channels // n_div
-        self.fold_dim = math.ceil(fold / 4) * 4
-        self.gse = reference.GSF(self.fold_dim, n_segment, 100) if gsf else reference.GSM(self.fold_dim, n_segment)
-        self.net = net
-        self.n_segment = n_segment
-
-    def forward(self, x):
-        y = torch.zeros_like(x)
-        y[:, : self.fold_dim, :, :] = self.gse(x[:, : self.fold_dim, :, :])
-        y[:, self.fold_dim :, :, :] = x[:, self.fold_dim :, :, :]
-        return self.net(y)
-
-
-class PublishedModel(nn.Module):
-    def __init__(self, segments=4):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 16, 3, padding=1)
-        self.gsm = reference.GSM(16, segments)
-        self.gsf = reference.GSF(16, segments)
-        self.layer = nn.Sequential(GatedShift(BasicBlock(16), segments, 4), GatedShift(BasicBlock(16), segments, 2, gsf=True))
-        self.head = nn.Linear(16, 5)
-
-    def forward(self, x):
-        x = self.layer(self.gsf(self.gsm(self.stem(x))))
-        return self.head(x.mean((2, 3)))
-
-
-def test_convert_replaces_published_modules_and_wrappers(gen):
-    published = randomise(PublishedModel(), gen).double()  # float64: the comparison can be tight
-    before = copy.deepcopy(published)
-    optimizer = torch.optim.SGD(published.parameters(), lr=0.1)
-    converted, report = gateshift.convert(published)
-    assert converted is published
-    assert sorted(str(r) for r in report) == sorted([
-        "gsm: GSM -> GSM", "gsf: GSF -> GSF",
-        "layer.0: GatedShift -> FusedGatedShift", "layer.1: GatedShift -> FusedGatedShift",
-    ])
-    assert isinstance(converted.gsm, gateshift.GSM) and isinstance(converted.gsf, gateshift.GSF)
-    fused_shift = converted.layer[0]
-    assert isinstance(fused_shift, gateshift.FusedGatedShift)
-    assert isinstance(fused_shift.gse, gateshift.GSM) and fused_shift.gse.fPlane == 4
-    assert isinstance(converted.layer[1].gse, gateshift.GSF) and converted.layer[1].gse.fPlane == 8
-    # The optimizer still holds the model's parameters: they were carried, not copied.
-    assert {id(p) for p in converted.parameters()} == {id(p) for group in optimizer.param_groups for p in group["params"]}
-    for training in (True, False):
-        before.train(training)
-        converted.train(training)
-        x = torch.randn(8, 3, 6, 6, generator=gen, dtype=torch.float64)
-        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-        out1, out2 = before(x1), converted(x2)
-        torch.testing.assert_close(out2, out1)
-        out1.sum().backward()
-        out2.sum().backward()
-        torch.testing.assert_close(x2.grad, x1.grad)
-        for (name, p1), p2 in zip(before.named_parameters(), converted.parameters()):
-            torch.testing.assert_close(p2.grad, p1.grad, msg=lambda m: f"{name}: {m}")
-            p1.grad = p2.grad = None
-    for (name, b1), b2 in zip(before.named_buffers(), converted.buffers()):
-        torch.testing.assert_close(b2, b1, msg=lambda m: f"{name}: {m}")
-
-
-def test_convert_keeps_every_module_mode_frozen_batch_norm_included(gen):
-    published = randomise(PublishedModel(), gen).double().train()
-    for m in published.modules():  # fine-tuning with frozen BatchNorm
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-    before = copy.deepcopy(published)
-    converted, _ = gateshift.convert(published)
-    def modes(model):
-        return {name: m.training for name, m in model.named_modules() if not isinstance(m, (nn.Tanh, nn.ReLU, nn.Sigmoid))}
-
-    assert modes(converted) == modes(before)  # the same names, every mode kept
-    x = torch.randn(8, 3, 6, 6, generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(converted(x), before(x))
-    for (name, b1), b2 in zip(before.named_buffers(), converted.buffers()):
-        torch.testing.assert_close(b2, b1, msg=lambda m: f"{name}: {m}")
-
-
-def test_convert_leaves_lookalikes_alone(gen):
-    circular = reference.GSM(8, 2)
-    circular.conv3D.padding_mode = "circular"
-    no_bias = reference.GSF(8, 2)
-    no_bias.channel_conv1 = nn.Conv2d(2, 1, 3, padding=1, bias=False)
-    model = nn.Sequential(circular, no_bias)
-    converted, report = gateshift.convert(model)
-    assert report == [] and converted[0] is circular and converted[1] is no_bias
-
-
-def test_convert_a_gsf_at_half_ratio_inside_the_wrapper(gen):
-    wrapper = GatedShift(BasicBlock(16), 4, 2)
-    wrapper.gse = reference.GSF(wrapper.fold_dim, 4, 50)  # gates 4 of its 8 channels
-    model = randomise(nn.Sequential(wrapper), gen).double()
-    before = copy.deepcopy(model)
-    converted, report = gateshift.convert(model)
-    assert [str(r) for r in report] == ["0: GatedShift -> FusedGatedShift"]
-    assert converted[0].gse.fPlane == 4
-    for training in (True, False):
-        x = torch.randn(8, 16, 5, 5, generator=gen, dtype=torch.float64)
-        torch.testing.assert_close(converted.train(training)(x), before.train(training)(x))
-
-
-def test_convert_a_root_module_and_twice(gen):
-    published = randomise(reference.GSM(8, 2), gen)
-    converted, report = gateshift.convert(published)
-    assert isinstance(converted, gateshift.GSM) and [str(r) for r in report] == ["<root>: GSM -> GSM"]
-    again, report = gateshift.convert(converted)
-    assert again is converted and report == []
-
-
-def test_convert_replaces_tied_modules_at_every_alias(gen):
-    gsm = randomise(reference.GSM(8, 2), gen).double()
-    model = nn.Sequential(gsm, nn.ReLU(), gsm)  # one module used twice
-    holder = nn.Module()
-    holder.a = holder.b = model
-    before = copy.deepcopy(holder.a)
-    converted, report = gateshift.convert(holder)
-    assert [str(r) for r in report] == ["a.0: GSM -> GSM", "a.2: GSM -> GSM"]
-    fused = converted.a[0]
-    assert isinstance(fused, gateshift.GSM) and converted.a[2] is fused and converted.b is converted.a
-    assert len(list(converted.parameters())) == len(list(gsm.parameters()))  # still tied: one set
-    x = torch.randn(6, 8, 4, 4, generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(converted.a(x), before(x))
-
-
-def test_convert_takes_numpy_integer_attributes(gen):
-    np = pytest.importorskip("numpy")
-    published = randomise(reference.GSM(8, 2), gen)
-    published.fPlane, published.num_segments = np.int64(8), np.int32(2)
-    converted, report = gateshift.convert(nn.Sequential(published))
-    assert [str(r) for r in report] == ["0: GSM -> GSM"]
-    fused = converted[0]
-    assert type(fused.fPlane) is int and type(fused.num_segments) is int
-    assert fused.extra_repr() == "fPlane=8, num_segments=2"
-    # The modules take numpy integers too, and keep Python ints.
-    for module in (gateshift.GSM(np.int64(8), np.int64(3)), gateshift.GSF(np.int64(8), np.int16(3)),
-                   gateshift.TemporalShift(None, np.int64(3), np.int64(4))):
-        assert "np." not in module.extra_repr()
-    with pytest.raises(ValueError, match=r"fPlane must be a positive int, got np.float64\(8.0\)"):
-        gateshift.GSM(np.float64(8))
-
-
-@pytest.mark.parametrize("ratio", [25, 50, 100])
-def test_converted_gsf_reports_the_users_numbers(ratio, gen):
-    built = gateshift.GSF(16, 3, ratio)
-    assert built.extra_repr() == f"fPlane={16 * ratio // 100} (gated channels), num_segments=3, gsf_ch_ratio={ratio}"
-    published = randomise(reference.GSF(8, 3, 50), gen)  # keeps only its 4 gated channels
-    converted, _ = gateshift.convert(nn.Sequential(published))
-    assert converted[0].extra_repr() == "fPlane=4 (gated channels), num_segments=3, gsf_ch_ratio=None"
 
 
 # ---------------------------------------------------------------------------
