@@ -5,6 +5,8 @@ from . import reference
 from .functional import gate_shift, gate_shift_fuse, temporal_shift
 from .modules import GSF, GSM, TemporalShift
 from .conversion import FusedGatedShift, convert
+from .clip_fusion import GatedClipFusion, gcf_sparsity_loss
+from . import models
 
 __all__ = [
     "gate_shift",
@@ -15,6 +17,9 @@ __all__ = [
     "TemporalShift",
     "convert",
     "FusedGatedShift",
+    "GatedClipFusion",
+    "gcf_sparsity_loss",
+    "models",
     "reference",
 ]
 __version__ = "0.1.0"

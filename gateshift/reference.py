@@ -240,3 +240,29 @@ class TemporalShift(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = temporal_shift(x, self.n_segment, fold_div=self.fold_div)
         return x if self.net is None else self.net(x)
+
+
+def gated_clip_fusion(v: Tensor, fusion: nn.Module) -> tuple[Tensor, Tensor]:
+    """GCF-Net's head, eqs. (1)-(8), written clip by clip as the paper writes it, with the
+    parameters of ``fusion`` (a :class:`gateshift.GatedClipFusion`): the oracle of its
+    batched matrix products. ``v`` ``(B, N, dim)``; returns ``(logits, att)``."""
+    wq, wk, wv, wz = fusion.query.weight, fusion.key.weight, fusion.value.weight, fusion.out.weight
+    logits, atts = [], []
+    for video in v:  # (N, dim)
+        n = video.shape[0]
+        b = []
+        for i in range(n):
+            total = 0
+            for j in range(n):
+                relation = torch.dot(wq @ video[i], wk @ video[j]) / n
+                total = total + relation * (wv @ video[j])
+            b.append(wz @ total)  # (1)
+        b = torch.stack(b)  # (N, dim)
+        g = torch.stack([b_i.mean() for b_i in b])  # (2)
+        hidden = torch.relu(fusion.gate_fc1.weight @ g + fusion.gate_fc1.bias)
+        att = torch.sigmoid(fusion.gate_fc2.weight @ hidden + fusion.gate_fc2.bias)  # (3)
+        r = torch.stack([b[i] + att[i] * b[i] for i in range(n)])  # (4)-(6)
+        v_prime = r.sum(dim=0) / n  # (7)
+        logits.append(fusion.classifier.weight @ v_prime + fusion.classifier.bias)  # (8)
+        atts.append(att)
+    return torch.stack(logits), torch.stack(atts)
