@@ -42,8 +42,8 @@ def first_conv_in_channels(net: nn.Module | None) -> int | None:
 def _state_restored(device: torch.device, *modules: nn.Module):
     """Runs the body, then puts back every submodule's training flag, every buffer's
     values, every parameter and the RNG state (the probe must leave the model as it found
-it). Yields the
-    function that puts the buffers back, for the body to start each run from them."""
+    it). Yields the function that puts the buffers back, for the body to start each run
+    from them."""
     flags = [(m, m.training) for root in modules for m in root.modules()]
     buffers = {id(b): (b, b.detach().clone()) for root in modules for b in root.buffers()}
     # Random parameters for the probe: a new GSM's gating conv is zero (the identity), and
