@@ -29,13 +29,12 @@ so weights, buffers, devices, dtypes and an optimizer's references to the parame
 from __future__ import annotations
 
 import dataclasses
-import operator
 
 import torch
 from torch import Tensor, nn
 
-from .conversion_probe import first_conv_in_channels, probe
-from .modules import GSF, GSM, TemporalShift
+from .conversion_probe import CALL_HOOK_DICTS, first_conv_in_channels, probe
+from .modules import GSF, GSM, TemporalShift, as_int
 
 __all__ = ["convert", "FusedGatedShift", "Replacement"]
 
@@ -85,19 +84,9 @@ class FusedGatedShift(nn.Module):
         return self.net(self.gate(x))
 
 
-def _as_int(value) -> int | None:
-    """``value`` as an int when it is an integer of any kind (numpy's too), else None."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
-
-
 def _is_published_gate_shift(m: nn.Module) -> bool:
     conv, bn = getattr(m, "conv3D", None), getattr(m, "bn", None)
-    planes, segments = _as_int(getattr(m, "fPlane", None)), _as_int(getattr(m, "num_segments", None))
+    planes, segments = as_int(getattr(m, "fPlane", None)), as_int(getattr(m, "num_segments", None))
     return (
         not isinstance(m, (GSM, GSF))
         and isinstance(conv, nn.Conv3d)
@@ -156,9 +145,9 @@ def _gate_name(m: nn.Module) -> str | None:
 def _is_gated_shift_wrapper(m: nn.Module) -> bool:
     if isinstance(m, FusedGatedShift) or not isinstance(getattr(m, "net", None), nn.Module):
         return False
-    fold_dim, name = _as_int(getattr(m, "fold_dim", None)), _gate_name(m)
+    fold_dim, name = as_int(getattr(m, "fold_dim", None)), _gate_name(m)
     # A GSF below ratio 100 gates fewer channels than fold_dim; the rest pass through.
-    return fold_dim is not None and name is not None and _as_int(m._modules[name].fPlane) <= fold_dim
+    return fold_dim is not None and name is not None and as_int(m._modules[name].fPlane) <= fold_dim
 
 
 def _temporal_shift_arguments(m: nn.Module) -> tuple[int, int, bool] | None:
@@ -170,8 +159,8 @@ def _temporal_shift_arguments(m: nn.Module) -> tuple[int, int, bool] | None:
     net = m.net
     if net is not None and not isinstance(net, nn.Module):
         return None
-    frames = _as_int(getattr(m, "n_segment", getattr(m, "num_segments", None)))
-    fold_div = _as_int(getattr(m, "fold_div", getattr(m, "shift_div", None)))
+    frames = as_int(getattr(m, "n_segment", getattr(m, "num_segments", None)))
+    fold_div = as_int(getattr(m, "fold_div", getattr(m, "shift_div", None)))
     inplace = getattr(m, "inplace", False)
     if frames is None or fold_div is None or frames < 1 or fold_div < 1 or not isinstance(inplace, bool):
         return None
@@ -179,10 +168,8 @@ def _temporal_shift_arguments(m: nn.Module) -> tuple[int, int, bool] | None:
 
 
 # The hooks a module keeps (nn.Module's own dictionaries): the fused twin takes them over.
-_HOOK_DICTS = (
-    "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called", "_backward_pre_hooks", "_backward_hooks", "_state_dict_hooks",
-    "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+_HOOK_DICTS = CALL_HOOK_DICTS + (
+    "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
 )
 
 
@@ -202,7 +189,7 @@ def _fused_gate_shift(m: nn.Module) -> nn.Module:
     """The fused twin of a published GSM/GSF, built from its own submodules."""
     if isinstance(m, (GSM, GSF)):
         return m
-    planes, segments = _as_int(m.fPlane), _as_int(m.num_segments)
+    planes, segments = as_int(m.fPlane), as_int(m.num_segments)
     fused = GSF(planes, segments, 100) if _is_published_gsf(m) else GSM(planes, segments)
     if isinstance(fused, GSF):
         fused.gsf_ch_ratio = None  # the published module keeps only the gated channels
@@ -212,6 +199,11 @@ def _fused_gate_shift(m: nn.Module) -> nn.Module:
     return _take_over(fused, m)
 
 
+def _is_candidate(m: nn.Module) -> bool:
+    """A published module or wrapper that :func:`_candidate` builds a twin of."""
+    return _is_gated_shift_wrapper(m) or _is_convertible(m) or _temporal_shift_arguments(m) is not None
+
+
 def _candidate(m: nn.Module) -> tuple[nn.Module, int, int] | None:
     """The fused twin of ``m`` if ``m`` is a published module or wrapper, with the
     channels and frames of its probe; else None. Builds the twin only: ``m`` is not changed
@@ -219,12 +211,12 @@ def _candidate(m: nn.Module) -> tuple[nn.Module, int, int] | None:
     if _is_gated_shift_wrapper(m):
         name = _gate_name(m)
         gate = m._modules[name]
-        segments = _as_int(getattr(m, "n_segment", gate.num_segments))
-        fold_dim = _as_int(m.fold_dim)
+        segments = as_int(getattr(m, "n_segment", gate.num_segments))
+        fold_dim = as_int(m.fold_dim)
         fused = FusedGatedShift(_fused_gate_shift(gate), m.net, fold_dim, segments, gate_name=name)
         return _take_over(fused, m), first_conv_in_channels(m.net) or 2 * fold_dim, segments
     if _is_convertible(m):
-        return _fused_gate_shift(m), _as_int(m.fPlane), _as_int(m.num_segments)
+        return _fused_gate_shift(m), as_int(m.fPlane), as_int(m.num_segments)
     arguments = _temporal_shift_arguments(m)
     if arguments is not None:
         frames, fold_div, inplace = arguments
@@ -242,9 +234,9 @@ class _Options:
 def _convert_children(parent: nn.Module, prefix: str, report: list[Replacement], done: dict,
                       options: _Options) -> None:
     """Converts the children of ``parent`` in place. ``done`` maps each module already
-    decided on (by identity; the module itself is kept there so that its id stays its
-    own) to its fused twin, or to None when it was left alone, so a module used at
-    several places (tied modules) is converted, or left, at all of them at once."""
+    decided on (by identity) to ``(module, fused twin, reason left alone or None)``; the
+    module itself is kept there so that its id stays its own. So a module used at several
+    places (tied modules) is converted, or left, at all of them at once."""
     # _modules, not named_children(): that one yields a module used twice only once.
     for name, child in list(parent._modules.items()):
         if child is None:
@@ -253,14 +245,13 @@ def _convert_children(parent: nn.Module, prefix: str, report: list[Replacement],
         if id(child) in done:
             fused, reason = done[id(child)][1:]
         else:
-            if hasattr(child, "net") and isinstance(child.net, nn.Module) and (
-                    _is_gated_shift_wrapper(child) or _temporal_shift_arguments(child) is not None):
-                _convert_children(child.net, f"{qualified}.net", report, done, options)  # inner modules first
             found = _candidate(child)
             if found is None:
                 _convert_children(child, qualified, report, done, options)
                 continue
             fused, channels, frames = found
+            if isinstance(getattr(child, "net", None), nn.Module):  # a wrapper: its block's modules first
+                _convert_children(child.net, f"{qualified}.net", report, done, options)
             reason = probe(child, fused, channels, frames) if options.verify else None
             done[id(child)] = (child, fused, reason)
         if reason is not None:
@@ -288,7 +279,7 @@ def convert(model: nn.Module, *, verify: bool = True, dry_run: bool = False) -> 
     # Building the fused twins initialises their (discarded) parameters: the user's random
     # stream must not move.
     with torch.random.fork_rng(devices=[]):
-        if _candidate(model) is None:
+        if not _is_candidate(model):
             _convert_children(model, "", report, {}, options)
             return model, report
         holder = nn.Module()

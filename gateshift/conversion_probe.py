@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from .modules import _WEIGHT_PRE_HOOKS
 
 # The hooks a forward or backward runs (nn.Module's own dictionaries).
-_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",
-               "_forward_hooks_always_called", "_backward_pre_hooks", "_backward_hooks")
+CALL_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+                   "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_pre_hooks", "_backward_hooks")
 
 # The probe's input: two clips of the module's frame count, small planes.
 _CLIPS, _HEIGHT, _WIDTH = 2, 7, 6
@@ -56,7 +56,7 @@ def _state_restored(device: torch.device, *modules: nn.Module):
     hooks = {}
     for root in modules:
         for m in root.modules():
-            for name in _HOOK_DICTS:
+            for name in CALL_HOOK_DICTS:
                 hook_dict = getattr(m, name, None)
                 if hook_dict is not None and hook_dict and (id(m), name) not in hooks:
                     hooks[(id(m), name)] = (hook_dict, dict(hook_dict))

@@ -153,13 +153,21 @@ class _AllReduceSum(torch.autograd.Function):
         return summed, None
 
 
-def _positive_int(name: str, value) -> int:
-    """``value`` as a Python int when it is a positive integer of any integer type (numpy
-    integers included, as the published modules take them); else a ValueError."""
+def as_int(value) -> int | None:
+    """``value`` as a Python int when it is an integer of any integer type (numpy's
+    included, as the published modules take them; bool excluded), else None."""
+    if isinstance(value, bool):
+        return None
     try:
-        number = None if isinstance(value, bool) else operator.index(value)
+        return operator.index(value)
     except TypeError:
-        number = None
+        return None
+
+
+def _positive_int(name: str, value) -> int:
+    """``value`` as a Python int when it is a positive integer (see :func:`as_int`); else a
+    ValueError."""
+    number = as_int(value)
     if number is None or number < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return number

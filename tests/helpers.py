@@ -9,6 +9,8 @@ import dataclasses
 import pytest
 import torch
 
+import gateshift
+from gateshift import reference
 from gateshift.testing import cuda_emulator
 from gateshift.testing.compare import compare_to_reference
 from gateshift.testing.implementations import NAMES, Implementation, implementation
@@ -133,10 +135,12 @@ def op_kwargs(case: Case, bn_scale, bn_shift) -> dict:
 
 
 def run_with_grads(fn, case: Case, inputs, grad_out):
-    """Output of ``fn`` on ``inputs`` and the gradients of ``<out, grad_out>`` in every tensor input."""
+    """Output of ``fn`` on ``inputs`` and the gradients of ``<out, grad_out>`` in every tensor
+    input. ``inputs`` in make_inputs' order (gate_shift), or fuse_inputs' (gate_shift_fuse:
+    the fusion convolution's weight and bias follow)."""
     leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in inputs]
-    x, weight, bias, scale, shift = leaves
-    out = fn(x, weight, bias, **op_kwargs(case, scale, shift))
+    x, weight, bias, scale, shift, *fusion = leaves
+    out = fn(x, weight, bias, *fusion, **op_kwargs(case, scale, shift))
     present = [t for t in leaves if t is not None]
     grads = torch.autograd.grad(out, present, grad_out.to(out.dtype))
     return out.detach(), list(grads)
@@ -160,6 +164,15 @@ def randomise(model: torch.nn.Module, gen: torch.Generator) -> torch.nn.Module:
             else:
                 p.copy_(torch.randn(p.shape, generator=gen) * (0.3 if p.dim() > 1 else 0.1))
     return model
+
+
+def published_and_fused(module: str, gen: torch.Generator, fplane: int = 8, frames: int = 3, dtype=torch.float64):
+    """The published ``module`` ("GSM" or "GSF", from gateshift.reference) with random
+    parameters (:func:`randomise`), and the fused one loaded from its state_dict."""
+    published = randomise(getattr(reference, module)(fplane, frames), gen).to(dtype)
+    fused = getattr(gateshift, module)(fplane, frames).to(dtype)
+    fused.load_state_dict(published.state_dict())
+    return published, fused
 
 
 def train_step_and_compare(published, fused, x, gen, lr: float, step: int) -> None:

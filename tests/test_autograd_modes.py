@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
-from helpers import OPS, Case, call_op, op_params
+from helpers import OPS, Case, call_op, op_params, published_and_fused
 
 import gateshift
 from gateshift import reference
@@ -99,20 +99,10 @@ def test_vmap_over_clips_matches_the_unbatched_op(op, gen):
         torch.testing.assert_close(batched[i], fn(stacked[i], *primals[1:]))
 
 
-def module_pair(module: str, training: bool, gen):
-    published = getattr(reference, module)(8, 3).double().train(training)
-    with torch.no_grad():
-        for p in published.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.5)
-    fused = getattr(gateshift, module)(8, 3).double().train(training)
-    fused.load_state_dict(published.state_dict())
-    return published, fused
-
-
 @pytest.mark.parametrize("module", ["GSM", "GSF"])
 @pytest.mark.parametrize("training", [True, False])
 def test_module_forward_ad_matches_the_published_module(module, training, gen):
-    published, fused = module_pair(module, training, gen)
+    published, fused = (m.train(training) for m in published_and_fused(module, gen))
     x = torch.randn(6, 8, 4, 5, generator=gen, dtype=torch.float64)
     tangent = torch.randn(x.shape, generator=gen, dtype=x.dtype)
     results = []
@@ -132,7 +122,7 @@ def test_module_forward_ad_matches_the_published_module(module, training, gen):
 
 @pytest.mark.parametrize("module", ["GSM", "GSF"])
 def test_module_torch_func_jvp_matches_the_published_module(module, gen):
-    published, fused = module_pair(module, False, gen)
+    published, fused = (m.eval() for m in published_and_fused(module, gen))
     x = torch.randn(6, 8, 4, 5, generator=gen, dtype=torch.float64)
     tangent = torch.randn(x.shape, generator=gen, dtype=x.dtype)
     out, t = torch.func.jvp(fused, (x,), (tangent,))

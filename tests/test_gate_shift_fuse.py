@@ -28,6 +28,7 @@ from helpers import (
     low_precision_reference,
     nan_padded,
     op_kwargs,
+    run_with_grads,
     opcheck,
     train_step_and_compare,
 )
@@ -37,16 +38,6 @@ from gateshift import reference
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 INPUT_NAMES = ("x", "weight", "bias", "bn_scale", "bn_shift", "fuse_weight", "fuse_bias")
-
-
-def run(fn, case, inputs, grad_out):
-    """Output of ``fn`` on ``inputs`` (fuse_inputs' order) and the gradients of
-    ``<out, grad_out>`` in every tensor input."""
-    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in inputs]
-    x, weight, bias, scale, shift, fuse_weight, fuse_bias = leaves
-    out = fn(x, weight, bias, fuse_weight, fuse_bias, **op_kwargs(case, scale, shift))
-    present = [t for t in leaves if t is not None]
-    return out.detach(), list(torch.autograd.grad(out, present, grad_out.to(out.dtype)))
 
 
 def check_against_reference(impl, case, dtype, gen, *, num_sms=None, x_view=None):
@@ -61,11 +52,12 @@ def check_against_reference(impl, case, dtype, gen, *, num_sms=None, x_view=None
     grad_out = torch.randn(inputs64[0].shape, generator=gen, dtype=torch.float64).to(device=impl.device, dtype=dtype)
     grad_out64 = grad_out.cpu().double()  # rounded to dtype too
     with launches_as_on(impl, num_sms):
-        out, grads = run(impl.gate_shift_fuse, case, inputs, grad_out)
-    out64, grads64 = run(reference.gate_shift_fuse, case, rounded, grad_out64)
+        out, grads = run_with_grads(impl.gate_shift_fuse, case, inputs, grad_out)
+    out64, grads64 = run_with_grads(reference.gate_shift_fuse, case, rounded, grad_out64)
     low = dtype in LOW_PRECISION
     with low_precision_reference():
-        out_lp, grads_lp = run(reference.gate_shift_fuse, case, inputs, grad_out) if low else (None, [None] * 7)
+        out_lp, grads_lp = (run_with_grads(reference.gate_shift_fuse, case, inputs, grad_out) if low
+                            else (None, [None] * 7))
     assert out.dtype == dtype and out.device.type == impl.device
     assert_close_to_reference(out, out64, out_lp, what="out")
     names = [n for n, t in zip(INPUT_NAMES, inputs) if t is not None]
@@ -214,7 +206,7 @@ def test_parameter_gradients_do_not_depend_on_the_thread_count(impl, gen):
         results = []
         for n in (1, 3, 8):
             torch.set_num_threads(n)
-            results.append(run(impl.gate_shift_fuse, case, inputs, grad_out))
+            results.append(run_with_grads(impl.gate_shift_fuse, case, inputs, grad_out))
     finally:
         torch.set_num_threads(threads)
     for out, grads in results[1:]:

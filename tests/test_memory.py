@@ -19,7 +19,7 @@ import sys
 
 import pytest
 import torch
-from helpers import Case, assert_close_to_reference, fuse_inputs, op_kwargs
+from helpers import Case, assert_close_to_reference, fuse_inputs, run_with_grads
 
 import gateshift
 from gateshift import reference
@@ -40,15 +40,10 @@ def cpu_scratch_limit():
 
 
 def forward_and_backward(library, op: str, case: Case, inputs, grad_out):
-    x, weight, bias, scale, shift, fuse_weight, fuse_bias = (t.detach().clone().requires_grad_() for t in inputs)
-    kwargs = op_kwargs(case, scale, shift)
-    if op == "gate_shift":
-        out = library.gate_shift(x, weight, bias, **kwargs)
-        leaves = (x, weight, bias, scale, shift)
-    else:
-        out = library.gate_shift_fuse(x, weight, bias, fuse_weight, fuse_bias, **kwargs)
-        leaves = (x, weight, bias, scale, shift, fuse_weight, fuse_bias)
-    return [out.detach(), *torch.autograd.grad(out, leaves, grad_out)]
+    """[out, *gradients] of ``op`` of ``library`` on fuse_inputs' ``inputs`` (GSM: the first five)."""
+    fn = getattr(library, op)
+    out, grads = run_with_grads(fn, case, inputs if op == "gate_shift_fuse" else inputs[:5], grad_out)
+    return [out, *grads]
 
 
 # Limits from a single scratch float per plane (1 x 1 tiles) to row bands and squares.

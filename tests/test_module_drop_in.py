@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import published_and_fused
 from torch.profiler import ProfilerActivity, profile
 
 import gateshift
@@ -13,20 +14,10 @@ from gateshift import reference
 MODULES = {"GSM": (reference.GSM, gateshift.GSM), "GSF": (reference.GSF, gateshift.GSF)}
 
 
-def module_pair(module: str, gen, dtype=torch.float64):
-    published = MODULES[module][0](8, 3).to(dtype)
-    with torch.no_grad():
-        for name, p in published.named_parameters():
-            p.copy_(torch.rand(p.shape, generator=gen) + 0.5 if name == "bn.weight" else torch.randn(p.shape, generator=gen) * 0.4)
-    fused = MODULES[module][1](8, 3).to(dtype)
-    fused.load_state_dict(published.state_dict())
-    return published, fused
-
-
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("module", MODULES)
 def test_empty_batch_returns_an_empty_tensor_as_published(module, training, gen):
-    published, fused = module_pair(module, gen)
+    published, fused = published_and_fused(module, gen)
     x = torch.empty(0, 8, 5, 4, dtype=torch.float64, requires_grad=True)
     out_r = published.train(training)(x)
     out_f = fused.train(training)(x)
@@ -39,7 +30,7 @@ def test_empty_batch_returns_an_empty_tensor_as_published(module, training, gen)
 
 @pytest.mark.parametrize("module", MODULES)
 def test_x_in_another_dtype_than_the_parameters_is_an_error(module, gen):
-    published, fused = module_pair(module, gen)
+    published, fused = published_and_fused(module, gen)
     x = torch.randn(6, 8, 5, 4, generator=gen)  # float32 into a float64 module
     with pytest.raises(RuntimeError):
         published(x)
@@ -56,7 +47,7 @@ def test_x_in_another_dtype_than_the_parameters_is_an_error(module, gen):
 def test_the_reference_and_the_published_module_agree_on_non_finite_x(module, bad, gen):
     # The published module computes x - g*x (not (1-g)*x): inf - g*inf is NaN where
     # (1-g)*inf is not. The reference, and so every kernel tested against it, follows it.
-    published, _ = module_pair(module, gen)
+    published, _ = published_and_fused(module, gen)
     published.eval()
     x = torch.randn(6, 8, 5, 4, generator=gen, dtype=torch.float64)
     x[2, 1, 3, 2] = bad
@@ -91,7 +82,7 @@ def x_sized_copies(fn, x: torch.Tensor) -> int:
 
 @pytest.mark.parametrize("module", MODULES)
 def test_channels_last_input_is_copied_once(module, gen):
-    _, fused = module_pair(module, gen, dtype=torch.float32)
+    _, fused = published_and_fused(module, gen, dtype=torch.float32)
     leaf = torch.randn(6, 8, 5, 7, generator=gen, requires_grad=True)
     x = leaf.to(memory_format=torch.channels_last)  # an activation of a channels_last network
     assert not x.is_contiguous()

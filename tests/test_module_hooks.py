@@ -14,7 +14,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import train_step_and_compare
+from helpers import published_and_fused, train_step_and_compare
 from torch import nn
 from torch.nn.utils import parametrizations, prune
 
@@ -22,17 +22,6 @@ import gateshift
 from gateshift import reference
 
 MODULES = {"GSM": (reference.GSM, gateshift.GSM), "GSF": (reference.GSF, gateshift.GSF)}
-
-
-def module_pair(module: str, gen, frames: int = 3):
-    published = MODULES[module][0](8, frames).double()
-    with torch.no_grad():
-        for name, p in published.named_parameters():
-            p.copy_(torch.rand(p.shape, generator=gen, dtype=p.dtype) + 0.5 if name == "bn.weight"
-                    else torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.4)
-    fused = MODULES[module][1](8, frames).double()
-    fused.load_state_dict(published.state_dict())
-    return published, fused
 
 
 def l1_pruning(conv: nn.Module) -> None:
@@ -66,7 +55,7 @@ WEIGHT_HOOKS = [l1_pruning, legacy_weight_norm, legacy_spectral_norm, parametriz
 @pytest.mark.parametrize("apply", WEIGHT_HOOKS, ids=lambda f: f.__name__)
 @pytest.mark.parametrize("module", MODULES)
 def test_weight_hooks_train_as_in_the_published_module(apply, module, gen):
-    published, fused = module_pair(module, gen)
+    published, fused = published_and_fused(module, gen)
     for m in (published, fused):
         apply(m.conv3D)
         if module == "GSF":
@@ -96,7 +85,7 @@ def test_pruning_trains_over_steps_without_graph_errors(gen):
 @pytest.mark.parametrize("submodule", ["conv3D", "bn"])
 @pytest.mark.parametrize("module", MODULES)
 def test_hooks_on_submodules_fire_through_the_unfused_path(hook_kind, submodule, module, gen):
-    published, fused = module_pair(module, gen)
+    published, fused = published_and_fused(module, gen)
     seen = {"published": [], "fused": []}
     for key, m in (("published", published), ("fused", fused)):
         def record(mod, *args, key=key):
@@ -110,7 +99,7 @@ def test_hooks_on_submodules_fire_through_the_unfused_path(hook_kind, submodule,
 
 
 def test_the_unfused_path_passes_extra_channels_through(gen):
-    published, fused = module_pair("GSM", gen)
+    published, fused = published_and_fused("GSM", gen)
     fused.bn.register_forward_hook(lambda *args: None)
     x = torch.randn(6, 12, 5, 4, generator=gen, dtype=torch.float64)  # 4 channels past fPlane
     with pytest.warns(UserWarning):
