@@ -1,5 +1,13 @@
-"""Networks built from gateshift's modules: GCF-Net (gated clip fusion over a clip backbone)."""
+"""Networks built from gateshift's modules.
 
+* :func:`tsn`: the published TSN networks (BN-Inception with GSM, GSF or TSM, ...), with
+  the authors' module names; :func:`load_published` loads their checkpoints.
+* :class:`GCFNet`: gated clip fusion over any clip backbone.
+"""
+
+from .checkpoints import load_published
 from .gcf_net import GCFNet
+from .video_model import TSN
+from .zoo import BACKBONES, NETWORKS, tsn
 
-__all__ = ["GCFNet"]
+__all__ = ["BACKBONES", "NETWORKS", "GCFNet", "TSN", "load_published", "tsn"]

@@ -1,0 +1,3 @@
+from .complexity import main
+
+main()
