@@ -1,8 +1,9 @@
 """A small TSN-style network: a 2-D ResNet over frames with a temporal module in
 every block, class scores averaged over the frames of each clip.
 
-Used by ``gateshift-bench`` for the model-level case (a training step with the
-published GSM against ours) and by the examples. Not a model zoo entry.
+Small enough to train in seconds on a CPU: the learning example and tests, and the
+clip backbone of the GCF head's cost measurement use it. The published networks are in
+``gateshift.models``.
 """
 
 from __future__ import annotations

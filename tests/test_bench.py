@@ -19,15 +19,25 @@ from gateshift import check
 from gateshift.bench import cli, report, runner, timing, workloads
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = ["--shape", "1,3,8,5,6", "--ops", "gsm", "--repeat", "2", "--warmup", "1", "--model", "off", "--no-progress"]
+TINY = ["--shape", "1,3,8,5,6", "--ops", "gsm", "--repeat", "2", "--warmup", "1", "--network", "none", "--no-progress"]
 REQUIRED = {"impl", "shape", "dtype", "device", "fwd_ms", "fwd_bwd_ms", "saved_bytes"}
 
 
-def test_defaults_are_the_quick_reference_case_and_the_model():
+def test_defaults_are_the_quick_reference_case_and_a_published_network():
     args = cli.parse_args(["--quick"])
     assert args.device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     assert [str(s) for s in args.shapes] == ["2x8x64x28x28"]
-    assert args.model and args.impls == ["eager", "compile", "fused"] and args.ops == ["gsm", "gsf", "tsm"]
+    assert args.networks == ["bninception-gsm"]
+    assert args.impls == ["eager", "compile", "fused"] and args.ops == ["gsm", "gsf", "tsm"]
+
+
+def test_network_selection():
+    args = cli.parse_args(["--network", "resnet50-gsf"])
+    assert args.networks == ["resnet50-gsf"] and args.shapes == []  # a network alone: no op cases
+    every = cli.parse_args(["--network", "all"]).networks
+    assert len(every) == 7 and "bninception-tsn" not in every  # a TSN is every network's baseline
+    assert "inceptionv3-gsf" in workloads.NETWORKS and "resnet50-tsm" in workloads.NETWORKS
+    assert cli.parse_args(["--quick", "--network", "none"]).networks == []
 
 
 def test_presets_and_custom_shapes():
@@ -35,7 +45,7 @@ def test_presets_and_custom_shapes():
     shapes = [str(s) for s in args.shapes]
     assert shapes[0] == "1x2x8x4x4"
     assert "3x8x64x56x56" in shapes and "3x16x512x7x7" in shapes and len(shapes) == 1 + 2 * 4
-    assert not args.model  # shapes were given: no model case unless asked for
+    assert args.networks == []  # shapes were given: no network case unless asked for
     labels = {s.label for s in cli.parse_args(["--preset", "bn-inception", "--frames", "8"]).shapes}
     assert "bn-inception 5b" in labels and len(labels) == 10
 
@@ -51,7 +61,9 @@ def test_presets_and_custom_shapes():
         (["--frames", "8,x"], "comma-separated integers"),
         (["--device", "tpu"], "cpu or cuda"),
         (["--dtype", "int8"], "invalid choice"),
-        (["--model-size", "8"], "at least 16"),
+        (["--network-size", "8"], "at least 32"),
+        (["--network", "resnet50-gsm"], "invalid choice"),
+        (["--network-clips", "0"], "must be positive"),
     ],
 )
 def test_bad_arguments_exit_with_a_message(argv, message, capsys):
@@ -129,17 +141,24 @@ def test_gsf_joins_through_the_same_code_path():
     assert records[1].saved_bytes < records[0].saved_bytes
 
 
-def test_model_case_runs_both_implementations_on_the_same_weights():
+def test_network_case_runs_the_published_network_ours_and_the_baseline():
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
-    w = workloads.model_workload(clips=1, frames=4, size=16, gen=gen)
+    w = workloads.network_workload("resnet50-gsf", clips=1, frames=2, gen=gen, size=32)
     records = runner.benchmark_workload(
         w, torch.float32, torch.device("cpu"), ["eager", "fused"], warmup=1, repeat=2, bandwidth=1e10, gen=gen
     )
-    assert [r.op for r in records] == ["tsn-resnet", "tsn-resnet"]
-    assert records[1].max_abs_err < 1e-4 and records[1].saved_bytes < records[0].saved_bytes
+    assert [r.impl for r in records] == ["eager", "fused", "baseline"]
+    assert all(r.op == "resnet50-gsf" and r.shape == "1x2x3x32x32" for r in records)
+    eager, fused, baseline = records
+    assert fused.max_abs_err < 1e-3 and math.isnan(baseline.max_abs_err)
+    assert fused.saved_bytes < eager.saved_bytes
+    for r in (eager, fused):  # the share of the step the 16 GSFs take, measured against the baseline
+        assert r.temporal_share == pytest.approx(1 - baseline.fwd_bwd_ms / r.fwd_bwd_ms)
+        assert r.temporal_share_infer == pytest.approx(1 - baseline.infer_ms / r.infer_ms)
+    assert math.isnan(baseline.temporal_share)
 
 
-def test_model_case_leaves_compile_out_and_repeats_less(monkeypatch):
+def test_network_case_leaves_compile_out_and_repeats_less(monkeypatch):
     # A whole network compiles for minutes on a CPU and a step costs hundreds of op calls.
     calls = []
 
@@ -151,16 +170,33 @@ def test_model_case_leaves_compile_out_and_repeats_less(monkeypatch):
     gen = torch.Generator().manual_seed(0)
     cases = [
         lambda: workloads.op_workload(workloads.OPS["gsm"], workloads.Shape(1, 2, 4, 3, 3), gen),
-        lambda: workloads.model_workload(clips=1, frames=2, size=16, gen=gen),
+        lambda: workloads.network_workload("resnet50-tsm", clips=1, frames=2, gen=gen, size=32),
     ]
     kwargs = dict(warmup=4, repeat=12, bandwidth=1e10, gen=gen, progress=False)
     runner.benchmark_all(cases, torch.float32, torch.device("cpu"), ["eager", "compile", "fused"], **kwargs)
-    assert calls == [("gsm", ["eager", "compile", "fused"], 4, 12), ("tsn-resnet", ["eager", "fused"], 2, 4)]
+    assert calls == [("gsm", ["eager", "compile", "fused"], 4, 12), ("resnet50-tsm", ["eager", "fused"], 2, 6)]
     calls.clear()
     runner.benchmark_all(
         cases[1:], torch.float32, torch.device("cpu"), ["eager", "compile"], compile_model=True, **kwargs
     )
-    assert calls == [("tsn-resnet", ["eager", "compile"], 2, 4)]
+    assert calls == [("resnet50-tsm", ["eager", "compile"], 2, 6)]
+
+
+def test_network_weights_keep_float32_close_to_float64():
+    # Random BatchNorm statistics would make a 50-layer network chaotic; the workload's
+    # are measured, so the float32 published network is close to its float64 run and the
+    # fused network's error is that of float32.
+    gen = torch.Generator().manual_seed(1)
+    w = workloads.network_workload("resnet50-gsf", clips=1, frames=4, gen=gen, size=64)
+    x = torch.randn(w.input_shape, generator=gen)
+    with torch.no_grad():
+        y32 = w.published.eval()(x)
+        y_fused = w.fused.eval()(x)
+        y64 = w.published.double()(x.double())
+    scale = float(y64.abs().max())
+    published_error = float((y32 - y64).abs().max())
+    assert published_error < 1e-3 * scale  # with random running statistics: 20% and more
+    assert float((y_fused - y64).abs().max()) <= 2 * published_error
 
 
 def test_time_calls_times_each_call_after_the_warmup():
@@ -173,6 +209,14 @@ def test_time_calls_times_each_call_after_the_warmup():
     times = timing.time_calls(sleep_2ms, torch.device("cpu"), warmup=3, repeat=5)
     assert len(calls) == 3 + 5 and len(times.seconds) == 5  # --warmup and --repeat, exactly
     assert 2 <= times.median_ms < 200 and times.iqr_ms >= 0
+
+
+def test_time_interleaved_rotates_the_order_of_each_round():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = timing.time_interleaved(fns, torch.device("cpu"), warmup=1, repeat=4)
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab") + list("abc")
+    assert all(len(t.seconds) == 4 for t in times.values()) and list(times) == list("abc")
 
 
 def test_call_times_median_and_iqr():
@@ -211,10 +255,12 @@ SMALL_RESULTS = {
     "records": [
         {"op": "gsm", "impl": "eager", "shape": "1x2x8x4x4", "label": "custom", "fwd_bwd_ms": 6.0, "saved_ratio": 2.0},
         {"op": "gsm", "impl": "fused", "shape": "1x2x8x4x4", "label": "custom", "fwd_bwd_ms": 0.5, "saved_ratio": 1.25},
-        {"op": "tsn-resnet", "impl": "eager", "shape": "1x2x3x16x16", "label": "", "fwd_bwd_ms": 9.0,
-         "saved_ratio": math.nan},
-        {"op": "tsn-resnet", "impl": "fused", "shape": "1x2x3x16x16", "label": "", "fwd_bwd_ms": 4.5,
-         "saved_ratio": math.nan},
+        {"op": "resnet50-gsf", "impl": "eager", "shape": "1x2x3x32x32", "label": "", "fwd_bwd_ms": 9.0,
+         "infer_ms": 3.0, "saved_bytes": 4 * 2**20, "saved_ratio": math.nan, "temporal_share": 0.5},
+        {"op": "resnet50-gsf", "impl": "fused", "shape": "1x2x3x32x32", "label": "", "fwd_bwd_ms": 4.5,
+         "infer_ms": 2.0, "saved_bytes": 3 * 2**20, "saved_ratio": math.nan, "temporal_share": 0.2},
+        {"op": "resnet50-gsf", "impl": "baseline", "shape": "1x2x3x32x32", "label": "", "fwd_bwd_ms": 3.6,
+         "infer_ms": 1.5, "saved_bytes": 2 * 2**20, "saved_ratio": math.nan, "temporal_share": math.nan},
     ],
 }
 
@@ -229,7 +275,12 @@ def test_markdown_summary_rows(tmp_path):
         "| saved/x eager | saved/x fused |",
         "|---|---|---|---|---|---|---|---|---|---|",
         "| gsm | custom | 1x2x8x4x4 | 6.00 | - | 0.50 | 12.0 | - | 2.00 | 1.25 |",
-        "| tsn-resnet | - | 1x2x3x16x16 | 9.00 | - | 4.50 | 2.0 | - | - | - |",
+        "",
+        "| network | clips x T x 3 x H x W | step ms, published | step ms, fused | x | inference ms, published "
+        "| inference ms, fused | x | saved MB, published | saved MB, fused | temporal share of step, published "
+        "| temporal share of step, fused |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| resnet50-gsf | 1x2x3x32x32 | 9 | 4 | 2.00 | 3 | 2 | 1.50 | 4 | 3 | 50% | 20% |",
     ]
 
 

@@ -6,9 +6,9 @@ For each case (an op at a shape, dtype and device) and each implementation
 * ``compile`` ``torch.compile`` of that module;
 * ``fused``   ours;
 
-on identical inputs and weights, it measures (the model-level case, a TSN-style
-ResNet with a GSM in each block, runs through the same code: a training step of
-the whole network with the published GSM against ours)
+on identical inputs and weights, it measures (a network case, ``--network``: a whole
+published network of ``gateshift.models``, runs through the same code, plus
+``baseline``, the same backbone without temporal modules)
 
 * ``fwd_ms``       a training-mode forward (autograd recording), median over repetitions;
 * ``fwd_bwd_ms``   a training-mode forward + backward, median;
@@ -21,6 +21,8 @@ the whole network with the published GSM against ours)
   the forward's achieved bandwidth as a fraction of the copy bandwidth. The table calls
   it ``fwd % floor``; it has nothing to do with the backward pass;
 * ``fwd_bwd_bw_frac`` the same for forward+backward (JSON and CSV only);
+* ``temporal_share``, ``temporal_share_infer`` (network cases) the temporal modules'
+  share of a training step and of an inference pass: 1 - baseline's time / this time;
 * ``max_abs_err``  the largest difference of the output from ``eager``'s.
 
 Results go to an aligned table and, on request, to JSON, CSV, a PNG plot and
@@ -42,16 +44,17 @@ Modules:
 from gateshift.bench.cli import main, parse_args
 from gateshift.bench.runner import Record, benchmark_workload
 from gateshift.bench.timing import copy_bandwidth
-from gateshift.bench.workloads import OPS, Shape, model_workload, op_workload
+from gateshift.bench.workloads import NETWORKS, OPS, Shape, network_workload, op_workload
 
 __all__ = [
+    "NETWORKS",
     "OPS",
     "Record",
     "Shape",
     "benchmark_workload",
     "copy_bandwidth",
     "main",
-    "model_workload",
+    "network_workload",
     "op_workload",
     "parse_args",
 ]

@@ -10,9 +10,11 @@ import torch
 
 import gateshift
 from gateshift.bench.report import format_table, write_csv, write_json, write_plot
-from gateshift.bench.runner import benchmark_all, device_name
+from gateshift.bench.runner import benchmark_all, device_name, network_repeat, network_warmup
 from gateshift.bench.timing import copy_bandwidth
-from gateshift.bench.workloads import IMPLS, OPS, PRESETS, model_workload, op_workload, parse_shape, preset_shapes
+from gateshift.bench.workloads import (
+    IMPLS, NETWORKS, OPS, PRESETS, network_workload, op_workload, parse_shape, preset_shapes,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -34,10 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, default=None,
                    help="clips per batch for presets (default: 2 on cpu, 32 on cuda)")
     p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated ops (default: {','.join(OPS)})")
-    p.add_argument("--model", choices=("on", "off"), default=None,
-                   help="the model-level case (default: on with --quick or no shapes given)")
-    p.add_argument("--model-size", type=int, default=None,
-                   help="frame size of the model-level case (default: 64 with --quick, else 112)")
+    p.add_argument("--network", action="append", metavar="NAME", choices=[*NETWORKS, "all", "none"],
+                   help="a whole published network, training step and inference, published modules against "
+                        f"ours (repeatable; {', '.join(NETWORKS)}, all (those with temporal modules), none; default: bninception-gsm with "
+                        "--quick or no shapes given, else none)")
+    p.add_argument("--network-clips", type=int, default=None,
+                   help="clips of 8 frames per network step (default: 1 on cpu, 8 on cuda)")
+    p.add_argument("--network-size", type=int, default=None,
+                   help="frame size of the network cases (default: the authors' crop, 224 or 229)")
     p.add_argument("--impls", default=",".join(IMPLS),
                    help=f"comma-separated implementations (default: {','.join(IMPLS)})")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per measurement")
@@ -45,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default: 0)")
     p.add_argument("--compile-model", action="store_true",
-                   help="also torch.compile the model-level case (slow on CPUs)")
+                   help="also torch.compile the published network in network cases (minutes on CPUs)")
     p.add_argument("--json", metavar="PATH", help="write one record per (case, impl) as JSON")
     p.add_argument("--csv", metavar="PATH", help="write the records as CSV")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of speed-up and memory per case (needs matplotlib)")
@@ -81,7 +87,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--frames wants comma-separated integers, got {args.frames!r}")
     if args.clips is None:
         args.clips = 2 if args.device.type == "cpu" else 32
-    args.model_clips = 2 if args.device.type == "cpu" else 16
+    if args.network_clips is None:
+        args.network_clips = 1 if args.device.type == "cpu" else 8
+    if args.network_clips < 1:
+        parser.error(f"--network-clips must be positive, got {args.network_clips}")
     if args.warmup is None:
         args.warmup = 3 if args.device.type == "cpu" else 10
     if args.repeat is None:
@@ -90,14 +99,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--repeat must be at least 2 (a median and a spread)")
     shapes = list(args.shape or [])
     presets = list(args.preset or [])
-    default_run = args.quick or (not shapes and not presets)
+    default_run = args.quick or (not shapes and not presets and not args.network)
     if default_run:
         presets = presets or ["reference"]
-    args.model = (args.model == "on") if args.model is not None else default_run
-    if args.model_size is None:
-        args.model_size = 64 if args.quick else 112
-    if args.model_size < 16:
-        parser.error(f"--model-size must be at least 16, got {args.model_size}")
+    networks = args.network or (["bninception-gsm"] if default_run else [])
+    if "all" in networks:  # every network with temporal modules (each runs its TSN as baseline)
+        networks = [name for name, (_, temporal) in NETWORKS.items() if temporal is not None]
+    args.networks = [n for n in dict.fromkeys(networks) if n != "none"]
+    if args.network_size is not None and args.network_size < 32:
+        parser.error(f"--network-size must be at least 32, got {args.network_size}")
     for name in presets:
         shapes += preset_shapes(name, args.clips, [8] if name == "reference" else args.frames)
     args.shapes = shapes
@@ -122,11 +132,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     print(f"# {meta['command']}")
     print(f"# {meta['device']}, torch {meta['torch']}, {args.dtype}, copy bandwidth {bandwidth / 1e9:.1f} GB/s, "
-          f"medians of {args.repeat} after {args.warmup} warm-up")
+          f"medians of {args.repeat} after {args.warmup} warm-up"
+          + (f" (networks: {network_repeat(args.repeat)} interleaved rounds after {network_warmup(args.warmup)})"
+             if args.networks else ""))
     gen = torch.Generator().manual_seed(args.seed)
     workloads = [lambda spec=OPS[o], s=s: op_workload(spec, s, gen) for o in args.ops for s in args.shapes]
-    if args.model:
-        workloads.append(lambda: model_workload(args.model_clips, 8, args.model_size, gen))
+    workloads += [lambda n=n: network_workload(n, args.network_clips, 8, gen, args.network_size) for n in args.networks]
     records = benchmark_all(
         workloads, dtype, device, args.impls,
         warmup=args.warmup, repeat=args.repeat, bandwidth=bandwidth, gen=gen,

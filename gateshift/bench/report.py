@@ -34,6 +34,8 @@ TABLE_COLUMNS = [
     ("saved_mb", "saved MB", "{:.1f}"),
     ("saved_ratio", "saved/x", "{:.2f}"),
     ("fwd_bw_frac", "fwd % floor", "{:.0%}"),
+    ("temporal_share", "temporal % step", "{:.0%}"),
+    ("temporal_share_infer", "temporal % infer", "{:.0%}"),
     ("max_abs_err", "max err", "{:.1e}"),
 ]
 
@@ -126,7 +128,49 @@ def _markdown_table(meta: dict, records: Sequence[dict]) -> list[str]:
     cases: dict[tuple, dict] = defaultdict(dict)
     for r in records:
         cases[(r["op"], r["shape"], r["label"])][r["impl"]] = r
+    networks = {key: by_impl for key, by_impl in cases.items() if "baseline" in by_impl}
+    op_cases = {key: by_impl for key, by_impl in cases.items() if key not in networks}
+    lines = _op_table(meta, op_cases) if op_cases else []
+    if networks:
+        lines += [""] if lines else []
+        lines += _network_table(meta, networks, titled=bool(lines))
+    return lines
 
+
+def _title(meta: dict) -> str:
+    return f"`{meta['command']}` ({meta['device']}, {meta['dtype']}, medians of {meta['repeat']}):"
+
+
+def _network_table(meta: dict, cases: dict[tuple, dict], titled: bool) -> list[str]:
+    """Whole networks: a training step and an inference pass with the published modules
+    and with ours, what autograd keeps, and the temporal modules' share of the step."""
+
+    def value(r: dict | None, key: str, fmt: str, scale: float = 1) -> str:
+        return "-" if r is None or math.isnan(r[key]) else fmt.format(r[key] / scale)
+
+    def ratio(a: dict | None, b: dict | None, key: str) -> str:
+        return "-" if a is None or b is None else f"{a[key] / b[key]:.2f}"
+
+    lines = [] if titled else [_title(meta), ""]
+    lines += [
+        "| network | clips x T x 3 x H x W | step ms, published | step ms, fused | x | inference ms, published "
+        "| inference ms, fused | x | saved MB, published | saved MB, fused | temporal share of step, published "
+        "| temporal share of step, fused |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (op, shape, _), by_impl in cases.items():
+        eager, fused = by_impl.get("eager"), by_impl.get("fused")
+        lines.append(
+            f"| {op} | {shape} | {value(eager, 'fwd_bwd_ms', '{:.0f}')} | {value(fused, 'fwd_bwd_ms', '{:.0f}')} "
+            f"| {ratio(eager, fused, 'fwd_bwd_ms')} | {value(eager, 'infer_ms', '{:.0f}')} "
+            f"| {value(fused, 'infer_ms', '{:.0f}')} | {ratio(eager, fused, 'infer_ms')} "
+            f"| {value(eager, 'saved_bytes', '{:.0f}', 2**20)} | {value(fused, 'saved_bytes', '{:.0f}', 2**20)} "
+            f"| {value(eager, 'temporal_share', '{:.0%}')} | {value(fused, 'temporal_share', '{:.0%}')} |"
+        )
+    return lines
+
+
+def _op_table(meta: dict, cases: dict[tuple, dict]) -> list[str]:
     def ms(r: dict | None) -> str:
         return f"{r['fwd_bwd_ms']:.2f}" if r is not None else "-"
 
@@ -137,7 +181,7 @@ def _markdown_table(meta: dict, records: Sequence[dict]) -> list[str]:
         return f"{r['saved_ratio']:.2f}" if r is not None and not math.isnan(r["saved_ratio"]) else "-"
 
     lines = [
-        f"`{meta['command']}` ({meta['device']}, {meta['dtype']}, medians of {meta['repeat']}):",
+        _title(meta),
         "",
         "| op | where | B x T x C x H x W | eager ms | compile ms | fused ms | x eager | x compile "
         "| saved/x eager | saved/x fused |",

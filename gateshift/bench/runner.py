@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm import tqdm
 
-from gateshift.bench.timing import peak_bytes, saved_bytes, time_calls, write_profile
+from gateshift.bench.timing import CallTimes, peak_bytes, saved_bytes, time_calls, time_interleaved, write_profile
 from gateshift.bench.workloads import Workload
 
 
@@ -45,6 +45,10 @@ class Record:
     max_abs_err: float
     speedup_vs_eager: float = math.nan
     speedup_vs_compile: float = math.nan
+    # Network cases: the temporal modules' share of a training step (forward+backward)
+    # and of an inference pass, 1 - (the backbone without them) / (this network).
+    temporal_share: float = math.nan
+    temporal_share_infer: float = math.nan
 
     @property
     def saved_mb(self) -> float:
@@ -82,6 +86,8 @@ def benchmark_workload(
     for impl in impls:
         m = copy.deepcopy(w.fused if impl == "fused" else w.published).to(device=device, dtype=dtype)
         models[impl] = torch.compile(m) if impl == "compile" else m
+    if w.baseline is not None:
+        models["baseline"] = copy.deepcopy(w.baseline).to(device=device, dtype=dtype)
     x = torch.randn(w.input_shape, generator=gen).to(device=device, dtype=dtype)
     x_leaf = x.clone().requires_grad_()
 
@@ -99,29 +105,46 @@ def benchmark_workload(
         floor_fwd_ms = fwd_bytes / bandwidth * 1e3
         floor_fwd_bwd_ms = (fwd_bytes + bwd_bytes) / bandwidth * 1e3
 
-    records = []
-    for impl, model in models.items():
-        model.eval()
-        with torch.no_grad():
-            err = (model(x).float() - expected).abs().max().item()
-            infer = time_calls(lambda: model(x), device, warmup=warmup, repeat=repeat)
-        model.train()
+    def infer_call(model):
+        return lambda: model(x)
 
-        def forward():
-            return model(x_leaf)
+    def forward_call(model):
+        return lambda: model(x_leaf)
 
+    def step_call(model):
         def step():
             # The input stands for the previous layer's output: a fresh gradient
             # every step, not one accumulated into .grad (an extra full-size add).
             x_leaf.grad = None
             model(x_leaf).backward(grad)
 
-        fwd = time_calls(forward, device, warmup=warmup, repeat=repeat)
-        fwd_bwd = time_calls(step, device, warmup=warmup, repeat=repeat)
-        saved = saved_bytes(forward)
-        peak = peak_bytes(step, device)
+        return step
+
+    def measure(make_call) -> dict[str, CallTimes]:
+        calls = {impl: make_call(model) for impl, model in models.items()}
+        if w.is_model:  # seconds per call: interleave, so that every network sees the same drift
+            return time_interleaved(calls, device, warmup=warmup, repeat=repeat)
+        return {impl: time_calls(call, device, warmup=warmup, repeat=repeat) for impl, call in calls.items()}
+
+    errors = {}
+    for impl, model in models.items():
+        model.eval()
+    with torch.no_grad():
+        for impl, model in models.items():
+            # The baseline is another network: it has no reference output.
+            errors[impl] = math.nan if impl == "baseline" else (model(x).float() - expected).abs().max().item()
+        infer = measure(infer_call)
+    for model in models.values():
+        model.train()
+    fwd = measure(forward_call)
+    fwd_bwd = measure(step_call)
+
+    records = []
+    for impl, model in models.items():
+        saved = saved_bytes(forward_call(model))
+        peak = peak_bytes(step_call(model), device)
         if profile_dir is not None:
-            write_profile(step, device, profile_dir, f"{w.op}-{impl}-{w.shape}-{dtype_name(dtype)}")
+            write_profile(step_call(model), device, profile_dir, f"{w.op}-{impl}-{w.shape}-{dtype_name(dtype)}")
         model.zero_grad(set_to_none=True)
         x_leaf.grad = None
         records.append(
@@ -133,17 +156,17 @@ def benchmark_workload(
                 dtype=dtype_name(dtype),
                 device=device_name(device),
                 numel=x.numel(),
-                fwd_ms=fwd.median_ms,
-                fwd_ms_iqr=fwd.iqr_ms,
-                fwd_bwd_ms=fwd_bwd.median_ms,
-                fwd_bwd_ms_iqr=fwd_bwd.iqr_ms,
-                infer_ms=infer.median_ms,
+                fwd_ms=fwd[impl].median_ms,
+                fwd_ms_iqr=fwd[impl].iqr_ms,
+                fwd_bwd_ms=fwd_bwd[impl].median_ms,
+                fwd_bwd_ms_iqr=fwd_bwd[impl].iqr_ms,
+                infer_ms=infer[impl].median_ms,
                 saved_bytes=saved,
                 saved_ratio=math.nan if w.is_model else saved / x_bytes,
                 peak_bytes=peak,
-                fwd_bw_frac=floor_fwd_ms / fwd.median_ms,
-                fwd_bwd_bw_frac=floor_fwd_bwd_ms / fwd_bwd.median_ms,
-                max_abs_err=err,
+                fwd_bw_frac=floor_fwd_ms / fwd[impl].median_ms,
+                fwd_bwd_bw_frac=floor_fwd_bwd_ms / fwd_bwd[impl].median_ms,
+                max_abs_err=errors[impl],
             )
         )
     by_impl = {r.impl: r for r in records}
@@ -152,7 +175,21 @@ def benchmark_workload(
             r.speedup_vs_eager = by_impl["eager"].fwd_bwd_ms / r.fwd_bwd_ms
         if "compile" in by_impl:
             r.speedup_vs_compile = by_impl["compile"].fwd_bwd_ms / r.fwd_bwd_ms
+        if "baseline" in by_impl and r.impl != "baseline":
+            base = by_impl["baseline"]
+            r.temporal_share = 1 - base.fwd_bwd_ms / r.fwd_bwd_ms
+            r.temporal_share_infer = 1 - base.infer_ms / r.infer_ms
     return records
+
+
+def network_warmup(warmup: int) -> int:
+    """A network step costs as much as hundreds of op calls: fewer warm-up calls..."""
+    return max(1, warmup // 2)
+
+
+def network_repeat(repeat: int) -> int:
+    """... and fewer timed rounds (interleaved, so the ratios still hold)."""
+    return max(5, repeat // 2)
 
 
 def progress_bar(total: int, *, enabled: bool) -> tqdm:
@@ -187,14 +224,13 @@ def benchmark_all(
             case_impls = list(impls)
             model_case = w.is_model
             if model_case and len(case_impls) > 1 and not compile_model:
-                # Compiling the whole network takes minutes on a CPU: the model-level case
-                # compares eager and fused unless --impls names compile alone.
+                # Compiling a whole network takes minutes on a CPU: a network case compares
+                # eager and fused unless --impls names compile alone or --compile-model is given.
                 case_impls = [i for i in case_impls if i != "compile"]
             records += benchmark_workload(
                 w, dtype, device, case_impls,
-                # A network step costs as much as hundreds of op calls: fewer repetitions.
-                warmup=max(1, warmup // 2) if model_case else warmup,
-                repeat=max(3, repeat // 3) if model_case else repeat,
+                warmup=network_warmup(warmup) if model_case else warmup,
+                repeat=network_repeat(repeat) if model_case else repeat,
                 bandwidth=bandwidth, gen=gen, profile_dir=profile_dir,
             )
             bar.update()

@@ -54,6 +54,27 @@ def time_calls(fn: Callable[[], object], device: torch.device, *, warmup: int, r
         return CallTimes(tuple(timer.timeit(number=1) for _ in range(repeat)))
 
 
+def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, *, warmup: int,
+                     repeat: int) -> dict[str, CallTimes]:
+    """Like :func:`time_calls` for several functions at once, in rounds: each round times
+    one call of each, in an order that rotates from round to round. A whole network's
+    step takes a second on a CPU, long enough for a shared machine's speed to drift
+    between one implementation's samples and the next's; interleaved, every
+    implementation sees the same drift, so their ratios hold."""
+    clock = benchmark.timer if device.type == "cuda" else timeit.default_timer
+    timers = {name: timeit.Timer(fn, timer=clock) for name, fn in fns.items()}
+    names = list(fns)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        for _ in range(warmup):
+            for fn in fns.values():
+                fn()
+        for r in range(repeat):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                samples[name].append(timers[name].timeit(number=1))
+    return {name: CallTimes(tuple(values)) for name, values in samples.items()}
+
+
 def copy_bandwidth(device: torch.device, repeat: int = 10) -> float:
     """The device's copy bandwidth in bytes/s (read + write), measured now."""
     numel = (64 if device.type == "cpu" else 256) * 2**20 // 4

@@ -1,9 +1,13 @@
-"""What is benchmarked: the ops, the shapes they run at, and the cases built from them.
+"""What is benchmarked: the ops, the shapes they run at, the published networks, and
+the cases built from them.
 
 A case (:class:`Workload`) pairs a published-semantics module (``gateshift.reference``)
-with its fused twin holding the same weights, and names the input they run on. The
-shapes come from ``--shape`` or from presets: the DESIGN.md reference shape and the GSM
-placements of real networks (DESIGN.md section 4).
+with its fused twin holding the same weights, and names the input they run on. Op
+shapes come from ``--shape`` or from presets: the DESIGN.md reference shape and the
+GSM placements of real networks (DESIGN.md section 4). A network case
+(:func:`network_workload`) is a whole ``gateshift.models.tsn`` network built from the
+published modules and from ours, plus the same backbone without temporal modules, whose
+time gives the temporal modules' share of each.
 """
 
 from __future__ import annotations
@@ -16,8 +20,7 @@ import torch
 from torch import nn
 
 import gateshift
-from gateshift import reference
-from gateshift.tsn import TSNResNet
+from gateshift import models, reference
 
 # How a case's modules are run: the published module op for op, torch.compile of it, ours.
 IMPLS = ("eager", "compile", "fused")
@@ -84,8 +87,10 @@ class Workload:
     published: nn.Module
     fused: nn.Module
     input_shape: tuple[int, ...]
-    # Bytes a fused op must move at least (DESIGN.md section 3), or None for a model.
+    # Bytes a fused op must move at least (DESIGN.md section 3), or None for a network.
     floor_bytes: Callable[[int], tuple[int, int]] | None = None
+    # A network case's backbone without temporal modules (timed as impl "baseline").
+    baseline: nn.Module | None = None
 
     @property
     def is_model(self) -> bool:
@@ -116,16 +121,58 @@ def op_workload(spec: OpSpec, shape: Shape, gen: torch.Generator) -> Workload:
     )
 
 
-def model_workload(clips: int, frames: int, size: int, gen: torch.Generator) -> Workload:
-    """A TSN-style ResNet with a GSM in each block: the published GSM against ours."""
-    published = TSNResNet(reference.GSM, num_segments=frames)
-    _randomise(published, gen)
-    fused = TSNResNet(gateshift.GSM, num_segments=frames)
+# The published networks by name: "<backbone>-<temporal>", "-tsn" for none.
+NETWORKS = {f"{backbone}-{temporal or 'tsn'}": (backbone, temporal) for backbone, temporal in models.NETWORKS}
+NETWORK_CLASSES = 174  # Something-Something V1, the papers' benchmark
+
+
+def _randomise_network(net: nn.Module, gen: torch.Generator, frame_shape: tuple[int, ...], frames: int) -> None:
+    """Weights scaled by fan-in, gates that are not the identity, and BatchNorm statistics
+    as after training: measured on a random batch of at least 16 frames, so that
+    activations stay O(1) in eval mode too (random running statistics make a 50-layer
+    network's float32 output differ from its own float64 output by 20%)."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+            elif isinstance(m, (nn.Conv2d, nn.Conv3d, nn.Linear)):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) / m.weight[0].numel() ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+        norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average: one batch sets the statistics
+            m.train()
+        clips = -(-16 // frames)
+        net(torch.randn((clips * frames, *frame_shape), generator=gen))
+        for m in norms:
+            m.momentum = 0.1
+        net.train()  # back to the published training mode (partial BN included)
+
+
+def network_workload(name: str, clips: int, frames: int, gen: torch.Generator, size: int | None = None) -> Workload:
+    """The published network ``name`` (a key of ``NETWORKS``) built from the published
+    modules and from ours, same weights, in training mode as published (partial BN
+    included); ``size`` defaults to the authors' input size."""
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; choose from {', '.join(NETWORKS)}")
+    backbone, temporal = NETWORKS[name]
+    options = dict(num_classes=NETWORK_CLASSES, num_segments=frames)
+    published = models.tsn(backbone, temporal, implementation="published", **options)
+    size = published.input_size if size is None else size
+    input_shape = (clips * frames, 3, size, size)
+    _randomise_network(published, gen, input_shape[1:], frames)
+    fused = models.tsn(backbone, temporal, **options)
     fused.load_state_dict(published.state_dict())
-    return Workload(
-        "tsn-resnet", f"{clips}x{frames}x3x{size}x{size}", "model, GSM in 3 blocks", published, fused,
-        (clips * frames, 3, size, size),
-    )
+    baseline = models.tsn(backbone, None, **options)
+    _randomise_network(baseline, gen, input_shape[1:], frames)
+    kinds = {"gsm": gateshift.GSM, "gsf": gateshift.GSF, "tsm": gateshift.TemporalShift}
+    count = sum(isinstance(m, kinds[temporal]) for m in fused.modules()) if temporal else 0
+    label = f"network, {count} {temporal.upper()}" if temporal else "network, TSN (no temporal modules)"
+    return Workload(name, f"{clips}x{frames}x3x{size}x{size}", label, published, fused, input_shape,
+                    baseline=baseline if temporal else None)
 
 
 # GSM placements in real networks (DESIGN.md section 4): (fPlane, H = W) per block.
