@@ -1,4 +1,4 @@
-"""Proof that GSM learns what it is for: the direction of motion of a moving pattern.
+"""Proof that GSM (and GST) learn what they are for: the direction of motion of a moving pattern.
 
 Each clip shows one random texture drifting right, left, down or up (with wrap-around),
 starting at a random offset. Every frame alone is a randomly shifted random texture, the
@@ -6,11 +6,14 @@ same distribution whatever the direction, so a 2-D network that averages per-fra
 (TSN) can do no better than chance (25%). The same network with ``gateshift.GSM`` in its
 blocks sees neighbouring frames through the shifted channels and learns the direction;
 reversing a clip's frames reverses the motion, and its prediction flips to the opposite.
+With ``gateshift.GST`` in place of each block's 3x3 convolution, the network's temporal
+convolutions see neighbouring frames too.
 
     python examples/learn_motion_direction.py            # under half a minute on two CPU cores
     python examples/learn_motion_direction.py --steps 400 --size 32
 
-Prints the learning curve (held-out accuracy) of both networks and the flip rate.
+Prints the learning curve (held-out accuracy) of each network (TSN, TSN + GSM, TSN with
+GST) and the flip rate.
 """
 
 from __future__ import annotations
@@ -57,16 +60,28 @@ def reverse_frames(x: torch.Tensor, frames: int) -> torch.Tensor:
     return x.unflatten(0, (-1, frames)).flip(1).flatten(0, 1)
 
 
-def make_model(temporal: bool, frames: int) -> TSNResNet:
-    """A small TSN ResNet; ``temporal``: with the fused GSM in each bottleneck."""
-    return TSNResNet(
-        gateshift.GSM if temporal else None,
+TEMPORAL = (None, "gsm", "gst")
+LABELS = {None: "TSN", "gsm": "TSN + GSM", "gst": "TSN, GST"}
+
+
+def make_model(temporal: str | None, frames: int) -> TSNResNet:
+    """A small TSN ResNet: plain (``None``), with the fused GSM in each bottleneck
+    (``"gsm"``), or with each bottleneck's 3x3 convolution a GST (``"gst"``, alpha 4,
+    beta 2, on the frames in TSN layout)."""
+    model = TSNResNet(
+        gateshift.GSM if temporal == "gsm" else None,
         num_segments=frames,
         num_classes=len(DIRECTIONS),
         widths=(16, 32),
         stem_channels=16,
         in_channels=1,
     )
+    if temporal == "gst":
+        for block in model.blocks:
+            conv = block.spatial[0]
+            block.spatial[0] = gateshift.GST(conv.in_channels, conv.out_channels, alpha=4, beta=2,
+                                             stride=conv.stride[0], num_segments=frames)
+    return model
 
 
 @torch.no_grad()
@@ -124,10 +139,10 @@ def main() -> None:
     print(f"seed {seed}; chance is {1 / len(DIRECTIONS):.0%}")
     gen = torch.Generator().manual_seed(seed)
     held_out = moving_pattern_clips(256, args.frames, args.size, gen)
-    for temporal in (False, True):
+    for temporal in TEMPORAL:
         torch.manual_seed(seed)
         model = make_model(temporal, args.frames)
-        label = "TSN + GSM" if temporal else "TSN"
+        label = LABELS[temporal]
         start = time.perf_counter()
         train(model, args.steps, gen, held_out, args.frames, args.size, log_every=max(args.steps // 10, 1), label=label)
         print(f"  {label}: {time.perf_counter() - start:.0f} s; reversed clips predicted as the opposite "

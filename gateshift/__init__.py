@@ -7,6 +7,7 @@ from .functional import gate_shift, gate_shift_fuse, temporal_shift
 from .modules import GSF, GSM, TemporalShift
 from .conversion import FusedGatedShift, convert
 from .clip_fusion import GatedClipFusion, gcf_sparsity_loss
+from .gst import GST
 from . import models
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "TemporalShift",
     "convert",
     "FusedGatedShift",
+    "GST",
     "GatedClipFusion",
     "gcf_sparsity_loss",
     "models",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .modules import _positive_int
+from .modules import positive_int
 
 __all__ = ["GatedClipFusion", "gcf_sparsity_loss"]
 
@@ -40,11 +40,11 @@ class GatedClipFusion(nn.Module):
     def __init__(self, dim: int, num_clips: int, num_classes: int, inner_dim: int | None = None,
                  gate_hidden: int | None = None):
         super().__init__()
-        self.dim = dim = _positive_int("dim", dim)
-        self.num_clips = num_clips = _positive_int("num_clips", num_clips)
-        num_classes = _positive_int("num_classes", num_classes)
-        inner_dim = max(dim // 2, 1) if inner_dim is None else _positive_int("inner_dim", inner_dim)
-        gate_hidden = num_clips if gate_hidden is None else _positive_int("gate_hidden", gate_hidden)
+        self.dim = dim = positive_int("dim", dim)
+        self.num_clips = num_clips = positive_int("num_clips", num_clips)
+        num_classes = positive_int("num_classes", num_classes)
+        inner_dim = max(dim // 2, 1) if inner_dim is None else positive_int("inner_dim", inner_dim)
+        gate_hidden = num_clips if gate_hidden is None else positive_int("gate_hidden", gate_hidden)
         self.query = nn.Linear(dim, inner_dim, bias=False)
         self.key = nn.Linear(dim, inner_dim, bias=False)
         self.value = nn.Linear(dim, inner_dim, bias=False)

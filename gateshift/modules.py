@@ -164,7 +164,7 @@ def as_int(value) -> int | None:
         return None
 
 
-def _positive_int(name: str, value) -> int:
+def positive_int(name: str, value) -> int:
     """``value`` as a Python int when it is a positive integer (see :func:`as_int`); else a
     ValueError."""
     number = as_int(value)
@@ -260,10 +260,10 @@ class GSM(nn.Module):
 
     def __init__(self, fPlane: int, num_segments: int = 3):
         super().__init__()
-        fPlane = _positive_int("fPlane", fPlane)
+        fPlane = positive_int("fPlane", fPlane)
         if fPlane % 4 != 0:
             raise ValueError(f"fPlane must be a positive multiple of 4 (the interleaved order), got {fPlane!r}")
-        num_segments = _positive_int("num_segments", num_segments)
+        num_segments = positive_int("num_segments", num_segments)
         self.fPlane = fPlane
         self.num_segments = num_segments
         self.conv3D = nn.Conv3d(fPlane, 2, (3, 3, 3), stride=1, padding=(1, 1, 1), groups=2)
@@ -312,8 +312,8 @@ class GSF(nn.Module):
 
     def __init__(self, fPlane: int, num_segments: int = 8, gsf_ch_ratio: float = 100):
         super().__init__()
-        fPlane = _positive_int("fPlane", fPlane)
-        num_segments = _positive_int("num_segments", num_segments)
+        fPlane = positive_int("fPlane", fPlane)
+        num_segments = positive_int("num_segments", num_segments)
         if not 0 < gsf_ch_ratio <= 100:
             raise ValueError(f"gsf_ch_ratio must be in (0, 100], got {gsf_ch_ratio!r}")
         self.fPlane = gsf_channels(fPlane, gsf_ch_ratio)
@@ -371,8 +371,8 @@ class TemporalShift(nn.Module):
 
     def __init__(self, net: nn.Module | None = None, n_segment: int = 3, n_div: int = 8, inplace: bool = False):
         super().__init__()
-        n_segment = _positive_int("n_segment", n_segment)
-        n_div = _positive_int("n_div", n_div)
+        n_segment = positive_int("n_segment", n_segment)
+        n_div = positive_int("n_div", n_div)
         if not isinstance(inplace, bool):
             raise TypeError(f"inplace must be a bool, got {type(inplace).__name__}")
         self.net = net

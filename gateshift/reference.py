@@ -21,6 +21,7 @@ __all__ = [
     "gsf_channels",
     "temporal_shift",
     "TemporalShift",
+    "GST",
     "interleave_channels",
     "shift_from_next",
     "shift_from_previous",
@@ -266,3 +267,35 @@ def gated_clip_fusion(v: Tensor, fusion: nn.Module) -> tuple[Tensor, Tensor]:
         logits.append(fusion.classifier.weight @ v_prime + fusion.classifier.bias)  # (8)
         atts.append(att)
     return torch.stack(logits), torch.stack(atts)
+
+
+class GST(nn.Module):
+    """The published GST, op for op: two ``Conv3d`` on ``(B, C, T, H, W)`` tensors and a
+    ``cat``. With ``num_segments``, ``(B*T, C, H, W)`` tensors are permuted to 5-D and back,
+    as a 2-D network that holds the published block would have to. Parameters as
+    :class:`gateshift.GST`'s."""
+
+    def __init__(self, in_channels: int, out_channels: int, alpha: int = 4, beta: int = 2, stride: int = 1,
+                 num_segments: int | None = None):
+        super().__init__()
+        self.beta, self.num_segments = beta, num_segments
+        o_t = out_channels // alpha
+        i_s = in_channels // 2 if beta == 2 else in_channels
+        i_t = in_channels - i_s if beta == 2 else in_channels
+        self.conv2 = nn.Conv3d(i_s, out_channels - o_t, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1),
+                               bias=False)
+        self.Tconv = nn.Conv3d(i_t, o_t, 3, stride=(1, stride, stride), padding=1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        frames = x.dim() == 4
+        if frames:
+            n, c, h, w = x.shape
+            x = x.view(n // self.num_segments, self.num_segments, c, h, w).permute(0, 2, 1, 3, 4).contiguous()
+        if self.beta == 2:
+            half = x.shape[1] // 2
+            out = torch.cat((self.conv2(x[:, :half]), self.Tconv(x[:, half:])), dim=1)
+        else:
+            out = torch.cat((self.conv2(x), self.Tconv(x)), dim=1)
+        if frames:
+            out = out.permute(0, 2, 1, 3, 4).contiguous().flatten(0, 1)
+        return out

@@ -141,6 +141,18 @@ def test_gsf_joins_through_the_same_code_path():
     assert records[1].saved_bytes < records[0].saved_bytes
 
 
+def test_gst_joins_on_request():
+    assert cli.parse_args(["--quick"]).ops == ["gsm", "gsf", "tsm"]
+    assert cli.parse_args(["--ops", "gst", "--shape", "1,4,8,6,6"]).ops == ["gst"]
+    gen = torch.Generator().manual_seed(0)
+    w = workloads.op_workload(workloads.OPS["gst"], workloads.Shape(2, 4, 16, 6, 7), gen)
+    records = runner.benchmark_workload(
+        w, torch.float32, torch.device("cpu"), ["eager", "compile", "fused"], warmup=1, repeat=2, bandwidth=1e10,
+        gen=gen,
+    )
+    assert [r.op for r in records] == ["gst"] * 3 and all(r.max_abs_err < 1e-4 for r in records)
+
+
 def test_network_case_runs_the_published_network_ours_and_the_baseline():
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
     w = workloads.network_workload("resnet50-gsf", clips=1, frames=2, gen=gen, size=32)

@@ -13,7 +13,7 @@ from gateshift.bench.report import format_table, write_csv, write_json, write_pl
 from gateshift.bench.runner import benchmark_all, device_name, network_repeat, network_warmup
 from gateshift.bench.timing import copy_bandwidth
 from gateshift.bench.workloads import (
-    IMPLS, NETWORKS, OPS, PRESETS, network_workload, op_workload, parse_shape, preset_shapes,
+    DEFAULT_OPS, IMPLS, NETWORKS, OPS, PRESETS, network_workload, op_workload, parse_shape, preset_shapes,
 )
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available, else cpu)")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--quick", action="store_true",
-                   help="the DESIGN.md reference shape only (under a minute on 2 cores)")
+                   help="the DESIGN.md reference shape and BN-Inception + GSM (about a minute on 2 cores)")
     p.add_argument("--preset", action="append", choices=PRESETS,
                    help="shapes from real GSM placements (repeatable)")
     p.add_argument("--shape", action="append", type=parse_shape, metavar="B,T,C,H,W",
@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", default="8,16", help="frames per clip for presets (default: 8,16)")
     p.add_argument("--clips", type=int, default=None,
                    help="clips per batch for presets (default: 2 on cpu, 32 on cuda)")
-    p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated ops (default: {','.join(OPS)})")
+    p.add_argument("--ops", default=",".join(DEFAULT_OPS),
+                   help=f"comma-separated ops of {','.join(OPS)} (default: {','.join(DEFAULT_OPS)})")
     p.add_argument("--network", action="append", metavar="NAME", choices=[*NETWORKS, "all", "none"],
                    help="a whole published network, training step and inference, published modules against "
                         f"ours (repeatable; {', '.join(NETWORKS)}, all (those with temporal modules), none; default: bninception-gsm with "

@@ -15,7 +15,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 
-from gateshift.bench.runner import Record
+from gateshift.bench.runner import Record, network_repeat
 from gateshift.bench.workloads import IMPLS
 
 # (Record attribute, column title, format). "fwd % floor" is fwd_bw_frac: the forward's
@@ -137,8 +137,9 @@ def _markdown_table(meta: dict, records: Sequence[dict]) -> list[str]:
     return lines
 
 
-def _title(meta: dict) -> str:
-    return f"`{meta['command']}` ({meta['device']}, {meta['dtype']}, medians of {meta['repeat']}):"
+def _title(meta: dict, networks: bool = False) -> str:
+    medians = f"{network_repeat(meta['repeat'])} interleaved rounds" if networks else meta["repeat"]
+    return f"`{meta['command']}` ({meta['device']}, {meta['dtype']}, medians of {medians}):"
 
 
 def _network_table(meta: dict, cases: dict[tuple, dict], titled: bool) -> list[str]:
@@ -151,7 +152,7 @@ def _network_table(meta: dict, cases: dict[tuple, dict], titled: bool) -> list[s
     def ratio(a: dict | None, b: dict | None, key: str) -> str:
         return "-" if a is None or b is None else f"{a[key] / b[key]:.2f}"
 
-    lines = [] if titled else [_title(meta), ""]
+    lines = [] if titled else [_title(meta, networks=True), ""]
     lines += [
         "| network | clips x T x 3 x H x W | step ms, published | step ms, fused | x | inference ms, published "
         "| inference ms, fused | x | saved MB, published | saved MB, fused | temporal share of step, published "

@@ -73,7 +73,14 @@ OPS = {
         lambda c, t: gateshift.TemporalShift(None, t, 8),
         _shift_floor,
     ),
+    # GST as a bottleneck's 3x3 convolution (alpha 4, beta 2), on frames in TSN layout.
+    "gst": OpSpec(
+        "gst",
+        lambda c, t: reference.GST(c, c, 4, 2, 1, num_segments=t),
+        lambda c, t: gateshift.GST(c, c, 4, 2, 1, num_segments=t),
+    ),
 }
+DEFAULT_OPS = ("gsm", "gsf", "tsm")  # gst, a pair of convolutions, on request (--ops gst)
 
 
 @dataclasses.dataclass

@@ -17,6 +17,7 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .gst_resnet import gst_resnet50
 from .zoo import NETWORKS, tsn
 
 # (backbone, temporal) -> (params in M, GFLOPs, frames, source), Something-Something V1.
@@ -25,14 +26,20 @@ PUBLISHED = {
     ("bninception", "gsm"): (10.5, 16.46, 8, "GSM paper, Tab. 2"),
     ("inceptionv3", "gsm"): (22.21, 26.85, 8, "GSM paper, Tab. 4"),
     ("resnet50", "tsm"): (None, 33, 8, "GST paper, Tab. 3"),
+    ("gst-resnet50", None): (21.0, 29.5, 8, "GST paper, Tab. 2 and 3"),
 }
 
 
 def count(backbone: str, temporal: str | None, frames: int = 8, classes: int = 174) -> tuple[int, int]:
-    """(parameters, multiply-adds of one forward pass over one clip of ``frames``)."""
-    net = tsn(backbone, temporal, num_classes=classes, num_segments=frames).eval()
+    """(parameters, multiply-adds of one forward pass over one clip of ``frames``) of
+    ``tsn(backbone, temporal)``, or of ``gst_resnet50()`` for backbone ``"gst-resnet50"``."""
+    if backbone == "gst-resnet50":
+        net = gst_resnet50(num_classes=classes).eval()
+        x = torch.zeros(1, 3, frames, 224, 224)  # values do not change the count
+    else:
+        net = tsn(backbone, temporal, num_classes=classes, num_segments=frames).eval()
+        x = torch.zeros(frames, 3, net.input_size, net.input_size)
     params = sum(p.numel() for p in net.parameters())
-    x = torch.zeros(frames, 3, net.input_size, net.input_size)  # values do not change the count
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         net(x)
     return params, counter.get_total_flops() // 2
@@ -45,15 +52,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     print(f"| network | input | params (M) | GFLOPs, {args.frames} frames | published (params, GFLOPs, frames) |")
     print("|---|---|---|---|---|")
-    for backbone, temporal in NETWORKS:
+    for backbone, temporal in (*NETWORKS, ("gst-resnet50", None)):
         params, macs = count(backbone, temporal, args.frames, args.classes)
         size = 229 if backbone == "inceptionv3" else 224
-        name = f"{backbone}-{temporal or 'tsn'}"
+        name = backbone if backbone == "gst-resnet50" else f"{backbone}-{temporal or 'tsn'}"
         published = PUBLISHED.get((backbone, temporal))
         paper = ""
         if published is not None:
             p, f, n, source = published
-            paper = f"{'-' if p is None else f'{p}M'}, {f}G, {n} frames ({source})"
+            paper = f"{'params not given' if p is None else f'{p}M'}, {f}G, {n} frames ({source})"
         print(f"| {name} | {size}x{size} | {params / 1e6:.2f} | {macs / 1e9:.2f} | {paper} |")
 
 
