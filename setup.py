@@ -151,8 +151,13 @@ setup(
     description="Fused Gate-Shift (GSM) operators for PyTorch: CPU and CUDA kernels",
     packages=find_packages(include=["gateshift", "gateshift.*"]),
     python_requires=">=3.10",
-    install_requires=["torch>=2.6", "tqdm"],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6", "numpy", "matplotlib", "torchvision"], "plot": ["matplotlib"]},
+    # numpy: torch warns at import without it ("Failed to initialize NumPy").
+    install_requires=["torch>=2.6", "tqdm", "numpy"],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6", "matplotlib", "torchvision", "onnx", "onnxscript", "onnxruntime"],
+        "plot": ["matplotlib"],
+        "onnx": ["onnx", "onnxscript"],  # gateshift.onnx.export (torch.onnx's exporter needs both)
+    },
     ext_modules=[make_extension(), make_emulator_extension()],
     cmdclass={"build_ext": BuildExtension},
     entry_points={

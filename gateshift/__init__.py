@@ -9,6 +9,7 @@ from .conversion import FusedGatedShift, convert
 from .clip_fusion import GatedClipFusion, gcf_sparsity_loss
 from .gst import GST
 from . import models
+from . import onnx
 
 __all__ = [
     "gate_shift",
@@ -23,6 +24,7 @@ __all__ = [
     "GatedClipFusion",
     "gcf_sparsity_loss",
     "models",
+    "onnx",
     "reference",
 ]
 __version__ = "0.1.0"

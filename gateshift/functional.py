@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
@@ -101,13 +104,29 @@ def _gate_shift(
     return out5.flatten(0, 1) if layout == "TSN" else out5.transpose(1, 2)
 
 
+_standard_ops = threading.local()
+
+
+@contextlib.contextmanager
+def standard_ops():
+    """Within this context every gateshift op runs as its plain-PyTorch reference
+    (``gateshift.reference``: the same math in standard ATen operations), so that a trace
+    of the model holds nothing but standard operators. ``gateshift.onnx.export`` uses it."""
+    depth = getattr(_standard_ops, "depth", 0)
+    _standard_ops.depth = depth + 1
+    try:
+        yield
+    finally:
+        _standard_ops.depth = depth
+
+
 def _unfused_autograd_mode(*tensors) -> bool:
     """True under torch.func transforms (grad, vjp, jvp, jacrev, jacfwd, vmap, ...) and when
     an argument carries a forward-mode tangent (torch.autograd.forward_ad). The fused ops'
     autograd is reverse mode, registered with torch.library, which serves neither; there
     the ops run their plain-PyTorch reference (gateshift.reference, the same math, unfused),
-    which every autograd mode differentiates."""
-    if torch._C._are_functorch_transforms_active():
+    which every autograd mode differentiates. True as well inside :func:`standard_ops`."""
+    if torch._C._are_functorch_transforms_active() or getattr(_standard_ops, "depth", 0):
         return True
     return any(isinstance(t, Tensor) and fwAD.unpack_dual(t).tangent is not None for t in tensors)
 

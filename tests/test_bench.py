@@ -340,3 +340,14 @@ def test_check_command_fails_on_a_wrong_kernel(monkeypatch, capsys):
     monkeypatch.setattr(gateshift, "gate_shift", wrong)
     assert check.main(["--quick", "--seed", "3"]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_a_first_quick_run_writes_nothing_to_stderr():
+    # What a new user runs first: no warnings (numpy is a dependency; nothing imports the
+    # extension-building helpers' CUDA note), only the table on stdout.
+    result = subprocess.run(
+        [sys.executable, "-m", "gateshift.bench", "--quick", "--repeat", "2", "--warmup", "1", "--no-progress"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr[-2000:]
+    assert "bninception-gsm" in result.stdout and "fused" in result.stdout

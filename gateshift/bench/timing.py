@@ -15,13 +15,31 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import statistics
 import timeit
 from collections.abc import Callable
 
 import torch
-import torch.utils.benchmark as benchmark
 from torch import Tensor
+
+
+def _import_torch_benchmark():
+    # torch.utils.benchmark imports torch.utils.cpp_extension (for its C++ timers), which
+    # on a CUDA build of torch without a GPU logs "No CUDA runtime is found, using
+    # CUDA_HOME=...": a note for people building extensions that a user running the
+    # benchmark reads as an error. Nothing here builds anything: keep it quiet.
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import torch.utils.benchmark as benchmark
+    finally:
+        logger.setLevel(level)
+    return benchmark
+
+
+benchmark = _import_torch_benchmark()
 
 
 @dataclasses.dataclass(frozen=True)
