@@ -11,7 +11,7 @@ import torch
 import gateshift
 from gateshift.bench.report import format_table, write_csv, write_json, write_plot
 from gateshift.bench.runner import benchmark_all, device_name, network_repeat, network_warmup
-from gateshift.bench.timing import copy_bandwidth
+from gateshift.bench.timing import copy_bandwidth, matmul_rate
 from gateshift.bench.workloads import (
     DEFAULT_OPS, IMPLS, NETWORKS, OPS, PRESETS, network_workload, op_workload, parse_shape, preset_shapes,
 )
@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default: 0)")
     p.add_argument("--compile-model", action="store_true",
                    help="also torch.compile the published network in network cases (minutes on CPUs)")
+    p.add_argument("--roofline", action="store_true",
+                   help="also measure the matrix-product (sgemm) rate on the same threads and report each GSM/GSF "
+                        "case's useful FLOP rate (54 FLOP per element forward, 162 forward+backward) as a fraction")
     p.add_argument("--json", metavar="PATH", help="write one record per (case, impl) as JSON")
     p.add_argument("--csv", metavar="PATH", help="write the records as CSV")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of speed-up and memory per case (needs matplotlib)")
@@ -121,19 +124,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device, dtype = args.device, DTYPES[args.dtype]
     bandwidth = copy_bandwidth(device)
+    rate = matmul_rate(device) if args.roofline else None
     meta = {
         "gateshift": gateshift.__version__,
         "torch": torch.__version__,
         "device": device_name(device),
         "dtype": args.dtype,
         "copy_bandwidth_GBps": bandwidth / 1e9,
+        "matmul_GFLOPs": None if rate is None else rate / 1e9,
         "warmup": args.warmup,
         "repeat": args.repeat,
         "command": " ".join(["gateshift-bench", *(sys.argv[1:] if argv is None else argv)]),
     }
     print(f"# {meta['command']}")
     print(f"# {meta['device']}, torch {meta['torch']}, {args.dtype}, copy bandwidth {bandwidth / 1e9:.1f} GB/s, "
-          f"medians of {args.repeat} after {args.warmup} warm-up"
+          + ("" if rate is None else f"sgemm {rate / 1e9:.0f} GFLOP/s, ")
+          + f"medians of {args.repeat} after {args.warmup} warm-up"
           + (f" (networks: {network_repeat(args.repeat)} interleaved rounds after {network_warmup(args.warmup)})"
              if args.networks else ""))
     gen = torch.Generator().manual_seed(args.seed)
@@ -141,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workloads += [lambda n=n: network_workload(n, args.network_clips, 8, gen, args.network_size) for n in args.networks]
     records = benchmark_all(
         workloads, dtype, device, args.impls,
-        warmup=args.warmup, repeat=args.repeat, bandwidth=bandwidth, gen=gen,
+        warmup=args.warmup, repeat=args.repeat, bandwidth=bandwidth, gen=gen, matmul_rate=rate,
         compile_model=args.compile_model, profile_dir=args.profile, progress=not args.no_progress,
     )
     print(format_table(records))

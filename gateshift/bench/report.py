@@ -36,16 +36,26 @@ TABLE_COLUMNS = [
     ("fwd_bw_frac", "fwd % floor", "{:.0%}"),
     ("temporal_share", "temporal % step", "{:.0%}"),
     ("temporal_share_infer", "temporal % infer", "{:.0%}"),
+    ("matmul_frac", "fwd % sgemm", "{:.0%}"),
+    ("matmul_frac_fwd_bwd", "fwd+bwd % sgemm", "{:.0%}"),
     ("max_abs_err", "max err", "{:.1e}"),
 ]
 
 
+def _unmeasured(records: Sequence[Record], key: str) -> bool:
+    values = [getattr(r, key) for r in records]
+    return bool(values) and all(isinstance(v, float) and math.isnan(v) for v in values)
+
+
 def format_table(records: Sequence[Record]) -> str:
-    header = [title for _, title, _ in TABLE_COLUMNS]
+    # A column nothing in this run measured (the networks' temporal share in an op-only run,
+    # the sgemm fractions without --roofline) is left out.
+    columns = [c for c in TABLE_COLUMNS if not _unmeasured(records, c[0])]
+    header = [title for _, title, _ in columns]
     rows = []
     for r in records:
         row = []
-        for key, _, fmt in TABLE_COLUMNS:
+        for key, _, fmt in columns:
             value = getattr(r, key)
             row.append("-" if isinstance(value, float) and math.isnan(value) else fmt.format(value))
         rows.append(row)

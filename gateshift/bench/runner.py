@@ -49,6 +49,10 @@ class Record:
     # and of an inference pass, 1 - (the backbone without them) / (this network).
     temporal_share: float = math.nan
     temporal_share_infer: float = math.nan
+    # --roofline: the useful FLOP rate (the gate convolution's: 54 FLOP per element of x
+    # forward, 162 forward+backward) over the device's matrix-product rate, same run.
+    matmul_frac: float = math.nan
+    matmul_frac_fwd_bwd: float = math.nan
 
     @property
     def saved_mb(self) -> float:
@@ -76,9 +80,11 @@ def benchmark_workload(
     bandwidth: float,
     gen: torch.Generator,
     profile_dir: str | None = None,
+    matmul_rate: float | None = None,
 ) -> list[Record]:
     """Time and measure each of ``impls`` on one case; ``bandwidth`` (bytes/s) turns the
-    case's floor bytes into floor times."""
+    case's floor bytes into floor times, ``matmul_rate`` (FLOP/s, optional) its useful
+    FLOP into fractions of the compute ceiling."""
     # Every case compiles the same forward code anew; without a reset dynamo would
     # reach its recompile limit after a few shapes and silently run eager.
     torch._dynamo.reset()
@@ -169,6 +175,11 @@ def benchmark_workload(
                 max_abs_err=errors[impl],
             )
         )
+        if matmul_rate and w.flop_per_element is not None:
+            fwd_flop = w.flop_per_element[0] * x.numel()
+            fwd_bwd_flop = sum(w.flop_per_element) * x.numel()
+            records[-1].matmul_frac = fwd_flop / (fwd[impl].median_ms / 1e3) / matmul_rate
+            records[-1].matmul_frac_fwd_bwd = fwd_bwd_flop / (fwd_bwd[impl].median_ms / 1e3) / matmul_rate
     by_impl = {r.impl: r for r in records}
     for r in records:
         if r.impl == "baseline":  # another network: its time is the temporal modules' baseline, not a rival's
@@ -213,6 +224,7 @@ def benchmark_all(
     compile_model: bool = False,
     profile_dir: str | None = None,
     progress: bool = True,
+    matmul_rate: float | None = None,
 ) -> list[Record]:
     """Every case in order, with the model-level case's own rules. ``workloads`` are
     factories: a case is built just before it runs, so one case's modules are in memory at
@@ -233,7 +245,7 @@ def benchmark_all(
                 w, dtype, device, case_impls,
                 warmup=network_warmup(warmup) if model_case else warmup,
                 repeat=network_repeat(repeat) if model_case else repeat,
-                bandwidth=bandwidth, gen=gen, profile_dir=profile_dir,
+                bandwidth=bandwidth, gen=gen, profile_dir=profile_dir, matmul_rate=matmul_rate,
             )
             bar.update()
     return records

@@ -93,6 +93,16 @@ def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device,
     return {name: CallTimes(tuple(values)) for name, values in samples.items()}
 
 
+def matmul_rate(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 1024, repeat: int = 10) -> float:
+    """The device's dense matrix-product rate in FLOP/s (``2 n^3`` per ``n x n`` product,
+    sgemm in float32), measured now on the threads the benchmark runs on: the compute
+    ceiling a convolution-bound op is measured against."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    times = time_calls(lambda: torch.mm(a, b), device, warmup=3, repeat=repeat)
+    return 2 * size**3 / (times.median_ms / 1e3)
+
+
 def copy_bandwidth(device: torch.device, repeat: int = 10) -> float:
     """The device's copy bandwidth in bytes/s (read + write), measured now."""
     numel = (64 if device.type == "cpu" else 256) * 2**20 // 4

@@ -62,6 +62,10 @@ class OpSpec:
     fused: Callable[[int, int], nn.Module]
     # Bytes (forward, backward) the op must move at least, given the input's bytes.
     floor_bytes: Callable[[int], tuple[int, int]] = _gate_floor
+    # The useful FLOP per element of x (forward, backward): the gate convolution's 27
+    # multiply-adds forward, its transpose and weight gradient backward (issue 15's count);
+    # None for ops without arithmetic to speak of.
+    flop_per_element: tuple[int, int] | None = (54, 108)
 
 
 OPS = {
@@ -72,12 +76,14 @@ OPS = {
         lambda c, t: reference.TemporalShift(None, t, 8),
         lambda c, t: gateshift.TemporalShift(None, t, 8),
         _shift_floor,
+        flop_per_element=None,
     ),
     # GST as a bottleneck's 3x3 convolution (alpha 4, beta 2), on frames in TSN layout.
     "gst": OpSpec(
         "gst",
         lambda c, t: reference.GST(c, c, 4, 2, 1, num_segments=t),
         lambda c, t: gateshift.GST(c, c, 4, 2, 1, num_segments=t),
+        flop_per_element=None,  # convolutions: PyTorch's own, not ours
     ),
 }
 DEFAULT_OPS = ("gsm", "gsf", "tsm")  # gst, a pair of convolutions, on request (--ops gst)
@@ -98,6 +104,7 @@ class Workload:
     floor_bytes: Callable[[int], tuple[int, int]] | None = None
     # A network case's backbone without temporal modules (timed as impl "baseline").
     baseline: nn.Module | None = None
+    flop_per_element: tuple[int, int] | None = None  # as OpSpec's
 
     @property
     def is_model(self) -> bool:
@@ -124,7 +131,7 @@ def op_workload(spec: OpSpec, shape: Shape, gen: torch.Generator) -> Workload:
     rows = shape.clips * shape.frames
     return Workload(
         spec.name, str(shape), shape.label, published, fused, (rows, shape.channels, shape.height, shape.width),
-        floor_bytes=spec.floor_bytes,
+        floor_bytes=spec.floor_bytes, flop_per_element=spec.flop_per_element,
     )
 
 
