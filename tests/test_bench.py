@@ -155,13 +155,16 @@ def test_gst_joins_on_request():
 
 def test_network_case_runs_the_published_network_ours_and_the_baseline():
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
-    w = workloads.network_workload("resnet50-gsf", clips=1, frames=2, gen=gen, size=32)
+    # 64x64 planes and 4 frames: with 2 frames of 32x32 the last stage's BatchNorm statistics
+    # come from 1x1 maps of a few frames, and float32 errors of either network reach 5e-3.
+    w = workloads.network_workload("resnet50-gsf", clips=1, frames=4, gen=gen, size=64)
     records = runner.benchmark_workload(
         w, torch.float32, torch.device("cpu"), ["eager", "fused"], warmup=1, repeat=2, bandwidth=1e10, gen=gen
     )
     assert [r.impl for r in records] == ["eager", "fused", "baseline"]
-    assert all(r.op == "resnet50-gsf" and r.shape == "1x2x3x32x32" for r in records)
+    assert all(r.op == "resnet50-gsf" and r.shape == "1x4x3x64x64" for r in records)
     eager, fused, baseline = records
+    # Outputs are O(1-10) here; float32 differences up to 3e-4 were seen over 12 seeds.
     assert fused.max_abs_err < 1e-3 and math.isnan(baseline.max_abs_err)
     assert fused.saved_bytes < eager.saved_bytes
     for r in (eager, fused):  # the share of the step the 16 GSFs take, measured against the baseline
