@@ -166,6 +166,26 @@ def randomise(model: torch.nn.Module, gen: torch.Generator) -> torch.nn.Module:
     return model
 
 
+def randomise_network(net: torch.nn.Module, gen: torch.Generator) -> torch.nn.Module:
+    """Random weights scaled by fan-in (activations stay O(1) through 50+ layers), random
+    BatchNorm affine parameters and running statistics, and non-zero gating convolutions
+    (a new GSM's are zero, which would make it the identity)."""
+    nn = torch.nn
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.weight.copy_(torch.rand(module.weight.shape, generator=gen) + 0.5)
+                module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
+                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=gen) * 0.1)
+                module.running_var.copy_(torch.rand(module.running_var.shape, generator=gen) + 0.5)
+            elif isinstance(module, (nn.Conv2d, nn.Conv3d, nn.Linear)):
+                fan_in = module.weight[0].numel()
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) / fan_in**0.5)
+                if module.bias is not None:
+                    module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
+    return net
+
+
 def published_and_fused(module: str, gen: torch.Generator, fplane: int = 8, frames: int = 3, dtype=torch.float64):
     """The published ``module`` ("GSM" or "GSF", from gateshift.reference) with random
     parameters (:func:`randomise`), and the fused one loaded from its state_dict."""

@@ -11,10 +11,9 @@ checkpoint key counts, named layers with their shapes, parameter counts and FLOP
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from helpers import randomise_network
 from torch import nn
 
 import gateshift
@@ -23,25 +22,6 @@ from gateshift.models.complexity import count
 
 FRAMES = 3  # one clip: first, interior and last frame
 CLASSES = 7
-
-
-def randomise_network(net: nn.Module, gen: torch.Generator) -> nn.Module:
-    """Random weights scaled by fan-in (activations stay O(1) through 50+ layers), random
-    BatchNorm affine parameters and running statistics, and non-zero gating convolutions
-    (a new GSM's are zero, which would make it the identity)."""
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.weight.copy_(torch.rand(module.weight.shape, generator=gen) + 0.5)
-                module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
-                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=gen) * 0.1)
-                module.running_var.copy_(torch.rand(module.running_var.shape, generator=gen) + 0.5)
-            elif isinstance(module, (nn.Conv2d, nn.Conv3d, nn.Linear)):
-                fan_in = math.prod(module.weight.shape[1:])
-                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) / math.sqrt(fan_in))
-                if module.bias is not None:
-                    module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
-    return net
 
 
 def authors_checkpoint(net: nn.Module, temporal: str | None) -> dict:

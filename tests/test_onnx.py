@@ -4,10 +4,9 @@ eager PyTorch for clip counts other than the example's."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from helpers import randomise_network
 from torch import nn
 
 import gateshift
@@ -21,19 +20,8 @@ SIZE = 16
 
 
 def randomised(model: nn.Module, gen: torch.Generator) -> nn.Module:
-    """Random weights (fan-in scaled; non-zero GSM gates) and BatchNorm statistics."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-            elif isinstance(m, (nn.Conv2d, nn.Conv3d, nn.Linear)):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) / math.sqrt(m.weight[0].numel()))
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
-    return model.eval()
+    """Random weights and BatchNorm statistics (helpers.randomise_network), in eval mode."""
+    return randomise_network(model, gen).eval()
 
 
 def small_network(temporal: str, frames: int) -> nn.Module:
