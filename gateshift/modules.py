@@ -14,7 +14,8 @@ from torch.nn.utils.weight_norm import WeightNorm
 
 from ._ops import accumulation_dtype, ops, with_contiguous_planes
 from . import reference
-from .functional import _unfused_autograd_mode, gate_shift, gate_shift_fuse, temporal_shift
+from ._training_node import GateShiftWithBatchStats
+from .functional import _autocast, _check_args, _unfused_autograd_mode, gate_shift, gate_shift_fuse, temporal_shift
 from .reference import gsf_channels
 
 __all__ = ["GSM", "GSF", "TemporalShift", "batch_mean_var", "folded_batch_norm"]
@@ -52,16 +53,8 @@ def folded_batch_norm(
     statistics are used. The statistics are one cheap reduction over ``x5``;
     autograd carries their gradient back to ``x5``.
     """
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    else:
-        factor = 0.0 if bn.momentum is None else bn.momentum
-    # As _BatchNorm.forward: batch statistics in training, or in eval without running
-    # statistics; the running statistics are updated only while they are tracked.
-    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
-    update_running = bn.training and bn.track_running_stats and bn.running_mean is not None
-    if use_batch_stats:
+    factor = _running_statistics_factor(bn)
+    if _uses_batch_statistics(bn):
         count = x5.shape[0] * x5.shape[1] * x5.shape[3] * x5.shape[4]
         group = _synchronised_group(bn)
         if group is not None:
@@ -77,12 +70,7 @@ def folded_batch_norm(
                     "(B, T, C, H, W)"
                 )
             mean, var = batch_mean_var(x5, channels)
-        if update_running:
-            # detach(): no gradient, nor a forward-mode tangent, flows into the buffers.
-            with torch.no_grad():
-                unbiased = var.detach() * (count / (count - 1))
-                bn.running_mean.mul_(1 - factor).add_(mean.detach().to(bn.running_mean.dtype), alpha=factor)
-                bn.running_var.mul_(1 - factor).add_(unbiased.to(bn.running_var.dtype), alpha=factor)
+        _update_running_statistics(bn, mean, var, count, factor)
     else:
         mean, var = bn.running_mean, bn.running_var
     scale = torch.rsqrt(var + bn.eps)
@@ -93,6 +81,33 @@ def folded_batch_norm(
         shift = shift + bn.bias
     acc = accumulation_dtype(x5.dtype)
     return scale.to(acc), shift.to(acc)
+
+
+def _running_statistics_factor(bn: nn.modules.batchnorm._BatchNorm) -> float:
+    """As _BatchNorm.forward: counts the batch (in training, while statistics are tracked)
+    and returns the running statistics' update factor (momentum, or the cumulative
+    average's 1 / batches)."""
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    return 0.0 if bn.momentum is None else bn.momentum
+
+
+def _uses_batch_statistics(bn: nn.modules.batchnorm._BatchNorm) -> bool:
+    """As _BatchNorm.forward: batch statistics in training, or in eval without running statistics."""
+    return bn.training or (bn.running_mean is None and bn.running_var is None)
+
+
+def _update_running_statistics(bn: nn.modules.batchnorm._BatchNorm, mean, var, count, factor: float) -> None:
+    """Folds a batch's mean and biased variance into the running statistics, in training
+    while they are tracked, as BatchNorm does (with the unbiased variance)."""
+    if not (bn.training and bn.track_running_stats and bn.running_mean is not None):
+        return
+    # detach(): no gradient, nor a forward-mode tangent, flows into the buffers.
+    with torch.no_grad():
+        unbiased = var.detach() * (count / (count - 1))
+        bn.running_mean.mul_(1 - factor).add_(mean.detach().to(bn.running_mean.dtype), alpha=factor)
+        bn.running_var.mul_(1 - factor).add_(unbiased.to(bn.running_var.dtype), alpha=factor)
 
 
 def _synchronised_group(bn: nn.modules.batchnorm._BatchNorm):
@@ -230,9 +245,8 @@ def _unfused_forward(module: GSM | GSF, x: Tensor) -> Tensor | None:
     return torch.cat((gated, x[:, module.fPlane :]), dim=1) if x.shape[1] > module.fPlane else gated
 
 
-def _folded_gate_input(module: GSM | GSF, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Checks a GSM/GSF input ``x`` ``(B*T, C >= fPlane, H, W)`` and folds the module's
-    ``bn`` over its clips: the ``(bn_scale, bn_shift)`` of the fused op."""
+def _clips(module: GSM | GSF, x: Tensor) -> Tensor:
+    """Checks a GSM/GSF input ``x`` ``(B*T, C >= fPlane, H, W)``; its ``(B, T, C, H, W)`` view."""
     if x.dim() != 4 or x.shape[1] < module.fPlane:
         raise ValueError(
             f"{type(module).__name__}(fPlane={module.fPlane}) expects input (B*T, C >= {module.fPlane}, H, W), "
@@ -240,8 +254,37 @@ def _folded_gate_input(module: GSM | GSF, x: Tensor) -> tuple[Tensor, Tensor]:
         )
     if x.shape[0] % module.num_segments != 0:
         raise ValueError(f"x.shape[0] = {x.shape[0]} must be a multiple of num_segments = {module.num_segments}")
-    x5 = x.unflatten(0, (x.shape[0] // module.num_segments, module.num_segments))
-    return folded_batch_norm(module.bn, x5, module.fPlane)
+    return x.unflatten(0, (x.shape[0] // module.num_segments, module.num_segments))
+
+
+def _training_with_batch_statistics(module: GSM | GSF, x5: Tensor, params: tuple) -> Tensor | None:
+    """The module's output, ``(B*T, C, H, W)``, where its BatchNorm uses batch statistics
+    on the CPU or CUDA: the statistics, their fold and the fused op run as one autograd
+    node (gateshift._training_node), which adds the statistics' gradient into the op's
+    ``grad_x`` in place. ``params`` are the op's parameters after ``x``.
+
+    None where :func:`folded_batch_norm` and the composed ops serve instead: running
+    statistics, SyncBatchNorm across processes, torch.func transforms, forward-mode AD,
+    other devices, and batches of at most one value per channel (their errors and
+    empty results are the composed path's)."""
+    bn = module.bn
+    count = x5.shape[0] * x5.shape[1] * x5.shape[3] * x5.shape[4]
+    if (
+        not _uses_batch_statistics(bn)
+        or count <= 1
+        or _synchronised_group(bn) is not None
+        or x5.device.type not in ("cpu", "cuda")
+        or _unfused_autograd_mode(x5, bn.weight, bn.bias, *params)
+    ):
+        return None
+    op_x5, op_params, _ = _autocast(x5, params, ())
+    _check_args(op_x5, x5.shape[2], op_params[0], op_params[1], None, None, module.fPlane, "interleaved")
+    factor = _running_statistics_factor(bn)
+    out5, mean, var = GateShiftWithBatchStats.apply(
+        x5, op_x5.dtype, bn.weight, bn.bias, bn.eps, module.fPlane, *op_params
+    )
+    _update_running_statistics(bn, mean, var, count, factor)
+    return out5.flatten(0, 1)
 
 
 class GSM(nn.Module):
@@ -286,7 +329,11 @@ class GSM(nn.Module):
         weight = self.conv3D.weight
         _check_dtype(self, x, weight)
         x = with_contiguous_planes(x)  # one copy of channels_last input, shared by both ops
-        scale, shift = _folded_gate_input(self, x)
+        x5 = _clips(self, x)
+        trained = _training_with_batch_statistics(self, x5, (weight, self.conv3D.bias))
+        if trained is not None:
+            return trained
+        scale, shift = folded_batch_norm(self.bn, x5, self.fPlane)
         return gate_shift(
             x,
             weight,
@@ -344,9 +391,13 @@ class GSF(nn.Module):
         weight = self.conv3D.weight  # read once: see GSM.forward
         _check_dtype(self, x, weight)
         x = with_contiguous_planes(x)  # one copy of channels_last input, shared by both ops
-        scale, shift = _folded_gate_input(self, x)
+        x5 = _clips(self, x)
         fuse_weight = torch.cat((self.channel_conv1.weight, self.channel_conv2.weight))
         fuse_bias = torch.cat((self.channel_conv1.bias, self.channel_conv2.bias))
+        trained = _training_with_batch_statistics(self, x5, (weight, self.conv3D.bias, fuse_weight, fuse_bias))
+        if trained is not None:
+            return trained
+        scale, shift = folded_batch_norm(self.bn, x5, self.fPlane)
         return gate_shift_fuse(
             x,
             weight,

@@ -1,0 +1,100 @@
+"""GSM and GSF in training mode, batch statistics and fused op as ONE autograd node.
+
+Composed from separate autograd nodes (``batch_stats``, the fold of the statistics
+into the gate input's ``(scale, shift)``, the fused op), the training backward would
+write two gradients of ``x``'s size, the op's and the statistics' (a per-channel
+affine of ``x``), and autograd would add them: a fresh full-size tensor and two more
+passes over ``x``'s size, which cost as much as the op's own backward on a CPU. Here
+one node runs the op's backward, differentiates the fold per channel by hand, and adds
+the statistics' gradient into the op's ``grad_x`` in place.
+
+The math is ``folded_batch_norm``'s (gateshift.modules), which every other mode uses
+(eval, SyncBatchNorm, torch.func transforms, forward-mode AD).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._ops import accumulation_dtype, ops
+
+
+class GateShiftWithBatchStats(torch.autograd.Function):
+    """``op(x, weight, bias, scale, shift, *fuse_params)`` with ``(scale, shift)`` the
+    batch-statistics BatchNorm of ``x``'s first ``channels`` channels, folded.
+
+    Inputs: ``x5`` ``(B, T, C, H, W)`` (the module's input, in its own dtype), the
+    ``op_dtype`` the op runs in (autocast's, else ``x5``'s), the BN's ``weight``,
+    ``bias`` (or None) and ``eps``, ``channels``, and the op's parameters: ``(weight,
+    bias)`` for GSM, ``(weight, bias, fuse_weight, fuse_bias)`` for GSF.
+
+    Outputs: the op's output, and the batch ``mean`` and biased ``var`` (no gradient
+    flows back through those two: they update the running statistics).
+    """
+
+    @staticmethod
+    def forward(ctx, x5: Tensor, op_dtype: torch.dtype, bn_weight, bn_bias, eps: float, channels: int, *params):
+        mean, var = ops.batch_stats(x5, channels)
+        invstd = torch.rsqrt(var + eps)
+        scale = invstd if bn_weight is None else invstd * bn_weight
+        shift = -mean * scale if bn_bias is None else bn_bias - mean * scale
+        acc = accumulation_dtype(op_dtype)
+        scale, shift = scale.to(acc), shift.to(acc)
+        x_op = x5.to(op_dtype)
+        fuse = len(params) == 4
+        if fuse:
+            out, gates, fusion = ops.gate_shift_fuse_forward(x_op, params[0], params[1], scale, shift, *params[2:], channels, True)
+            ctx.save_for_backward(x5, x_op, gates, fusion, params[0], params[2], scale, shift, mean, invstd, bn_weight)
+            ctx.mark_non_differentiable(gates, fusion, mean, var)
+        else:
+            out, gates = ops.gate_shift_forward(x_op, params[0], params[1], scale, shift, channels, True)
+            ctx.save_for_backward(x5, x_op, gates, None, params[0], None, scale, shift, mean, invstd, bn_weight)
+            ctx.mark_non_differentiable(gates, mean, var)
+        ctx.fuse = fuse
+        ctx.channels = channels
+        ctx.has_bias = params[1] is not None
+        ctx.bn_bias_dtype = None if bn_bias is None else bn_bias.dtype
+        ctx.count = x5.shape[0] * x5.shape[1] * x5.shape[3] * x5.shape[4]
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_mean, _grad_var):
+        x5, x_op, gates, fusion, weight, fuse_weight, scale, shift, mean, invstd, bn_weight = ctx.saved_tensors
+        p = ctx.channels
+        if ctx.fuse:
+            grad_x, grad_w, grad_b, g_scale, g_shift, grad_fw, grad_fb = ops.gate_shift_fuse_backward(
+                grad_out, x_op, gates, fusion, weight, scale, shift, fuse_weight, p, True
+            )
+            fuse_grads = (grad_fw, grad_fb)
+        else:
+            grad_x, grad_w, grad_b, g_scale, g_shift = ops.gate_shift_backward(
+                grad_out, x_op, gates, weight, scale, shift, p, True
+            )
+            fuse_grads = ()
+        # shift = bias - mean * scale and scale = invstd * weight, per channel:
+        g_scale_total = g_scale.to(mean.dtype) - mean * g_shift.to(mean.dtype)
+        g_shift = g_shift.to(mean.dtype)
+        g_invstd = g_scale_total if bn_weight is None else g_scale_total * bn_weight
+        g_var = -0.5 * g_invstd * invstd.pow(3)
+        g_mean = -g_shift * (invstd if bn_weight is None else invstd * bn_weight)
+        # The statistics' gradient, d/dx of (mean, var) over the count of values per
+        # channel: g_mean / n + 2 g_var (x - mean) / n = slope * x + offset.
+        slope = 2 * g_var / ctx.count
+        offset = g_mean / ctx.count - slope * mean
+        grad_x5 = grad_x.to(x5.dtype) if grad_x.dtype != x5.dtype else grad_x
+        gated = grad_x5[:, :, :p]
+        gated.addcmul_(x5[:, :, :p], slope.view(p, 1, 1)).add_(offset.view(p, 1, 1))
+        g_bn_weight = None if bn_weight is None else (g_scale_total * invstd).to(bn_weight.dtype)
+        g_bn_bias = None if ctx.bn_bias_dtype is None else g_shift.to(ctx.bn_bias_dtype)
+        return (
+            grad_x5,
+            None,
+            g_bn_weight,
+            g_bn_bias,
+            None,
+            None,
+            grad_w,
+            grad_b if ctx.has_bias else None,
+            *fuse_grads,
+        )
