@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-import gateshift
 from gateshift import modules
 from helpers import IMPLEMENTATIONS, published_and_fused, train_step_and_compare
 
