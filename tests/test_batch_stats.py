@@ -50,6 +50,19 @@ def test_matches_var_mean(impl, shape, channels, dtype, gen):
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("value", [0.1, -3.7, 1e4])
+def test_constant_channels_have_zero_variance(impl, value, gen):
+    # One pass around the channel's first element: a constant channel's deviations are
+    # exact zeros, and the variance is never below zero (BatchNorm takes its rsqrt).
+    x = torch.randn(2, 3, 6, 5, 4, generator=gen)
+    x[:, :, :3] = value
+    mean, var = impl.batch_stats(impl.to(x), 6)
+    torch.testing.assert_close(mean[:3].cpu(), torch.full((3,), value), rtol=1e-6, atol=0)
+    assert torch.equal(var[:3].cpu(), torch.zeros(3))
+    assert (var[3:] > 0).all()
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_gradcheck(impl, gen):
     x = impl.to(torch.randn(2, 3, 6, 3, 4, generator=gen, dtype=torch.float64)).requires_grad_()
     # The emulator checks random projections of the Jacobian (fast_mode).

@@ -1,49 +1,50 @@
 // CPU kernels of the per-channel batch statistics that training-mode BatchNorm
 // needs (the GSM and GSF modules fold them into the gate input's affine).
 //
-// Two passes per channel, mean first, then the sum of squared deviations, both
-// summed per (H, W) plane in the accumulation type and across planes in double:
-// no E[x^2] - E[x]^2 cancellation. Each sum runs in an order fixed by the shape,
-// so results do not depend on the thread count.
+// One pass per channel, as the CUDA kernel: the sums of (x - K) and (x - K)^2
+// around K, the channel's first element, so that a large mean does not cancel the
+// variance away (K is within the data's spread), summed per (H, W) plane in the
+// accumulation type and across planes in double. Each sum runs in an order fixed
+// by the shape, so results do not depend on the thread count.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
+#include "../common/compile_target.h"
 #include "../common/dtypes.h"
 #include "../common/layout.h"
 
 namespace gateshift::cpu {
 
-// sum of f(x) over channel c's B * T planes: per plane in acc_t, across planes in double.
-template <typename scalar_t, typename F>
-double sum_over_planes(PlaneTensor<const scalar_t> x, const PlaneGrid& n, int64_t c, F f) {
-  using acc_t = acc_type<scalar_t>;
-  double total = 0;
-  for (int64_t b = 0; b < n.B; ++b) {
-    for (int64_t t = 0; t < n.T; ++t) {
-      const scalar_t* plane = x.plane(b, t, c);
-      acc_t sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t i = 0; i < n.HW; ++i) {
-        sum += f(static_cast<acc_t>(plane[i]));
-      }
-      total += sum;
-    }
-  }
-  return total;
-}
-
 // Mean and biased variance of channels [c_begin, c_end).
 template <typename scalar_t>
-void batch_stats_channels(PlaneTensor<const scalar_t> x, const PlaneGrid& n, int64_t c_begin, int64_t c_end,
-                          acc_type<scalar_t>* mean, acc_type<scalar_t>* var) {
+GATESHIFT_CPU_MULTIVERSION void batch_stats_channels(PlaneTensor<const scalar_t> x, const PlaneGrid& n,
+                                                     int64_t c_begin, int64_t c_end, acc_type<scalar_t>* mean,
+                                                     acc_type<scalar_t>* var) {
   using acc_t = acc_type<scalar_t>;
   const double count = static_cast<double>(n.B * n.T * n.HW);
   for (int64_t c = c_begin; c < c_end; ++c) {
-    const acc_t m = static_cast<acc_t>(sum_over_planes(x, n, c, [](acc_t v) { return v; }) / count);
-    const double squares = sum_over_planes(x, n, c, [m](acc_t v) { return (v - m) * (v - m); });
-    mean[c] = m;
-    var[c] = static_cast<acc_t>(squares / count);
+    const acc_t k = static_cast<acc_t>(x.plane(0, 0, c)[0]);
+    double sum = 0, squares = 0;
+    for (int64_t b = 0; b < n.B; ++b) {
+      for (int64_t t = 0; t < n.T; ++t) {
+        const scalar_t* plane = x.plane(b, t, c);
+        acc_t plane_sum = 0, plane_squares = 0;
+#pragma omp simd reduction(+ : plane_sum, plane_squares)
+        for (int64_t i = 0; i < n.HW; ++i) {
+          const acc_t d = static_cast<acc_t>(plane[i]) - k;
+          plane_sum += d;
+          plane_squares += d * d;
+        }
+        sum += plane_sum;
+        squares += plane_squares;
+      }
+    }
+    const double shifted_mean = sum / count;
+    mean[c] = static_cast<acc_t>(static_cast<double>(k) + shifted_mean);
+    // Rounding may take a constant channel's variance a hair below zero.
+    var[c] = static_cast<acc_t>(std::max(squares / count - shifted_mean * shifted_mean, 0.0));
   }
 }
 

@@ -61,7 +61,8 @@ GATESHIFT_GLOBAL void __launch_bounds__(kStatsThreads) batch_stats_kernel(const 
     const double n = static_cast<double>(per_channel);
     const double shifted_mean = shared[0] / n;
     p.mean[c] = static_cast<acc_t>(static_cast<double>(k) + shifted_mean);
-    p.var[c] = static_cast<acc_t>(shared[kStatsThreads] / n - shifted_mean * shifted_mean);
+    // Rounding may take a constant channel's variance a hair below zero.
+    p.var[c] = static_cast<acc_t>(fmax(shared[kStatsThreads] / n - shifted_mean * shifted_mean, 0.0));
   }
 }
 
