@@ -1,10 +1,15 @@
 """The CPU execution emulator of the CUDA kernels itself (gateshift.testing.cuda_emulator):
-its library mirrors the real one, its launch-configuration knob behaves, and its outputs
-sit inside the poisoned guard margins that make stray writes and unwritten elements show.
+its library mirrors the real one, its launch-configuration knob behaves, its outputs sit
+inside the poisoned guard margins that make stray writes and unwritten elements show, every
+op gives the same bits whatever the order of its blocks, and each of its checks (barriers
+from two call sites, shared memory out of bounds or over the architecture's limit, input
+alignment) fails on deliberately broken device code.
 What the emulated kernels compute is tested with every op's other implementations, in
 the op's own file (its "cuda_emulator" parameter)."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -60,3 +65,102 @@ def test_outputs_sit_inside_poisoned_guard_margins(op, gen):
     assert start >= 1024 and raw.numel() - end >= 1024, "guard margins of at least 1 KiB each side"
     assert torch.all(raw[:start] == 0xFF) and torch.all(raw[end:] == 0xFF)
     assert not torch.isnan(out).any()  # and the view itself was written everywhere
+
+
+# ---------------------------------------------------------------------------
+# Block schedules: a kernel's bits must not depend on the order of its blocks
+# ---------------------------------------------------------------------------
+
+
+def _outputs(op, arguments):
+    out = call_raw(implementation("cuda_emulator"), op, arguments)
+    return out if isinstance(out, tuple) else (out,)
+
+
+@pytest.mark.parametrize("op", RAW_ARGUMENTS)
+@pytest.mark.parametrize("schedule,seed", [("shuffled", 1), ("concurrent", 2), ("concurrent", 3)])
+def test_every_op_gives_the_same_bits_in_any_block_order(op, schedule, seed, gen):
+    # Many SMs and small partials: the launches cut the clips into several blocks each.
+    arguments = raw_arguments(gen)
+    with cuda_emulator.num_sms(16), cuda_emulator.min_partials_bytes(0):
+        expected = _outputs(op, arguments)
+        with cuda_emulator.block_schedule(schedule, seed):
+            actual = _outputs(op, arguments)
+    for a, e in zip(actual, expected):
+        assert not torch.isnan(e).any()
+        assert torch.equal(a, e), f"{op}: results depend on the order of the blocks ({schedule}, seed {seed})"
+
+
+def test_block_schedule_validates_and_is_restored():
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        with cuda_emulator.block_schedule("backwards"):
+            pass
+    with cuda_emulator.block_schedule("concurrent", 5):
+        assert cuda_emulator.ops.set_block_schedule(2, 5) == 2  # returns the schedule in force
+    assert cuda_emulator.ops.set_block_schedule(0, 0) == 0  # in grid order again
+
+
+# ---------------------------------------------------------------------------
+# The emulator's checks, each shown to fail on deliberately broken device code
+# (csrc/emulator/runtime_selftest.cpp)
+# ---------------------------------------------------------------------------
+
+
+def test_barriers_met_at_one_call_site_pass():
+    assert cuda_emulator.ops._runtime_selftest("syncthreads_one_site") == 0
+
+
+@pytest.mark.parametrize("case, what", [("syncthreads_two_sites", "__syncthreads"), ("shuffle_two_sites", "shuffle")])
+def test_barriers_and_shuffles_met_from_two_call_sites_are_errors(case, what):
+    with pytest.raises(RuntimeError, match=rf"threads met at .*{what}.* from two call sites, .*runtime_selftest\.cpp:\d+ and "):
+        cuda_emulator.ops._runtime_selftest(case)
+
+
+@pytest.mark.parametrize("case", ["shared_write_past_end", "shared_write_before_start"])
+def test_writes_outside_shared_memory_are_errors(case):
+    with pytest.raises(RuntimeError, match="wrote outside its 128 bytes of dynamic shared memory"):
+        cuda_emulator.ops._runtime_selftest(case)
+
+
+def test_reads_past_shared_memory_give_nan():
+    assert math.isnan(cuda_emulator.ops._runtime_selftest("shared_read_past_end"))
+
+
+@pytest.mark.parametrize(
+    "sm, opt_in, bytes, fits",
+    [
+        (86, False, 48 * 1024, True),
+        (86, False, 48 * 1024 + 1, False),
+        (86, True, 99 * 1024, True),
+        (86, True, 99 * 1024 + 1, False),
+        (89, True, 99 * 1024 + 1, False),
+        (80, True, 163 * 1024, True),
+        (80, True, 163 * 1024 + 1, False),
+        (90, True, 227 * 1024, True),
+        (90, True, 227 * 1024 + 1, False),
+    ],
+)
+def test_shared_memory_requests_are_checked_against_the_architecture(sm, opt_in, bytes, fits):
+    with cuda_emulator.architecture(sm):
+        if fits:
+            cuda_emulator.ops._check_shared_request(bytes, opt_in)
+        else:
+            limit = f"the opt-in maximum of sm_{sm}" if opt_in else "the limit without opt-in"
+            with pytest.raises(ValueError, match=f"asks for {bytes} bytes .* \\({limit}\\)"):
+                cuda_emulator.ops._check_shared_request(bytes, opt_in)
+
+
+def test_unknown_architectures_are_errors():
+    with pytest.raises(ValueError, match="unknown architecture sm_75"):
+        with cuda_emulator.architecture(75):
+            pass
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64], ids=str)
+def test_inputs_keep_their_address_modulo_256_bytes(dtype, gen):
+    # A slice's storage offset leaves its data misaligned on the GPU; the emulator's
+    # guarded copy must leave it just as misaligned for the kernels.
+    base = torch.randn(4096, generator=gen).to(dtype)
+    for offset in range(0, 40, 3):
+        view = base[offset:]
+        assert cuda_emulator.ops._input_alignment(view) == view.data_ptr() % 256

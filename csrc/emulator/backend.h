@@ -4,7 +4,9 @@
 // and memory that exposes out-of-bounds accesses:
 //
 //  * every input is copied into a fresh buffer whose margins (and any gaps between
-//    strided elements) hold NaN, so an out-of-bounds read shows up as NaN;
+//    strided elements) hold NaN, so an out-of-bounds read shows up as NaN; the copy
+//    keeps the input's address modulo 256 bytes, so a slice's storage offset leaves
+//    its data as (mis)aligned for the kernels as on the GPU;
 //  * every output and workspace is allocated inside NaN-filled margins, so an
 //    unwritten element is left as NaN and an out-of-bounds write changes a
 //    margin, which is checked after every launch and raised as an error.
@@ -64,6 +66,8 @@ class Backend {
   void launch_kernel(void (*kernel)(KernelArgs...), int64_t blocks, int threads, size_t shared, Args&&... args) {
     // A CUDA launch copies the arguments; so does this tuple.
     const std::tuple<std::decay_t<Args>...> arguments(std::forward<Args>(args)...);
+    // cuda::Backend opts in to more than 48 KB whenever a launch asks for it.
+    emulation::check_shared_request(shared, /*opt_in=*/shared > 48 * 1024);
     emulation::launch(blocks, static_cast<unsigned>(threads), shared, [&] { std::apply(kernel, arguments); });
     check_margins();
   }
@@ -77,11 +81,14 @@ class Backend {
  private:
   struct Guard {
     at::Tensor buffer;  // bytes: margin | view's extent | margin
-    int64_t view_bytes;
+    int64_t margin, view_bytes;
     std::string what;
   };
 
-  at::Tensor guarded(at::IntArrayRef sizes, at::IntArrayRef strides, const at::TensorOptions& options, const char* what);
+  // A tensor of sizes/strides inside NaN margins, its data at `alignment` bytes past a
+  // multiple of 256 (kAlignment).
+  at::Tensor guarded(at::IntArrayRef sizes, at::IntArrayRef strides, const at::TensorOptions& options, const char* what,
+                     int64_t alignment = 0);
   void check_margins() const;
 
   std::vector<Guard> guards_;

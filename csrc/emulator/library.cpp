@@ -14,6 +14,8 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <stdexcept>
+
 #include "../ops/batch_stats.h"
 #include "../ops/gate_shift.h"
 #include "../ops/gate_shift_fuse.h"
@@ -24,6 +26,7 @@ namespace gateshift::emulation {
 namespace {
 
 constexpr int64_t kMarginBytes = 4096;
+constexpr int64_t kAlignment = 256;  // inputs keep their address modulo this
 constexpr uint8_t kPoison = 0xFF;  // a NaN in float16, bfloat16, float32 and float64
 
 // Number of elements from the first to the last element of t's view, plus one.
@@ -59,12 +62,29 @@ int64_t set_min_partials_bytes(int64_t bytes) {
   return emulated_min_partials_bytes().exchange(bytes);
 }
 
+// The order of the blocks of the launches that follow (runtime.h's BlockSchedule: 0 in
+// grid order, 1 shuffled, 2 two at a time, shuffled) and their random orders' seed.
+int64_t set_block_schedule_op(int64_t schedule, int64_t seed) {
+  TORCH_CHECK_VALUE(schedule >= 0 && schedule <= 2, "set_block_schedule: schedule must be 0, 1 or 2, got ", schedule);
+  return static_cast<int64_t>(set_block_schedule(static_cast<BlockSchedule>(schedule), static_cast<uint64_t>(seed)));
+}
+
+// The architecture whose shared-memory limits launches are checked against.
+int64_t set_architecture_op(int64_t sm) {
+  try {
+    return set_architecture(sm);
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK_VALUE(false, "set_architecture: ", e.what());
+  }
+}
+
 }  // namespace
 
 at::Tensor Backend::input(const at::Tensor& t) {
   const bool overlapping = !t.is_non_overlapping_and_dense() && has_zero_stride(t);
   const at::Tensor src = overlapping ? t.contiguous() : t;
-  at::Tensor copy = guarded(src.sizes(), src.strides(), src.options(), "input");
+  const int64_t alignment = static_cast<int64_t>(reinterpret_cast<uintptr_t>(src.const_data_ptr()) % kAlignment);
+  at::Tensor copy = guarded(src.sizes(), src.strides(), src.options(), "input", alignment);
   copy.copy_(src);
   return copy;
 }
@@ -73,21 +93,28 @@ at::Tensor Backend::guarded(
     at::IntArrayRef sizes,
     at::IntArrayRef strides,
     const at::TensorOptions& options,
-    const char* what) {
+    const char* what,
+    int64_t alignment) {
   const int64_t item = static_cast<int64_t>(options.dtype().itemsize());
   const int64_t view_bytes = extent(sizes, strides) * item;
-  at::Tensor buffer = at::empty({2 * kMarginBytes + view_bytes}, options.dtype(at::kByte));
+  // The leading margin grows (by less than kAlignment) so that the view's first byte
+  // sits `alignment` bytes past a multiple of kAlignment.
+  at::Tensor buffer = at::empty({2 * kMarginBytes + kAlignment + view_bytes}, options.dtype(at::kByte));
   buffer.fill_(kPoison);
-  guards_.push_back(Guard{buffer, view_bytes, what});
-  // as_strided without an offset keeps the narrowed view's: the first element
-  // after the leading margin.
-  return buffer.narrow(0, kMarginBytes, view_bytes).view(options.dtype().toScalarType()).as_strided(sizes, strides);
+  const auto base = static_cast<int64_t>(reinterpret_cast<uintptr_t>(buffer.const_data_ptr()));
+  const int64_t margin = kMarginBytes + ((alignment - (base + kMarginBytes) % kAlignment) % kAlignment + kAlignment) % kAlignment;
+  guards_.push_back(Guard{buffer, margin, view_bytes, what});
+  // The view's storage offset counts elements: the byte offset must be a multiple of
+  // the element size, as every real tensor's data address is.
+  TORCH_CHECK(margin % item == 0, "gateshift CUDA emulator: an input whose address is not a multiple of its element size");
+  const at::Tensor elements = buffer.view(options.dtype().toScalarType()).narrow(0, 0, buffer.numel() / item);
+  return elements.as_strided(sizes, strides, margin / item);
 }
 
 void Backend::check_margins() const {
   for (const Guard& g : guards_) {
-    const at::Tensor before = g.buffer.narrow(0, 0, kMarginBytes);
-    const at::Tensor after = g.buffer.narrow(0, kMarginBytes + g.view_bytes, kMarginBytes);
+    const at::Tensor before = g.buffer.narrow(0, 0, g.margin);
+    const at::Tensor after = g.buffer.narrow(0, g.margin + g.view_bytes, g.buffer.numel() - g.margin - g.view_bytes);
     TORCH_CHECK(
         before.eq(kPoison).all().item<bool>() && after.eq(kPoison).all().item<bool>(),
         "gateshift CUDA emulator: a kernel wrote outside an ", g.what, " tensor (its guard margin changed)");
@@ -102,6 +129,8 @@ TORCH_LIBRARY(gateshift_emulated, m) {
 #undef GATESHIFT_DEFINE_OP
   m.def("set_num_sms(int num_sms) -> int", &gateshift::emulation::set_num_sms);
   m.def("set_min_partials_bytes(int bytes) -> int", &gateshift::emulation::set_min_partials_bytes);
+  m.def("set_block_schedule(int schedule, int seed) -> int", &gateshift::emulation::set_block_schedule_op);
+  m.def("set_architecture(int sm) -> int", &gateshift::emulation::set_architecture_op);
 }
 
 TORCH_LIBRARY_IMPL(gateshift_emulated, CPU, m) {

@@ -3,6 +3,7 @@
 #include "runtime.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -11,6 +12,8 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <numeric>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -23,6 +26,32 @@ namespace {
 // barrier still waiting after this is one that some threads never reach.
 constexpr auto kBarrierTimeout = std::chrono::seconds(300);
 constexpr unsigned kWarpSize = 32;
+constexpr unsigned kMaxThreadsPerBlock = 1024;
+constexpr std::size_t kSharedGuardBytes = 1024;  // on each side of a block's shared memory
+constexpr unsigned char kSharedPoison = 0xFF;     // NaN in every floating type
+constexpr std::size_t kDefaultSharedLimit = 48 * 1024;
+
+// Dynamic shared memory per block with opt-in (cudaFuncAttributeMaxDynamicSharedMemorySize),
+// from the CUDA programming guide's table of compute capabilities.
+std::size_t opt_in_shared_limit(int64_t sm) {
+  switch (sm) {
+    case 80:
+      return 163 * 1024;
+    case 86:
+    case 89:
+      return 99 * 1024;
+    case 90:
+      return 227 * 1024;
+    default:
+      throw std::invalid_argument("gateshift CUDA emulator: unknown architecture sm_" + std::to_string(sm) +
+                                  " (known: 80, 86, 89, 90)");
+  }
+}
+
+std::atomic<int64_t> block_schedule{0};
+std::atomic<uint64_t> schedule_seed{0};
+uint64_t launches_scheduled = 0;       // under launch_mutex
+std::atomic<int64_t> architecture{86};  // the strictest of the default TORCH_CUDA_ARCH_LIST
 
 // A reusable barrier whose threads may also leave (an exited CUDA thread no
 // longer takes part in __syncthreads).
@@ -30,9 +59,16 @@ class Barrier {
  public:
   explicit Barrier(unsigned count) : expected_(count) {}
 
-  void arrive_and_wait(const char* what) {
+  // `site` is the call site ("file:line"); the threads of one generation must share it.
+  void arrive_and_wait(const char* what, const char* site) {
     std::unique_lock<std::mutex> lock(mutex_);
     const uint64_t generation = generation_;
+    if (arrived_ == 0) {
+      site_ = site;
+    } else if (std::strcmp(site_, site) != 0) {
+      throw std::logic_error(std::string("gateshift CUDA emulator: threads met at ") + what + " from two call sites, " +
+                             site_ + " and " + site + " (undefined behaviour on a GPU)");
+    }
     if (++arrived_ == expected_) {
       release();
       return;
@@ -65,6 +101,7 @@ class Barrier {
   unsigned expected_;
   unsigned arrived_ = 0;
   uint64_t generation_ = 0;
+  const char* site_ = "";
 };
 
 // Runs n tasks at once on persistent threads: creating 256 threads per block
@@ -140,8 +177,11 @@ std::mutex launch_mutex;
 
 struct BlockState {
   BlockState(unsigned threads, std::size_t shared_bytes)
-      : barrier(threads), shared((shared_bytes + sizeof(double) - 1) / sizeof(double)) {
-    std::memset(shared.data(), 0xFF, shared.size() * sizeof(double));  // NaN: "never written"
+      : barrier(threads),
+        shared_bytes(shared_bytes),
+        shared((2 * kSharedGuardBytes + shared_bytes + sizeof(double) - 1) / sizeof(double)) {
+    // NaN: "never written", in the block's bytes and in the guards around them.
+    std::memset(shared.data(), kSharedPoison, shared.size() * sizeof(double));
     for (unsigned first = 0; first < threads; first += kWarpSize) {
       warps.push_back(std::make_unique<Warp>(std::min(kWarpSize, threads - first)));
     }
@@ -154,8 +194,25 @@ struct BlockState {
     unsigned char slots[kWarpSize][16];
   };
 
+  unsigned char* shared_memory() {
+    return reinterpret_cast<unsigned char*>(shared.data()) + kSharedGuardBytes;
+  }
+  // True when both guard zones still hold the poison: nothing was written past either end.
+  bool guards_intact() const {
+    const auto* bytes = reinterpret_cast<const unsigned char*>(shared.data());
+    const std::size_t total = shared.size() * sizeof(double);
+    for (std::size_t i = 0; i < total; ++i) {
+      const bool guard = i < kSharedGuardBytes || i >= kSharedGuardBytes + shared_bytes;
+      if (guard && bytes[i] != kSharedPoison) {
+        return false;
+      }
+    }
+    return true;
+  }
+
   Barrier barrier;
-  std::vector<double> shared;  // double: 8-byte alignment for every element type used
+  std::size_t shared_bytes;
+  std::vector<double> shared;  // guard | shared_bytes | guard; double: 8-byte alignment for every element type
   std::vector<std::unique_ptr<Warp>> warps;
 };
 
@@ -167,14 +224,15 @@ ThreadState& this_thread() {
 }
 
 unsigned char* dynamic_shared_memory() {
-  return reinterpret_cast<unsigned char*>(this_thread().block->shared.data());
+  return this_thread().block->shared_memory();
 }
 
-void syncthreads() {
-  this_thread().block->barrier.arrive_and_wait("__syncthreads()");
+void syncthreads(const char* site) {
+  this_thread().block->barrier.arrive_and_wait("__syncthreads()", site);
 }
 
-void warp_exchange(const void* value, void* result, std::size_t bytes, unsigned source_lane, unsigned mask) {
+void warp_exchange(
+    const void* value, void* result, std::size_t bytes, unsigned source_lane, unsigned mask, const char* site) {
   ThreadState& t = this_thread();
   BlockState::Warp& warp = *t.block->warps[t.thread_idx.x / kWarpSize];
   if (mask != 0xffffffffu || warp.lanes != kWarpSize || bytes > sizeof(warp.slots[0])) {
@@ -182,16 +240,58 @@ void warp_exchange(const void* value, void* result, std::size_t bytes, unsigned 
   }
   const unsigned lane = t.thread_idx.x % kWarpSize;
   std::memcpy(warp.slots[lane], value, bytes);
-  warp.barrier.arrive_and_wait("a warp shuffle");
+  warp.barrier.arrive_and_wait("a warp shuffle", site);
   std::memcpy(result, warp.slots[source_lane % kWarpSize], bytes);
-  warp.barrier.arrive_and_wait("a warp shuffle");  // no lane overwrites a slot before all have read
+  warp.barrier.arrive_and_wait("a warp shuffle", site);  // no lane overwrites a slot before all have read
+}
+
+BlockSchedule set_block_schedule(BlockSchedule schedule, uint64_t seed) {
+  std::lock_guard<std::mutex> no_launch_meanwhile(launch_mutex);
+  schedule_seed = seed;
+  launches_scheduled = 0;
+  return static_cast<BlockSchedule>(block_schedule.exchange(static_cast<int64_t>(schedule)));
+}
+
+int64_t set_architecture(int64_t sm) {
+  opt_in_shared_limit(sm);  // throws for an unknown one
+  return architecture.exchange(sm);
+}
+
+void check_shared_request(std::size_t shared_bytes, bool opt_in) {
+  const int64_t sm = architecture.load();
+  const std::size_t limit = opt_in ? opt_in_shared_limit(sm) : kDefaultSharedLimit;
+  if (shared_bytes > limit) {
+    throw std::invalid_argument(
+        "gateshift CUDA emulator: a launch asks for " + std::to_string(shared_bytes) +
+        " bytes of dynamic shared memory per block, more than " + std::to_string(limit) + " (" +
+        (opt_in ? "the opt-in maximum of sm_" + std::to_string(sm) : std::string("the limit without opt-in")) + ")");
+  }
 }
 
 void launch(int64_t blocks, unsigned threads, std::size_t shared_bytes, const std::function<void()>& thread_body) {
   std::lock_guard<std::mutex> one_launch_at_a_time(launch_mutex);
-  for (int64_t b = 0; b < blocks; ++b) {
-    BlockState block(threads, shared_bytes);
-    WorkerPool::instance().run(threads, [&](unsigned tid) {
+  if (threads == 0 || threads > kMaxThreadsPerBlock) {
+    throw std::invalid_argument("gateshift CUDA emulator: a launch of " + std::to_string(threads) +
+                                " threads per block (1 to 1024 on every GPU)");
+  }
+  const auto schedule = static_cast<BlockSchedule>(block_schedule.load());
+  std::vector<int64_t> order(static_cast<size_t>(blocks));
+  std::iota(order.begin(), order.end(), int64_t(0));
+  if (schedule != BlockSchedule::kInOrder) {
+    std::mt19937_64 random(schedule_seed.load() + 0x9E3779B97F4A7C15ull * ++launches_scheduled);
+    std::shuffle(order.begin(), order.end(), random);
+  }
+  const int64_t at_once = schedule == BlockSchedule::kConcurrent ? 2 : 1;
+  for (int64_t first = 0; first < blocks; first += at_once) {
+    const int64_t running = std::min(at_once, blocks - first);
+    std::vector<std::unique_ptr<BlockState>> states;
+    for (int64_t i = 0; i < running; ++i) {
+      states.push_back(std::make_unique<BlockState>(threads, shared_bytes));
+    }
+    WorkerPool::instance().run(static_cast<unsigned>(running) * threads, [&](unsigned index) {
+      const unsigned tid = index % threads;
+      const int64_t b = order[static_cast<size_t>(first + index / threads)];
+      BlockState& block = *states[index / threads];
       ThreadState state;
       state.thread_idx = Dim3{tid, 0, 0};
       state.block_idx = Dim3{static_cast<unsigned>(b), 0, 0};
@@ -212,6 +312,12 @@ void launch(int64_t blocks, unsigned threads, std::size_t shared_bytes, const st
       }
       leave();
     });
+    for (const auto& block : states) {
+      if (!block->guards_intact()) {
+        throw std::logic_error("gateshift CUDA emulator: a kernel wrote outside its " + std::to_string(shared_bytes) +
+                               " bytes of dynamic shared memory");
+      }
+    }
   }
 }
 

@@ -3,13 +3,22 @@
 // Included through common/compile_target.h when GATESHIFT_CUDA_EMULATION is defined, it
 // gives the device code of csrc/cuda/*.cuh the CUDA execution model on the host:
 //
-//  * a launch runs a 1-D grid of blocks, one block at a time;
+//  * a launch runs a 1-D grid of blocks: one block at a time in grid order, or (the
+//    schedules of set_block_schedule) in a random order, or two blocks at once, as a
+//    GPU runs them: a kernel whose result depends on the blocks' order shows up;
 //  * a block's threads run as real concurrent OS threads, so __syncthreads() is a
 //    real barrier and a missing one can show up as a wrong result;
 //  * threadIdx, blockIdx, blockDim and gridDim are per thread;
 //  * each block gets its own dynamic shared memory, filled with 0xFF bytes (NaN
-//    in every floating type) so that reading what no thread wrote shows up;
+//    in every floating type) so that reading what no thread wrote shows up, between
+//    two guard zones of the same bytes: a read past either end gives NaN, and a write
+//    there is an error when the block ends;
+//  * a launch's dynamic shared memory is checked against the architecture's limits
+//    (48 KB without opt-in, the opt-in maximum of sm_80, sm_86, sm_89 or sm_90);
 //  * __shfl_xor_sync exchanges values between the 32 lanes of a warp;
+//  * the threads meeting at a __syncthreads() or a shuffle must have reached it from
+//    the same call site (file and line): one barrier met from two places is an error,
+//    as it is undefined behaviour on a GPU;
 //  * a thread that returns leaves the barriers, as an exited CUDA thread does;
 //    a barrier that is not reached by all threads aborts with a message after a
 //    timeout instead of hanging.
@@ -40,31 +49,60 @@ struct ThreadState {
 ThreadState& this_thread();
 
 unsigned char* dynamic_shared_memory();
-void syncthreads();
+
+// `site` names the call site ("file:line"): every thread meeting at one barrier
+// must come from the same one.
+void syncthreads(const char* site);
 
 // Writes `bytes` of `value` to this lane's slot, waits for the whole warp, and
 // reads the slot of `source_lane` into `result`.
-void warp_exchange(const void* value, void* result, std::size_t bytes, unsigned source_lane, unsigned mask);
+void warp_exchange(
+    const void* value, void* result, std::size_t bytes, unsigned source_lane, unsigned mask, const char* site);
 
 template <typename T>
-T shfl_xor_sync(unsigned mask, T value, int lane_mask) {
+T shfl_xor_sync(unsigned mask, T value, int lane_mask, const char* site) {
   const unsigned lane = this_thread().thread_idx.x % 32;
   T result;
-  warp_exchange(&value, &result, sizeof(T), lane ^ static_cast<unsigned>(lane_mask), mask);
+  warp_exchange(&value, &result, sizeof(T), lane ^ static_cast<unsigned>(lane_mask), mask, site);
   return result;
 }
 
+// The order in which a launch runs its blocks.
+enum class BlockSchedule : int64_t {
+  kInOrder = 0,     // one at a time, in grid order
+  kShuffled = 1,    // one at a time, in a random order
+  kConcurrent = 2,  // two at a time, in a random order
+};
+
+// Sets the schedule of the launches that follow, and the seed of their random
+// orders (each launch draws its own order from it); returns the previous schedule.
+BlockSchedule set_block_schedule(BlockSchedule schedule, uint64_t seed);
+
+// The compute capability (80, 86, 89, 90) whose shared-memory limits launches are
+// checked against; returns the previous one.
+int64_t set_architecture(int64_t sm);
+
+// Checks a launch's dynamic shared memory: at most 48 KB without opting in, and with
+// opt_in at most the architecture's opt-in maximum; throws a message naming both.
+void check_shared_request(std::size_t shared_bytes, bool opt_in);
+
 // Runs `thread_body` as every thread of `blocks` blocks of `threads` threads
-// with `shared_bytes` of dynamic shared memory per block. One launch at a time;
-// exceptions thrown by a thread are rethrown here.
+// with `shared_bytes` of dynamic shared memory per block, in the order of the
+// current BlockSchedule. One launch at a time; exceptions thrown by a thread, and
+// writes outside a block's shared memory, are raised here.
 void launch(int64_t blocks, unsigned threads, std::size_t shared_bytes, const std::function<void()>& thread_body);
 
 }  // namespace gateshift::emulation
+
+#define GATESHIFT_EMULATOR_STRINGIFY_(x) #x
+#define GATESHIFT_EMULATOR_STRINGIFY(x) GATESHIFT_EMULATOR_STRINGIFY_(x)
+#define GATESHIFT_EMULATOR_SITE __FILE__ ":" GATESHIFT_EMULATOR_STRINGIFY(__LINE__)
 
 #define threadIdx (::gateshift::emulation::this_thread().thread_idx)
 #define blockIdx (::gateshift::emulation::this_thread().block_idx)
 #define blockDim (::gateshift::emulation::this_thread().block_dim)
 #define gridDim (::gateshift::emulation::this_thread().grid_dim)
-#define __syncthreads() ::gateshift::emulation::syncthreads()
-#define __shfl_xor_sync(mask, value, lane_mask) ::gateshift::emulation::shfl_xor_sync(mask, value, lane_mask)
+#define __syncthreads() ::gateshift::emulation::syncthreads(GATESHIFT_EMULATOR_SITE)
+#define __shfl_xor_sync(mask, value, lane_mask) \
+  ::gateshift::emulation::shfl_xor_sync(mask, value, lane_mask, GATESHIFT_EMULATOR_SITE)
 #define __launch_bounds__(...)

@@ -24,7 +24,14 @@ import torch
 from .. import functional
 from .._ops import register_fake_and_autograd
 
-__all__ = ["gate_shift", "gate_shift_fuse", "temporal_shift", "ops", "set_num_sms", "num_sms", "min_partials_bytes"]
+__all__ = [
+    "gate_shift", "gate_shift_fuse", "temporal_shift", "ops", "set_num_sms", "num_sms", "min_partials_bytes",
+    "block_schedule", "architecture", "BLOCK_SCHEDULES",
+]
+
+# How a launch runs its blocks (csrc/emulator/runtime.h): in grid order, one at a time
+# in a random order, or two at a time in a random order.
+BLOCK_SCHEDULES = ("in_order", "shuffled", "concurrent")
 
 # GATESHIFT_EMULATOR_LIBRARY: a rebuilt emulator library to load instead of the
 # installed one (tools/emulator_mutants.py runs the tests on deliberately broken kernels).
@@ -82,3 +89,31 @@ def min_partials_bytes(count: int):
         yield
     finally:
         ops.set_min_partials_bytes(previous)
+
+
+@contextlib.contextmanager
+def block_schedule(schedule: str, seed: int = 0):
+    """``with block_schedule("concurrent", seed):`` runs the emulated launches' blocks in
+    a random order drawn from ``seed`` (``"shuffled"``: one block at a time; ``"concurrent"``:
+    two at a time, as a GPU runs several), instead of in grid order (``"in_order"``). A
+    kernel whose results depend on the blocks' order or that races between blocks gives
+    other results than in grid order."""
+    if schedule not in BLOCK_SCHEDULES:
+        raise ValueError(f"schedule must be one of {BLOCK_SCHEDULES}, got {schedule!r}")
+    previous = int(ops.set_block_schedule(BLOCK_SCHEDULES.index(schedule), seed))
+    try:
+        yield
+    finally:
+        ops.set_block_schedule(previous, 0)
+
+
+@contextlib.contextmanager
+def architecture(sm: int):
+    """``with architecture(90):`` checks the emulated launches' shared memory against the
+    opt-in maximum of compute capability ``sm`` (80, 86, 89 or 90) instead of sm_86's,
+    the strictest of the architectures the package is built for."""
+    previous = int(ops.set_architecture(sm))
+    try:
+        yield
+    finally:
+        ops.set_architecture(previous)

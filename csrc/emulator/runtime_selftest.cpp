@@ -1,0 +1,88 @@
+// Test-only ops that run small, deliberately broken device code under the emulator
+// (runtime.h), so that tests/test_cuda_emulator.py can show each of its checks fails
+// when it should: barriers and shuffles met from two call sites, writes and reads
+// past a block's shared memory, shared-memory requests over the limits, and inputs
+// whose address is not 256-byte aligned.
+
+#include "backend.h"  // first: it defines GATESHIFT_CUDA_EMULATION for the device code
+
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <limits>
+#include <string>
+
+namespace gateshift::emulation {
+namespace {
+
+// Runs the named case; returns what its thread 0 read (the read cases), else 0.
+double run_selftest(const std::string& name) {
+  double read = 0;
+  if (name == "syncthreads_one_site") {  // fine: every thread meets each barrier at one line
+    launch(1, 64, 0, [] {
+      for (int i = 0; i < 3; ++i) {
+        __syncthreads();
+      }
+    });
+  } else if (name == "syncthreads_two_sites") {  // half the block at one barrier, half at another
+    launch(1, 64, 0, [] {
+      if (threadIdx.x < 32) {
+        __syncthreads();
+      } else {
+        __syncthreads();
+      }
+    });
+  } else if (name == "shuffle_two_sites") {
+    launch(1, 32, 0, [] {
+      float v = 1.0f;
+      if (threadIdx.x < 16) {
+        v = __shfl_xor_sync(0xffffffffu, v, 1);
+      } else {
+        v = __shfl_xor_sync(0xffffffffu, v, 1);
+      }
+    });
+  } else if (name == "shared_write_past_end" || name == "shared_write_before_start") {
+    const bool past = name == "shared_write_past_end";
+    launch(1, 32, 128, [past] {
+      unsigned char* shared = dynamic_shared_memory();
+      if (threadIdx.x == 0) {
+        shared[past ? 128 : -1] = 0;
+      }
+    });
+  } else if (name == "shared_read_past_end") {
+    launch(1, 32, 128, [&read] {
+      const float* shared = reinterpret_cast<const float*>(dynamic_shared_memory());
+      if (threadIdx.x == 0) {
+        read = shared[32];  // the first float past the block's 128 bytes
+      }
+    });
+  } else {
+    TORCH_CHECK_VALUE(false, "_runtime_selftest: unknown case '", name, "'");
+  }
+  return read;
+}
+
+void check_shared(int64_t bytes, bool opt_in) {
+  TORCH_CHECK_VALUE(bytes >= 0, "_check_shared_request: bytes must be >= 0, got ", bytes);
+  try {
+    check_shared_request(static_cast<std::size_t>(bytes), opt_in);
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK_VALUE(false, e.what());
+  }
+}
+
+// The address, modulo 256 bytes, at which the emulator's copy of t starts.
+int64_t input_alignment(const at::Tensor& t) {
+  Backend backend("_input_alignment", t);
+  return static_cast<int64_t>(reinterpret_cast<uintptr_t>(backend.input(t).const_data_ptr()) % 256);
+}
+
+}  // namespace
+}  // namespace gateshift::emulation
+
+TORCH_LIBRARY_FRAGMENT(gateshift_emulated, m) {
+  m.def("_runtime_selftest(str name) -> float", &gateshift::emulation::run_selftest);
+  m.def("_check_shared_request(int bytes, bool opt_in) -> ()", &gateshift::emulation::check_shared);
+  m.def("_input_alignment(Tensor t) -> int", &gateshift::emulation::input_alignment);
+}
