@@ -32,3 +32,15 @@ def gen(request) -> torch.Generator:
     seed = int(os.environ.get("GATESHIFT_TEST_SEED", random.SystemRandom().randrange(2**31)))
     print(f"{request.node.nodeid}: GATESHIFT_TEST_SEED={seed}")
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(autouse=True)
+def full_float32_convolutions():
+    """cuDNN runs float32 convolutions in TF32 by default on Ampere and later GPUs (10
+    mantissa bits): the published modules' Conv3d/Conv2d would then be no float32
+    reference. Every test runs them in full float32 (a no-op without a GPU)."""
+    conv = torch.backends.cudnn.conv
+    previous = conv.fp32_precision
+    conv.fp32_precision = "ieee"
+    yield
+    conv.fp32_precision = previous
