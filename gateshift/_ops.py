@@ -14,6 +14,8 @@ neither forward-mode AD nor torch.func transforms): the public functions of
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -27,13 +29,33 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def with_contiguous_planes(t: Tensor) -> Tensor:
+def with_contiguous_planes(t: Tensor, *, warn: bool = True) -> Tensor:
     """Mirrors ``with_contiguous_planes`` in csrc/common/checks.cpp: the kernels
-    read ``t`` as it is when each (H, W) plane is contiguous, else a contiguous copy."""
+    read ``t`` as it is when each (H, W) plane is contiguous, else a contiguous copy,
+    announced once per process (``warn``: unless only shapes are being traced)."""
     h, w = t.shape[-2:]
     if (w <= 1 or t.stride(-1) == 1) and (h <= 1 or t.stride(-2) == w):
         return t
+    if warn:
+        _warn_plane_copy_once(t)
     return t.contiguous()
+
+
+_plane_copy_warned = False
+
+
+def _warn_plane_copy_once(t: Tensor) -> None:
+    global _plane_copy_warned
+    if _plane_copy_warned:
+        return
+    _plane_copy_warned = True
+    warnings.warn(
+        f"gateshift: an input of shape {tuple(t.shape)} and strides {t.stride()} has (H, W) planes that are not "
+        "contiguous (channels_last, say): the fused ops copy it to contiguous planes first, one extra read and "
+        "write of its size. (Shown once.)",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def empty_output_like(x: Tensor) -> Tensor:
@@ -42,7 +64,7 @@ def empty_output_like(x: Tensor) -> Tensor:
     element shared. ``x``'s own strides when it is non-overlapping and dense; else
     (overlapping or gapped views) dense strides with the planes innermost and B, T, C
     in the order of ``x``'s strides."""
-    x = with_contiguous_planes(x)
+    x = with_contiguous_planes(x, warn=False)
     if x.is_contiguous():
         return torch.empty_like(x)
     # For any other non-overlapping and dense x this reproduces x's own strides (up to

@@ -59,7 +59,8 @@ def gate_shift(
     dimensions (channel slices, strided frames and the ``(B, C, T, H, W)`` layout cost no
     copy). The kernels walk each ``H x W`` plane row by row, so an ``x`` whose planes are
     not contiguous (``channels_last``, transposed planes) is first copied to contiguous
-    planes, one extra read and write of ``x``. The output is contiguous in the given layout.
+    planes, one extra read and write of ``x`` (a ``UserWarning`` says so, once per process).
+    The output is contiguous in the given layout.
 
     Returns:
         A tensor of the shape, dtype and device of ``x`` (the autocast dtype under

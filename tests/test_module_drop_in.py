@@ -1,7 +1,12 @@
 """The corners where the fused GSM and GSF must behave as the published modules do:
-empty batches, mixed dtypes, non-finite inputs, channels_last input (copied once)."""
+empty batches, mixed dtypes, non-finite inputs, channels_last input (copied once, and
+announced once)."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
 
 import pytest
 import torch
@@ -9,6 +14,7 @@ from helpers import published_and_fused
 from torch.profiler import ProfilerActivity, profile
 
 import gateshift
+import gateshift._ops
 from gateshift import reference
 
 MODULES = {"GSM": (reference.GSM, gateshift.GSM), "GSF": (reference.GSF, gateshift.GSF)}
@@ -97,3 +103,31 @@ def test_channels_last_input_is_copied_once(module, gen):
     assert x_sized_copies(forward_and_backward, x) == 1
     contiguous = x.contiguous()
     assert x_sized_copies(lambda: torch.autograd.grad(fused(contiguous), contiguous, g), x) == 0
+
+
+@pytest.mark.parametrize("module", ["GSM", "GSF"])
+def test_the_channels_last_copy_is_announced_once(module, gen, monkeypatch):
+    monkeypatch.setattr(gateshift._ops, "_plane_copy_warned", False)
+    _, fused = published_and_fused(module, gen, dtype=torch.float32)
+    x = torch.randn(6, 8, 5, 7, generator=gen).to(memory_format=torch.channels_last)
+    with pytest.warns(UserWarning, match=r"planes that are not contiguous .* copy it to contiguous planes first"):
+        fused(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fused(x)  # once per process
+        fused(x.contiguous())
+
+
+def test_the_raw_ops_announce_their_copy_once():
+    # TORCH_WARN_ONCE in csrc/common/checks.cpp: once per process, so in a fresh one. A
+    # warning of a torch.ops call goes to c10's log on stderr, not to Python's warnings.
+    script = (
+        "import torch, gateshift\n"
+        "x = torch.randn(2, 3, 8, 5, 7).transpose(3, 4)\n"
+        "for _ in range(3):\n"
+        "    torch.ops.gateshift.temporal_shift(x, 2, False)\n"
+        "torch.ops.gateshift.temporal_shift(x.contiguous(), 2, False)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stderr.count("copy it to contiguous planes first") == 1
+    assert "shape [2, 3, 8, 7, 5] and strides [840, 280, 35, 1, 7]" in result.stderr

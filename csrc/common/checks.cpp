@@ -60,7 +60,14 @@ bool has_contiguous_planes(const at::Tensor& t) {
 }
 
 at::Tensor with_contiguous_planes(const at::Tensor& t) {
-  return has_contiguous_planes(t) ? t : t.contiguous();
+  if (has_contiguous_planes(t)) {
+    return t;
+  }
+  TORCH_WARN_ONCE(
+      "gateshift: an input of shape ", t.sizes(), " and strides ", t.strides(),
+      " has (H, W) planes that are not contiguous (channels_last, say): the fused ops copy it to contiguous planes "
+      "first, one extra read and write of its size. (Shown once.)");
+  return t.contiguous();
 }
 
 PlaneStrides plane_strides(const at::Tensor& t) {
