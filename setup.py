@@ -154,7 +154,9 @@ setup(
     # numpy: torch warns at import without it ("Failed to initialize NumPy").
     install_requires=["torch>=2.6", "tqdm", "numpy"],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "matplotlib", "torchvision", "onnx", "onnxscript", "onnxruntime"],
+        # ziglang: the clang cross-compiler of tests/test_portability.py (aarch64 Linux, macOS)
+        "test": ["pytest>=7", "hypothesis>=6", "matplotlib", "torchvision", "onnx", "onnxscript", "onnxruntime",
+                 "ziglang"],
         "plot": ["matplotlib"],
         "onnx": ["onnx", "onnxscript"],  # gateshift.onnx.export (torch.onnx's exporter needs both)
     },

@@ -7,7 +7,7 @@
 
 #include <Python.h>
 
-extern "C" PyMODINIT_FUNC PyInit__C(void) {
+PyMODINIT_FUNC PyInit__C(void) {  // PyMODINIT_FUNC is extern "C" in C++
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module);
 }

@@ -588,11 +588,14 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
             const scalar_t* xc = p.x_plane(b, f, c);
             const scalar_t* dz = grad_plane(b, f, oc);
             const int64_t fn = k == 0 ? f - 1 : f + 1;
-            const auto [ar, br] = g.coef(0, b, f, c, T, P);
+            // Plain names, not structured bindings: clang cannot capture those in OpenMP loops.
+            const std::pair<acc_t, acc_t> residual = g.coef(0, b, f, c, T, P);
+            const acc_t ar = residual.first, br = residual.second;
             acc_t* d = dg[k];
             if (fn >= 0 && fn < T) {
               const scalar_t* dzn = grad_plane(b, fn, oc);
-              const auto [ay, by] = g.coef(2, b, fn, c, T, P);
+              const std::pair<acc_t, acc_t> shifted = g.coef(2, b, fn, c, T, P);
+              const acc_t ay = shifted.first, by = shifted.second;
               for_each_run(halo, W, [&](int64_t at, int64_t o, int64_t len) GATESHIFT_INLINE_LAMBDA {
 #pragma omp simd
                 for (int64_t i = 0; i < len; ++i) {
@@ -697,8 +700,10 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
             const scalar_t* dzn = has_next ? grad_plane(b, tn, oc) : dz;
             const acc_t next_weight = has_next ? acc_t(1) : acc_t(0);
             // dx = (1 - g[t]) dr[t] + g[t] dys[tn]: the residual's and the shifted part's gradients.
-            const auto [ar, br] = g.coef(0, b, t, c, T, P);
-            const auto [ay, by] = has_next ? g.coef(2, b, tn, c, T, P) : std::pair<acc_t, acc_t>{acc_t(0), acc_t(0)};
+            const std::pair<acc_t, acc_t> residual = g.coef(0, b, t, c, T, P);
+            const std::pair<acc_t, acc_t> shifted =
+                has_next ? g.coef(2, b, tn, c, T, P) : std::pair<acc_t, acc_t>{acc_t(0), acc_t(0)};
+            const acc_t ar = residual.first, br = residual.second, ay = shifted.first, by = shifted.second;
             gather_rows(du, Wp, own.rows, own.cols, du_dense);
             if (affine) {
               acc_t ds = 0, dh = 0;

@@ -139,7 +139,7 @@ TORCH_LIBRARY_IMPL(gateshift_emulated, CPU, m) {
 #undef GATESHIFT_REGISTER_OP
 }
 
-extern "C" PyMODINIT_FUNC PyInit__cuda_emulator(void) {
+PyMODINIT_FUNC PyInit__cuda_emulator(void) {  // PyMODINIT_FUNC is extern "C" in C++
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cuda_emulator", nullptr, -1, nullptr};
   return PyModule_Create(&module);
 }
