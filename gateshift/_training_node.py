@@ -82,9 +82,11 @@ class GateShiftWithBatchStats(torch.autograd.Function):
         # channel: g_mean / n + 2 g_var (x - mean) / n = slope * x + offset.
         slope = 2 * g_var / ctx.count
         offset = g_mean / ctx.count - slope * mean
-        grad_x5 = grad_x.to(x5.dtype) if grad_x.dtype != x5.dtype else grad_x
-        gated = grad_x5[:, :, :p]
-        gated.addcmul_(x5[:, :, :p], slope.view(p, 1, 1)).add_(offset.view(p, 1, 1))
+        grad_x5 = None
+        if ctx.needs_input_grad[0]:  # two passes over x's gated channels: only when x needs them
+            grad_x5 = grad_x.to(x5.dtype) if grad_x.dtype != x5.dtype else grad_x
+            gated = grad_x5[:, :, :p]
+            gated.addcmul_(x5[:, :, :p], slope.view(p, 1, 1)).add_(offset.view(p, 1, 1))
         g_bn_weight = None if bn_weight is None else (g_scale_total * invstd).to(bn_weight.dtype)
         g_bn_bias = None if ctx.bn_bias_dtype is None else g_shift.to(ctx.bn_bias_dtype)
         return (

@@ -106,3 +106,17 @@ def test_eval_and_single_values_take_the_composed_path(gen, composed):
     x = torch.randn(6, 8, 4, 4, generator=gen, dtype=torch.float64)
     train_step_and_compare(published, fused, x, gen, 0.1, 0)
     assert "GateShiftWithBatchStats" not in type(fused(x).grad_fn.next_functions[0][0]).__name__
+
+
+@pytest.mark.parametrize("module", ["GSM", "GSF"])
+def test_parameters_alone_get_their_gradients(module, gen):
+    # x without requires_grad (a frozen stem's output): only the parameters' gradients,
+    # the same as when x's is computed too.
+    _, fused = published_and_fused(module, gen)
+    x = torch.randn(6, 8, 4, 5, generator=gen, dtype=torch.float64)
+    g = torch.randn(6, 8, 4, 5, generator=gen, dtype=torch.float64)
+    params = list(fused.parameters())
+    alone = torch.autograd.grad(fused(x), params, g)
+    with_x = torch.autograd.grad(fused(x.clone().requires_grad_()), params, g)
+    for a, b in zip(alone, with_x):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
