@@ -38,9 +38,10 @@ def gen(request) -> torch.Generator:
 def full_float32_convolutions():
     """cuDNN runs float32 convolutions in TF32 by default on Ampere and later GPUs (10
     mantissa bits): the published modules' Conv3d/Conv2d would then be no float32
-    reference. Every test runs them in full float32 (a no-op without a GPU)."""
-    conv = torch.backends.cudnn.conv
-    previous = conv.fp32_precision
-    conv.fp32_precision = "ieee"
+    reference. Every test runs them in full float32 (a no-op without a GPU). Through the
+    flag that sets cuDNN's convolutions and RNNs together: Inductor reads it, and it
+    refuses to answer while the two differ."""
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
     yield
-    conv.fp32_precision = previous
+    torch.backends.cudnn.allow_tf32 = previous
