@@ -46,11 +46,11 @@ class GateShiftWithBatchStats(torch.autograd.Function):
         if fuse:
             out, gates, fusion = ops.gate_shift_fuse_forward(x_op, params[0], params[1], scale, shift, *params[2:], channels, True)
             ctx.save_for_backward(x5, x_op, gates, fusion, params[0], params[2], scale, shift, mean, invstd, bn_weight)
-            ctx.mark_non_differentiable(gates, fusion, mean, var)
+            ctx.mark_non_differentiable(mean, var)
         else:
             out, gates = ops.gate_shift_forward(x_op, params[0], params[1], scale, shift, channels, True)
             ctx.save_for_backward(x5, x_op, gates, None, params[0], None, scale, shift, mean, invstd, bn_weight)
-            ctx.mark_non_differentiable(gates, mean, var)
+            ctx.mark_non_differentiable(mean, var)
         ctx.fuse = fuse
         ctx.channels = channels
         ctx.has_bias = params[1] is not None
@@ -79,14 +79,23 @@ class GateShiftWithBatchStats(torch.autograd.Function):
         g_var = -0.5 * g_invstd * invstd.pow(3)
         g_mean = -g_shift * (invstd if bn_weight is None else invstd * bn_weight)
         # The statistics' gradient, d/dx of (mean, var) over the count of values per
-        # channel: g_mean / n + 2 g_var (x - mean) / n = slope * x + offset.
-        slope = 2 * g_var / ctx.count
-        offset = g_mean / ctx.count - slope * mean
+        # channel: g_mean / n + 2 g_var (x - mean) / n.
+        slope = (2 * g_var / ctx.count).view(p, 1, 1)
         grad_x5 = None
-        if ctx.needs_input_grad[0]:  # two passes over x's gated channels: only when x needs them
+        if ctx.needs_input_grad[0]:
             grad_x5 = grad_x.to(x5.dtype) if grad_x.dtype != x5.dtype else grad_x
-            gated = grad_x5[:, :, :p]
-            gated.addcmul_(x5[:, :, :p], slope.view(p, 1, 1)).add_(offset.view(p, 1, 1))
+            gated, x_gated = grad_x5[:, :, :p], x5[:, :, :p]
+            if x5.dtype == mean.dtype:
+                # float32/float64: slope * x + offset, two in-place passes and no temporary.
+                # Rounding slope * x cancels against slope * mean only to x's own precision.
+                offset = (g_mean / ctx.count).view(p, 1, 1) - slope * mean.view(p, 1, 1)
+                gated.addcmul_(x_gated, slope).add_(offset)
+            else:
+                # Half types: in float32 around the mean and rounded once, since rounding
+                # grad + slope * x to half precision before subtracting slope * mean would
+                # cancel away the digits that matter.
+                stats = (x_gated.to(mean.dtype) - mean.view(p, 1, 1)) * slope + (g_mean / ctx.count).view(p, 1, 1)
+                gated.copy_(gated.to(mean.dtype) + stats)
         g_bn_weight = None if bn_weight is None else (g_scale_total * invstd).to(bn_weight.dtype)
         g_bn_bias = None if ctx.bn_bias_dtype is None else g_shift.to(ctx.bn_bias_dtype)
         return (

@@ -277,12 +277,12 @@ def _training_with_batch_statistics(module: GSM | GSF, x5: Tensor, params: tuple
         or _unfused_autograd_mode(x5, bn.weight, bn.bias, *params)
     ):
         return None
-    op_x5, op_params, _ = _autocast(x5, params, ())
-    _check_args(op_x5, x5.shape[2], op_params[0], op_params[1], None, None, module.fPlane, "interleaved")
+    # The dtype the op runs in and its parameters, under autocast: from an empty slice of
+    # x, so that x itself is cast once, inside the node, not also here.
+    op_x, op_params, _ = _autocast(x5.narrow(0, 0, 0), params, ())
+    _check_args(op_x, x5.shape[2], op_params[0], op_params[1], None, None, module.fPlane, "interleaved")
     factor = _running_statistics_factor(bn)
-    out5, mean, var = GateShiftWithBatchStats.apply(
-        x5, op_x5.dtype, bn.weight, bn.bias, bn.eps, module.fPlane, *op_params
-    )
+    out5, mean, var = GateShiftWithBatchStats.apply(x5, op_x.dtype, bn.weight, bn.bias, bn.eps, module.fPlane, *op_params)
     _update_running_statistics(bn, mean, var, count, factor)
     return out5.flatten(0, 1)
 

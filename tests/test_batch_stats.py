@@ -63,6 +63,17 @@ def test_constant_channels_have_zero_variance(impl, value, gen):
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_an_infinite_value_makes_its_channel_nan_as_var_mean_does(impl, gen):
+    # inf - inf is NaN in the one-pass sums; the clamp at zero must keep it NaN on every backend.
+    x = torch.randn(2, 3, 4, 5, 4, generator=gen)
+    x[1, 2, 0, 3, 1] = float("inf")
+    mean, var = impl.batch_stats(impl.to(x), 4)
+    var_r, _ = var_mean(x.double(), 4)
+    assert torch.isnan(var[0].cpu()) and torch.isnan(var_r[0])
+    assert torch.isfinite(var[1:].cpu()).all()
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_gradcheck(impl, gen):
     x = impl.to(torch.randn(2, 3, 6, 3, 4, generator=gen, dtype=torch.float64)).requires_grad_()
     # The emulator checks random projections of the Jacobian (fast_mode).

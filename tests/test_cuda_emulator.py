@@ -157,10 +157,21 @@ def test_unknown_architectures_are_errors():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64], ids=str)
-def test_inputs_keep_their_address_modulo_256_bytes(dtype, gen):
-    # A slice's storage offset leaves its data misaligned on the GPU; the emulator's
-    # guarded copy must leave it just as misaligned for the kernels.
+def test_inputs_keep_their_storage_offset_modulo_256_bytes(dtype, gen):
+    # A GPU allocation starts at a multiple of 256 bytes, so a slice's storage offset
+    # decides its alignment there; the emulator's guarded copy must sit as far past a
+    # multiple of 256 for the kernels.
     base = torch.randn(4096, generator=gen).to(dtype)
     for offset in range(0, 40, 3):
         view = base[offset:]
-        assert cuda_emulator.ops._input_alignment(view) == view.data_ptr() % 256
+        assert cuda_emulator.ops._input_alignment(view) == offset * view.element_size() % 256
+
+
+@pytest.mark.parametrize("schedule", ["in_order", "shuffled", "concurrent"])
+def test_block_schedules_change_the_order_and_the_overlap_of_blocks(schedule):
+    blocks = 16
+    with cuda_emulator.block_schedule(schedule, seed=7):
+        *order, most_at_once = cuda_emulator.ops._block_order(blocks)
+    assert sorted(order) == list(range(blocks))
+    assert (order == list(range(blocks))) == (schedule == "in_order")  # 1 / 16! odds of a shuffled identity
+    assert most_at_once == (2 if schedule == "concurrent" else 1)

@@ -43,8 +43,9 @@ GATESHIFT_CPU_MULTIVERSION void batch_stats_channels(PlaneTensor<const scalar_t>
     }
     const double shifted_mean = sum / count;
     mean[c] = static_cast<acc_t>(static_cast<double>(k) + shifted_mean);
-    // Rounding may take a constant channel's variance a hair below zero.
-    var[c] = static_cast<acc_t>(std::max(squares / count - shifted_mean * shifted_mean, 0.0));
+    // Rounding may take a constant channel's variance a hair below zero; NaN stays NaN.
+    const double v = squares / count - shifted_mean * shifted_mean;
+    var[c] = static_cast<acc_t>(v < 0.0 ? 0.0 : v);
   }
 }
 

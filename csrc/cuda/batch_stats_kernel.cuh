@@ -61,8 +61,10 @@ GATESHIFT_GLOBAL void __launch_bounds__(kStatsThreads) batch_stats_kernel(const 
     const double n = static_cast<double>(per_channel);
     const double shifted_mean = shared[0] / n;
     p.mean[c] = static_cast<acc_t>(static_cast<double>(k) + shifted_mean);
-    // Rounding may take a constant channel's variance a hair below zero.
-    p.var[c] = static_cast<acc_t>(fmax(shared[kStatsThreads] / n - shifted_mean * shifted_mean, 0.0));
+    // Rounding may take a constant channel's variance a hair below zero; NaN stays NaN
+    // (fmax would turn it into 0), as on the CPU.
+    const double var = shared[kStatsThreads] / n - shifted_mean * shifted_mean;
+    p.var[c] = static_cast<acc_t>(var < 0.0 ? 0.0 : var);
   }
 }
 

@@ -4,9 +4,9 @@
 // and memory that exposes out-of-bounds accesses:
 //
 //  * every input is copied into a fresh buffer whose margins (and any gaps between
-//    strided elements) hold NaN, so an out-of-bounds read shows up as NaN; the copy
-//    keeps the input's address modulo 256 bytes, so a slice's storage offset leaves
-//    its data as (mis)aligned for the kernels as on the GPU;
+//    strided elements) hold NaN, so an out-of-bounds read shows up as NaN; the copy's
+//    address is the input's storage offset in bytes past a multiple of 256, so a slice
+//    is as (mis)aligned for the kernels as on the GPU, whose allocations are 256-aligned;
 //  * every output and workspace is allocated inside NaN-filled margins, so an
 //    unwritten element is left as NaN and an out-of-bounds write changes a
 //    margin, which is checked after every launch and raised as an error.

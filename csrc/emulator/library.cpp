@@ -26,7 +26,7 @@ namespace gateshift::emulation {
 namespace {
 
 constexpr int64_t kMarginBytes = 4096;
-constexpr int64_t kAlignment = 256;  // inputs keep their address modulo this
+constexpr int64_t kAlignment = 256;  // inputs keep their storage offset in bytes modulo this
 constexpr uint8_t kPoison = 0xFF;  // a NaN in float16, bfloat16, float32 and float64
 
 // Number of elements from the first to the last element of t's view, plus one.
@@ -83,7 +83,9 @@ int64_t set_architecture_op(int64_t sm) {
 at::Tensor Backend::input(const at::Tensor& t) {
   const bool overlapping = !t.is_non_overlapping_and_dense() && has_zero_stride(t);
   const at::Tensor src = overlapping ? t.contiguous() : t;
-  const int64_t alignment = static_cast<int64_t>(reinterpret_cast<uintptr_t>(src.const_data_ptr()) % kAlignment);
+  // The offset of the data in its storage: a GPU allocation starts at a multiple of 256
+  // bytes (a CPU one only of 64), so a slice's data sits this far past one there.
+  const int64_t alignment = src.storage_offset() * static_cast<int64_t>(src.element_size()) % kAlignment;
   at::Tensor copy = guarded(src.sizes(), src.strides(), src.options(), "input", alignment);
   copy.copy_(src);
   return copy;

@@ -67,7 +67,7 @@ class Barrier {
       site_ = site;
     } else if (std::strcmp(site_, site) != 0) {
       throw std::logic_error(std::string("gateshift CUDA emulator: threads met at ") + what + " from two call sites, " +
-                             site_ + " and " + site + " (undefined behaviour on a GPU)");
+                             site_ + " and " + site + " (the kernels meet each one from a single call site)");
     }
     if (++arrived_ == expected_) {
       release();

@@ -17,8 +17,9 @@
 //    (48 KB without opt-in, the opt-in maximum of sm_80, sm_86, sm_89 or sm_90);
 //  * __shfl_xor_sync exchanges values between the 32 lanes of a warp;
 //  * the threads meeting at a __syncthreads() or a shuffle must have reached it from
-//    the same call site (file and line): one barrier met from two places is an error,
-//    as it is undefined behaviour on a GPU;
+//    the same call site (file and line): one barrier met from two places is an error
+//    (undefined for __syncthreads on a GPU; for shuffles, defined on sm_70 and later,
+//    but never what these kernels mean);
 //  * a thread that returns leaves the barriers, as an exited CUDA thread does;
 //    a barrier that is not reached by all threads aborts with a message after a
 //    timeout instead of hanging.

@@ -9,9 +9,14 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <string>
+#include <thread>
+#include <vector>
 
 namespace gateshift::emulation {
 namespace {
@@ -72,10 +77,36 @@ void check_shared(int64_t bytes, bool opt_in) {
   }
 }
 
-// The address, modulo 256 bytes, at which the emulator's copy of t starts.
+// The address, modulo 256 bytes, at which the emulator's copy of t starts (t's storage
+// offset in bytes, modulo 256, as on a GPU).
 int64_t input_alignment(const at::Tensor& t) {
   Backend backend("_input_alignment", t);
   return static_cast<int64_t>(reinterpret_cast<uintptr_t>(backend.input(t).const_data_ptr()) % 256);
+}
+
+// Runs `blocks` blocks of 64 threads under the current schedule; returns the blocks in
+// the order they started, then the most blocks that ran at once.
+std::vector<int64_t> block_order(int64_t blocks) {
+  TORCH_CHECK_VALUE(blocks >= 1, "_block_order: blocks must be >= 1, got ", blocks);
+  std::mutex mutex;
+  std::vector<int64_t> started;
+  int64_t running = 0, most = 0;
+  launch(blocks, 64, 0, [&] {
+    if (threadIdx.x == 0) {
+      std::lock_guard<std::mutex> lock(mutex);
+      started.push_back(blockIdx.x);
+      most = std::max(most, ++running);
+    }
+    __syncthreads();  // every block's thread 0 has counted itself before any leaves
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));  // a block that runs alongside is seen
+      std::lock_guard<std::mutex> lock(mutex);
+      --running;
+    }
+  });
+  started.push_back(most);
+  return started;
 }
 
 }  // namespace
@@ -85,4 +116,5 @@ TORCH_LIBRARY_FRAGMENT(gateshift_emulated, m) {
   m.def("_runtime_selftest(str name) -> float", &gateshift::emulation::run_selftest);
   m.def("_check_shared_request(int bytes, bool opt_in) -> ()", &gateshift::emulation::check_shared);
   m.def("_input_alignment(Tensor t) -> int", &gateshift::emulation::input_alignment);
+  m.def("_block_order(int blocks) -> int[]", &gateshift::emulation::block_order);
 }
