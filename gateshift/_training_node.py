@@ -20,6 +20,14 @@ from torch import Tensor
 from ._ops import accumulation_dtype, ops
 
 
+def fold_batch_norm(mean: Tensor, invstd: Tensor, weight: Tensor | None, bias: Tensor | None):
+    """BatchNorm with statistics ``(mean, invstd)`` and the affine ``(weight, bias)`` (either
+    may be None) as one per-channel affine of its input: ``(scale, shift)``."""
+    scale = invstd if weight is None else invstd * weight
+    shift = -mean * scale
+    return scale, shift if bias is None else shift + bias
+
+
 class GateShiftWithBatchStats(torch.autograd.Function):
     """``op(x, weight, bias, scale, shift, *fuse_params)`` with ``(scale, shift)`` the
     batch-statistics BatchNorm of ``x``'s first ``channels`` channels, folded.
@@ -37,23 +45,22 @@ class GateShiftWithBatchStats(torch.autograd.Function):
     def forward(ctx, x5: Tensor, op_dtype: torch.dtype, bn_weight, bn_bias, eps: float, channels: int, *params):
         mean, var = ops.batch_stats(x5, channels)
         invstd = torch.rsqrt(var + eps)
-        scale = invstd if bn_weight is None else invstd * bn_weight
-        shift = -mean * scale if bn_bias is None else bn_bias - mean * scale
+        scale, shift = fold_batch_norm(mean, invstd, bn_weight, bn_bias)
         acc = accumulation_dtype(op_dtype)
         scale, shift = scale.to(acc), shift.to(acc)
         x_op = x5.to(op_dtype)
-        fuse = len(params) == 4
-        if fuse:
-            out, gates, fusion = ops.gate_shift_fuse_forward(x_op, params[0], params[1], scale, shift, *params[2:], channels, True)
-            ctx.save_for_backward(x5, x_op, gates, fusion, params[0], params[2], scale, shift, mean, invstd, bn_weight)
-            ctx.mark_non_differentiable(mean, var)
-        else:
-            out, gates = ops.gate_shift_forward(x_op, params[0], params[1], scale, shift, channels, True)
-            ctx.save_for_backward(x5, x_op, gates, None, params[0], None, scale, shift, mean, invstd, bn_weight)
-            ctx.mark_non_differentiable(mean, var)
+        weight, bias, *fuse_params = params
+        fuse = bool(fuse_params)
+        forward_op = ops.gate_shift_fuse_forward if fuse else ops.gate_shift_forward
+        out, gates, *fusion = forward_op(x_op, weight, bias, scale, shift, *fuse_params, channels, True)
+        ctx.save_for_backward(
+            x5, x_op, gates, fusion[0] if fuse else None, weight, fuse_params[0] if fuse else None,
+            scale, shift, mean, invstd, bn_weight,
+        )
+        ctx.mark_non_differentiable(mean, var)
         ctx.fuse = fuse
         ctx.channels = channels
-        ctx.has_bias = params[1] is not None
+        ctx.has_bias = bias is not None
         ctx.bn_bias_dtype = None if bn_bias is None else bn_bias.dtype
         ctx.count = x5.shape[0] * x5.shape[1] * x5.shape[3] * x5.shape[4]
         return out, mean, var

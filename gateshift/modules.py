@@ -14,7 +14,7 @@ from torch.nn.utils.weight_norm import WeightNorm
 
 from ._ops import accumulation_dtype, ops, with_contiguous_planes
 from . import reference
-from ._training_node import GateShiftWithBatchStats
+from ._training_node import GateShiftWithBatchStats, fold_batch_norm
 from .functional import _autocast, _check_args, _unfused_autograd_mode, gate_shift, gate_shift_fuse, temporal_shift
 from .reference import gsf_channels
 
@@ -73,12 +73,7 @@ def folded_batch_norm(
         _update_running_statistics(bn, mean, var, count, factor)
     else:
         mean, var = bn.running_mean, bn.running_var
-    scale = torch.rsqrt(var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
+    scale, shift = fold_batch_norm(mean, torch.rsqrt(var + bn.eps), bn.weight, bn.bias)
     acc = accumulation_dtype(x5.dtype)
     return scale.to(acc), shift.to(acc)
 
