@@ -10,6 +10,7 @@ import torch
 from helpers import IMPLEMENTATIONS, check_runs_on_the_current_stream_and_device, launches_as_on, opcheck
 
 from gateshift._ops import ops
+from gateshift.testing import cuda_emulator
 
 # Relative tolerances of the statistics (accumulated in float32, float64 for float64)
 # and of their gradient (in x's dtype).
@@ -60,6 +61,23 @@ def test_constant_channels_have_zero_variance(impl, value, gen):
     torch.testing.assert_close(mean[:3].cpu(), torch.full((3,), value), rtol=1e-6, atol=0)
     assert torch.equal(var[:3].cpu(), torch.zeros(3))
     assert (var[3:] > 0).all()
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_long_channels_summed_in_several_parts(impl, gen):
+    # 2 x 3 x 40 x 37 = 8,880 elements per channel: the CUDA kernels cut each channel
+    # into runs of 8,192 (one block each), the second starting mid-plane; x is a view
+    # with every other frame, so the frames' stride is not T's.
+    base = torch.randn(2, 6, 3, 40, 37, generator=gen, dtype=torch.float64) * 2 + 30
+    x = base[:, ::2]
+    mean, var = impl.batch_stats(impl.to(x.float()), 3)
+    var_r, mean_r = var_mean(x, 3)
+    torch.testing.assert_close(mean.cpu().double(), mean_r, rtol=1e-6, atol=0)
+    torch.testing.assert_close(var.cpu().double(), var_r, rtol=1e-5, atol=0)
+    if impl.name == "cuda_emulator":  # and the runs' order of summation is fixed
+        with cuda_emulator.block_schedule("concurrent", 5):
+            again = impl.batch_stats(impl.to(x.float()), 3)
+        assert torch.equal(again[0], mean) and torch.equal(again[1], var)
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)

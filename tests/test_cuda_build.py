@@ -23,7 +23,8 @@ KERNELS = (
     "fuse_combine_kernel",
     "fuse_gradient_kernel",
     "fuse_backward_kernel",
-    "batch_stats_kernel",
+    "batch_stats_partials_kernel",
+    "batch_stats_finish_kernel",
     "batch_stats_backward_kernel",
     "temporal_shift_kernel",
 )

@@ -4,10 +4,14 @@
 // Device code only, like gate_shift_kernel.cuh: built by nvcc and, for the tests,
 // by the host compiler under the CPU emulator.
 //
-// Statistics: one block per channel reads the channel's B*T planes once. Each
-// thread sums (x - K) and (x - K)^2 in the accumulation type around K, the
-// channel's first element, so a large mean does not cancel the variance away;
-// the threads' sums are combined in double in a fixed tree (reproducible bits).
+// Statistics, in two launches whose order of summation depends on the shape
+// alone (reproducible bits): batch_stats_partials_kernel splits each channel's
+// B*T*H*W elements into runs of kStatsRun, one block per (channel, run), so
+// the whole GPU reads x once; each thread sums (x - K) and (x - K)^2 in the
+// accumulation type around K, the channel's first element, so that a large mean
+// does not cancel the variance away, and the block combines its threads' sums in
+// double in a fixed tree. batch_stats_finish_kernel, one block per channel, sums
+// the runs' partials in run order and writes the mean and variance.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -18,37 +22,29 @@
 #include "../common/dtypes.h"
 #include "../common/compile_target.h"
 #include "../common/layout.h"
+#include "element_cursor.cuh"
 
 namespace gateshift::cuda {
 
 constexpr int kStatsThreads = 256;
+
+// Elements of a channel per block of batch_stats_partials_kernel: 32 per thread.
+constexpr int64_t kStatsRun = int64_t(32) * kStatsThreads;
 
 template <typename scalar_t>
 struct BatchStatsKernelParams {
   using acc_t = acc_type<scalar_t>;
   PlaneTensor<const scalar_t> x;  // (B, T, C, H, W), contiguous planes
   PlaneGrid n;
-  acc_t* mean;  // (channels)
+  int64_t runs;       // runs of kStatsRun elements per channel
+  double* partials;   // (channels, runs, 2): the runs' sums of (x - K) and (x - K)^2
+  acc_t* mean;        // (channels)
   acc_t* var;
 };
 
-template <typename scalar_t>
-GATESHIFT_GLOBAL void __launch_bounds__(kStatsThreads) batch_stats_kernel(const BatchStatsKernelParams<scalar_t> p) {
-  using acc_t = acc_type<scalar_t>;
-  GATESHIFT_DYNAMIC_SHARED(double, shared);  // [2][kStatsThreads]
-  const int64_t c = blockIdx.x;
-  const int tid = threadIdx.x;
-  const int64_t per_channel = p.n.B * p.n.T * p.n.HW;
-  const acc_t k = static_cast<acc_t>(p.x.plane(0, 0, c)[0]);
-  acc_t sum = acc_t(0), squares = acc_t(0);
-  for (int64_t e = tid; e < per_channel; e += kStatsThreads) {
-    const int64_t plane = e / p.n.HW, i = e % p.n.HW;
-    const acc_t d = static_cast<acc_t>(p.x.plane(plane / p.n.T, plane % p.n.T, c)[i]) - k;
-    sum += d;
-    squares += d * d;
-  }
-  shared[tid] = static_cast<double>(sum);
-  shared[kStatsThreads + tid] = static_cast<double>(squares);
+// The threads' (sum, squares) in shared[0] and shared[kStatsThreads], summed in a
+// fixed tree into shared[0] and shared[kStatsThreads].
+GATESHIFT_DEVICE void sum_stats_over_block(double* shared, int tid) {
   __syncthreads();
   for (int half = kStatsThreads / 2; half > 0; half /= 2) {
     if (tid < half) {
@@ -57,8 +53,57 @@ GATESHIFT_GLOBAL void __launch_bounds__(kStatsThreads) batch_stats_kernel(const 
     }
     __syncthreads();
   }
+}
+
+template <typename scalar_t>
+GATESHIFT_GLOBAL void __launch_bounds__(kStatsThreads)
+    batch_stats_partials_kernel(const BatchStatsKernelParams<scalar_t> p) {
+  using acc_t = acc_type<scalar_t>;
+  GATESHIFT_DYNAMIC_SHARED(double, shared);  // [2][kStatsThreads]
+  const int64_t block = blockIdx.x;
+  const int64_t c = block / p.runs, run = block % p.runs;
+  const int tid = threadIdx.x;
+  // The channel's elements as a (B, T, 1, HW) grid, this block's run of it.
+  const PlaneGrid channel{p.n.B, p.n.T, 1, p.n.HW};
+  const int64_t count = channel.B * channel.T * channel.HW;
+  const int64_t end = count < (run + 1) * kStatsRun ? count : (run + 1) * kStatsRun;
+  const acc_t k = static_cast<acc_t>(p.x.plane(0, 0, c)[0]);
+  acc_t sum = acc_t(0), squares = acc_t(0);
+  int64_t e = run * kStatsRun + tid;
+  ElementCursor at = ElementCursor::at(e, channel);
+  const ElementCursor step = ElementCursor::at(kStatsThreads, channel);
+  for (; e < end; e += kStatsThreads, at.advance(step, channel)) {
+    const acc_t d = static_cast<acc_t>(p.x.plane(at.b, at.t, c)[at.i]) - k;
+    sum += d;
+    squares += d * d;
+  }
+  shared[tid] = static_cast<double>(sum);
+  shared[kStatsThreads + tid] = static_cast<double>(squares);
+  sum_stats_over_block(shared, tid);
   if (tid == 0) {
-    const double n = static_cast<double>(per_channel);
+    p.partials[block * 2] = shared[0];
+    p.partials[block * 2 + 1] = shared[kStatsThreads];
+  }
+}
+
+template <typename scalar_t>
+GATESHIFT_GLOBAL void __launch_bounds__(kStatsThreads)
+    batch_stats_finish_kernel(const BatchStatsKernelParams<scalar_t> p) {
+  using acc_t = acc_type<scalar_t>;
+  GATESHIFT_DYNAMIC_SHARED(double, shared);  // [2][kStatsThreads]
+  const int64_t c = blockIdx.x;
+  const int tid = threadIdx.x;
+  double sum = 0.0, squares = 0.0;
+  for (int64_t run = tid; run < p.runs; run += kStatsThreads) {
+    sum += p.partials[(c * p.runs + run) * 2];
+    squares += p.partials[(c * p.runs + run) * 2 + 1];
+  }
+  shared[tid] = sum;
+  shared[kStatsThreads + tid] = squares;
+  sum_stats_over_block(shared, tid);
+  if (tid == 0) {
+    const acc_t k = static_cast<acc_t>(p.x.plane(0, 0, c)[0]);
+    const double n = static_cast<double>(p.n.B * p.n.T * p.n.HW);
     const double shifted_mean = shared[0] / n;
     p.mean[c] = static_cast<acc_t>(static_cast<double>(k) + shifted_mean);
     // Rounding may take a constant channel's variance a hair below zero; NaN stays NaN
@@ -81,24 +126,29 @@ struct BatchStatsBackwardKernelParams {
 };
 
 // grad_x = grad_mean / N + grad_var * 2 (x - mean) / N on the first `channels`
-// channels, zero on the others; one thread per element.
+// channels, zero on the others; kElementsPerThread elements per thread, a grid
+// apart (element_cursor.cuh).
 template <typename scalar_t>
 GATESHIFT_GLOBAL void __launch_bounds__(kStatsThreads)
     batch_stats_backward_kernel(const BatchStatsBackwardKernelParams<scalar_t> p) {
   using acc_t = acc_type<scalar_t>;
-  const int64_t e = static_cast<int64_t>(blockIdx.x) * kStatsThreads + threadIdx.x;
-  if (e >= p.n.B * p.n.T * p.n.C * p.n.HW) {
+  const int64_t numel = p.n.B * p.n.T * p.n.C * p.n.HW;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kStatsThreads;
+  int64_t e = static_cast<int64_t>(blockIdx.x) * kStatsThreads + threadIdx.x;
+  if (e >= numel) {
     return;
   }
-  const int64_t i = e % p.n.HW, plane = e / p.n.HW;
-  const int64_t c = plane % p.n.C, t = (plane / p.n.C) % p.n.T, b = plane / (p.n.C * p.n.T);
-  acc_t g = acc_t(0);
-  if (c < p.channels) {
-    const acc_t inv_count = acc_t(1) / static_cast<acc_t>(p.count);
-    const acc_t xv = static_cast<acc_t>(p.x.plane(b, t, c)[i]);
-    g = acc_t(2) * p.grad_var[c] * inv_count * (xv - p.mean[c]) + p.grad_mean[c] * inv_count;
+  const acc_t inv_count = acc_t(1) / static_cast<acc_t>(p.count);
+  ElementCursor at = ElementCursor::at(e, p.n);
+  const ElementCursor step = ElementCursor::at(stride, p.n);
+  for (; e < numel; e += stride, at.advance(step, p.n)) {
+    acc_t g = acc_t(0);
+    if (at.c < p.channels) {
+      const acc_t xv = static_cast<acc_t>(p.x.plane(at.b, at.t, at.c)[at.i]);
+      g = acc_t(2) * p.grad_var[at.c] * inv_count * (xv - p.mean[at.c]) + p.grad_mean[at.c] * inv_count;
+    }
+    p.grad_x.plane(at.b, at.t, at.c)[at.i] = static_cast<scalar_t>(g);
   }
-  p.grad_x.plane(b, t, c)[i] = static_cast<scalar_t>(g);
 }
 
 }  // namespace gateshift::cuda

@@ -7,6 +7,7 @@
 
 #include "../common/dtypes.h"
 #include "../common/checks.h"
+#include "../ops/backend.h"
 #include "../ops/batch_stats.h"
 #include "batch_stats_kernel.cuh"
 #include "launch_helpers.h"
@@ -20,9 +21,16 @@ void launch(Device& device, const BatchStatsParams& s) {
   BatchStatsKernelParams<scalar_t> p;
   p.x = plane_tensor<const scalar_t>(x);
   p.n = plane_grid(x);
+  p.runs = (p.n.B * p.n.T * p.n.HW + kStatsRun - 1) / kStatsRun;
+  const at::Tensor partials = ops::empty(device, {s.channels, p.runs, 2}, x.options().dtype(at::kDouble));
+  p.partials = partials.mutable_data_ptr<double>();
   p.mean = s.mean.mutable_data_ptr<acc_t>();
   p.var = s.var.mutable_data_ptr<acc_t>();
-  device.launch_kernel(batch_stats_kernel<scalar_t>, s.channels, kStatsThreads, 2 * kStatsThreads * sizeof(double), p);
+  const size_t shared = 2 * kStatsThreads * sizeof(double);
+  const int64_t blocks = s.channels * p.runs;
+  check_grid(blocks, "batch_stats");
+  device.launch_kernel(batch_stats_partials_kernel<scalar_t>, blocks, kStatsThreads, shared, p);
+  device.launch_kernel(batch_stats_finish_kernel<scalar_t>, s.channels, kStatsThreads, shared, p);
 }
 
 template <typename scalar_t, class Device>
@@ -39,7 +47,8 @@ void launch(Device& device, const BatchStatsBackwardParams& s) {
   p.grad_var = s.grad_var.const_data_ptr<acc_t>();
   p.mean = s.mean.const_data_ptr<acc_t>();
   device.launch_kernel(
-      batch_stats_backward_kernel<scalar_t>, grid_for(x.numel(), kStatsThreads, "batch_stats_backward"),
+      batch_stats_backward_kernel<scalar_t>,
+      grid_for(x.numel(), kStatsThreads * kElementsPerThread, "batch_stats_backward"),
       kStatsThreads, 0, p);
 }
 

@@ -32,6 +32,7 @@
 #include "../common/compile_target.h"
 #include "../common/fusion_math.h"
 #include "../common/layout.h"
+#include "element_cursor.cuh"
 #include "gate_shift_kernel.cuh"
 
 namespace gateshift::cuda {
@@ -95,35 +96,41 @@ struct FuseCombineParams {
   const acc_t* fusion;  // (B, T, 3, P)
 };
 
-// out = f ys + (1 - f) r, one thread per element; pass-through channels copied.
+// out = f ys + (1 - f) r; pass-through channels copied. kElementsPerThread
+// elements per thread, a grid apart (element_cursor.cuh).
 template <typename scalar_t>
 GATESHIFT_GLOBAL void __launch_bounds__(kFuseThreads) fuse_combine_kernel(const FuseCombineParams<scalar_t> p) {
   using acc_t = acc_type<scalar_t>;
   const GateShiftSizes& n = p.n;
-  const int64_t HW = n.H * n.W;
-  const int64_t e = static_cast<int64_t>(blockIdx.x) * kFuseThreads + threadIdx.x;
-  if (e >= n.B * n.T * n.C * HW) {
-    return;
-  }
-  const int64_t i = e % HW, plane = e / HW;
-  const int64_t c = plane % n.C, t = (plane / n.C) % n.T, b = plane / (n.C * n.T);
-  const scalar_t xv_raw = p.x.plane(b, t, c)[i];
-  if (c >= n.P) {
-    p.out.plane(b, t, c)[i] = xv_raw;
+  const PlaneGrid grid{n.B, n.T, n.C, n.H * n.W};
+  const int64_t numel = grid.B * grid.T * grid.C * grid.HW;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kFuseThreads;
+  int64_t e = static_cast<int64_t>(blockIdx.x) * kFuseThreads + threadIdx.x;
+  if (e >= numel) {
     return;
   }
   const int64_t half = n.P / 2;
-  const int k = c >= half ? 1 : 0;
-  const int64_t tn = k == 0 ? t + 1 : t - 1;
-  const acc_t xv = static_cast<acc_t>(xv_raw);
-  const acc_t g = p.gates[((b * n.T + t) * 2 + k) * HW + i];
-  const acc_t f = p.fusion[table_index(b, t, 2, c, n.T, 3, n.P)];
-  acc_t ys = acc_t(0);
-  if (tn >= 0 && tn < n.T) {
-    ys = p.gates[((b * n.T + tn) * 2 + k) * HW + i] * static_cast<acc_t>(p.x.plane(b, tn, c)[i]);
+  ElementCursor at = ElementCursor::at(e, grid);
+  const ElementCursor step = ElementCursor::at(stride, grid);
+  for (; e < numel; e += stride, at.advance(step, grid)) {
+    const int64_t b = at.b, t = at.t, c = at.c, i = at.i;
+    const scalar_t xv_raw = p.x.plane(b, t, c)[i];
+    if (c >= n.P) {
+      p.out.plane(b, t, c)[i] = xv_raw;
+      continue;
+    }
+    const int k = c >= half ? 1 : 0;
+    const int64_t tn = k == 0 ? t + 1 : t - 1;
+    const acc_t xv = static_cast<acc_t>(xv_raw);
+    const acc_t g = p.gates[((b * n.T + t) * 2 + k) * grid.HW + i];
+    const acc_t f = p.fusion[table_index(b, t, 2, c, n.T, 3, n.P)];
+    acc_t ys = acc_t(0);
+    if (tn >= 0 && tn < n.T) {
+      ys = p.gates[((b * n.T + tn) * 2 + k) * grid.HW + i] * static_cast<acc_t>(p.x.plane(b, tn, c)[i]);
+    }
+    p.out.plane(b, t, output_channel(c, n.P, n.interleaved))[i] =
+        static_cast<scalar_t>(f * ys + (acc_t(1) - f) * (xv - g * xv));
   }
-  p.out.plane(b, t, output_channel(c, n.P, n.interleaved))[i] =
-      static_cast<scalar_t>(f * ys + (acc_t(1) - f) * (xv - g * xv));
 }
 
 template <typename scalar_t>

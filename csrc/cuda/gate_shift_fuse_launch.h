@@ -48,7 +48,8 @@ void launch(Device& device, const GateShiftFuseForwardParams& f) {
   combine_pass.gates = g.gates.const_data_ptr<acc_t>();
   combine_pass.fusion = f.fusion.const_data_ptr<acc_t>();
   device.launch_kernel(
-      fuse_combine_kernel<scalar_t>, grid_for(g.x.numel(), kFuseThreads, op), kFuseThreads, 0, combine_pass);
+      fuse_combine_kernel<scalar_t>, grid_for(g.x.numel(), kFuseThreads * kElementsPerThread, op), kFuseThreads, 0,
+      combine_pass);
 }
 
 // Backward passes (1) and (2): returns the gate-shift backward's params with GSF's

@@ -42,7 +42,7 @@
 //
 // DETERMINISM. No atomics: every sum runs in a fixed order (per-slice partials
 // combined in slice order, pixel groups combined by a fixed shuffle tree, block
-// partials summed in block order by sum_partials_kernel). Parameter gradients are
+// partials summed in a fixed order by sum_partials_kernel). Parameter gradients are
 // bitwise reproducible on every run, deterministic mode or not.
 #pragma once
 
@@ -658,11 +658,20 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) gate_shift_backward_kernel(con
   }
 }
 
-// Sums the per-block partials in block order (bitwise reproducible) into the
-// parameter gradients, one thread per parameter. The BN affine's gradients have
-// the affine's dtype (affine_t), which may be the accumulation type. For
-// Gate-Shift-Fuse it also sums the per-clip partials of the fusion convolution's
-// kFuse parameters (null for GSM).
+// Sums the per-block partials into the parameter gradients. A block takes
+// kPartialColumns consecutive parameters (one per lane: coalesced rows) and
+// kPartialStrands warps; strand s sums the rows s, s + kPartialStrands, ... in
+// order, and the strands' sums are added in strand order. The order depends on
+// the shape alone, so the bits are the same on every run and every GPU; the
+// chains are blocks / 8 long, and the grid has a block per 32 parameters (one
+// thread per parameter walking every row left the GPU nearly idle). The BN
+// affine's gradients have the affine's dtype (affine_t), which may be the
+// accumulation type. For Gate-Shift-Fuse the columns after the gate-shift
+// parameters are the fusion convolution's kFuse parameters, summed over their
+// per-clip partials (null for GSM).
+constexpr int kPartialColumns = 32;
+constexpr int kPartialStrands = kThreads / kPartialColumns;
+
 template <typename scalar_t, typename affine_t>
 GATESHIFT_GLOBAL void __launch_bounds__(kThreads) sum_partials_kernel(
     const acc_type<scalar_t>* partials,
@@ -678,29 +687,38 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) sum_partials_kernel(
     scalar_t* grad_fuse_weight,  // the first kFuse - 2 fusion parameters' gradients
     scalar_t* grad_fuse_bias) {  // the last two
   using acc_t = acc_type<scalar_t>;
+  GATESHIFT_DYNAMIC_SHARED(acc_t, strand_s);  // [kPartialStrands][kPartialColumns]
   const PartialsLayout layout{P};
   const int64_t stride = layout.size();
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (j >= stride) {
-    if (fuse_partials != nullptr && j < stride + kFuse) {
-      acc_t sum = acc_t(0);
-      for (int64_t b = 0; b < clips; ++b) {
-        sum += fuse_partials[b * kFuse + (j - stride)];
-      }
-      const int64_t e = j - stride;
-      if (e < kFuse - 2) {
-        grad_fuse_weight[e] = static_cast<scalar_t>(sum);
-      } else {
-        grad_fuse_bias[e - (kFuse - 2)] = static_cast<scalar_t>(sum);
-      }
+  const int lane = threadIdx.x % kPartialColumns, strand = threadIdx.x / kPartialColumns;
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kPartialColumns + lane;
+  const bool fusion_column = j >= stride;
+  const int64_t columns = stride + (fuse_partials != nullptr ? kFuse : 0);
+  acc_t sum = acc_t(0);
+  if (j < columns) {
+    // Column j of a row-major table: the gate-shift partials, or the fusion's.
+    const acc_t* column = fusion_column ? fuse_partials + (j - stride) : partials + j;
+    const int64_t rows = fusion_column ? clips : blocks, row_stride = fusion_column ? kFuse : stride;
+    for (int64_t r = strand; r < rows; r += kPartialStrands) {
+      sum += column[r * row_stride];
     }
+  }
+  strand_s[strand * kPartialColumns + lane] = sum;
+  __syncthreads();
+  if (strand != 0 || j >= columns) {
     return;
   }
-  acc_t sum = acc_t(0);
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    sum += partials[blk * stride + j];
+  for (int s = 1; s < kPartialStrands; ++s) {
+    sum += strand_s[s * kPartialColumns + lane];
   }
-  if (j < layout.bias()) {
+  if (fusion_column) {
+    const int64_t e = j - stride;
+    if (e < kFuse - 2) {
+      grad_fuse_weight[e] = static_cast<scalar_t>(sum);
+    } else {
+      grad_fuse_bias[e - (kFuse - 2)] = static_cast<scalar_t>(sum);
+    }
+  } else if (j < layout.bias()) {
     grad_weight[j] = static_cast<scalar_t>(sum);
   } else if (j < layout.bn_scale()) {
     grad_bias[j - layout.bias()] = static_cast<scalar_t>(sum);

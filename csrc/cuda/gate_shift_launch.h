@@ -60,7 +60,7 @@ void launch(Device& device, const GateShiftForwardParams& f) {
 
 // The gate-shift backward of GSM, or with b.fuse_coef (and b.fuse_partials) the
 // gate-and-shift part of Gate-Shift-Fuse's: one main launch writing dx and
-// per-block partials, then one summing the partials in block order.
+// per-block partials, then one summing the partials in a fixed order.
 template <typename scalar_t, class Device>
 void launch(Device& device, const GateShiftBackwardParams& b) {
   using acc_t = acc_type<scalar_t>;
@@ -85,12 +85,13 @@ void launch(Device& device, const GateShiftBackwardParams& b) {
 
   const bool affine = b.bn_scale.has_value();
   const int64_t fuse_params = b.fuse_partials.defined() ? b.fuse_partials.size(1) : 0;
-  const int64_t finish_blocks = grid_for(layout.size() + fuse_params, kThreads, "gate_shift_backward");
+  const int64_t finish_blocks = grid_for(layout.size() + fuse_params, kPartialColumns, "gate_shift_backward");
   // The affine's gradients come in the dtype the affine came in: x's, or the accumulation dtype.
   const auto finish = [&](auto* affine_type) {
     using affine_t = std::remove_pointer_t<decltype(affine_type)>;
     device.launch_kernel(
-        sum_partials_kernel<scalar_t, affine_t>, finish_blocks, kThreads, 0, static_cast<const acc_t*>(p.partials),
+        sum_partials_kernel<scalar_t, affine_t>, finish_blocks, kThreads, kThreads * sizeof(acc_t),
+        static_cast<const acc_t*>(p.partials),
         config.backward_blocks, n.P, b.grad_weight.mutable_data_ptr<scalar_t>(), b.grad_bias.mutable_data_ptr<scalar_t>(),
         affine ? b.grad_bn_scale.mutable_data_ptr<affine_t>() : nullptr,
         affine ? b.grad_bn_shift.mutable_data_ptr<affine_t>() : nullptr,

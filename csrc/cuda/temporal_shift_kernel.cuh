@@ -1,7 +1,8 @@
 // CUDA kernel of TSM's temporal shift (ops/temporal_shift.h). Device code
 // only: built by nvcc and, for the tests, under the CPU emulator.
 //
-// One thread per output element, consecutive threads along W (coalesced): a read
+// kElementsPerThread output elements per thread, a grid apart (element_cursor.cuh),
+// consecutive threads on consecutive pixels (coalesced): for each, a read
 // of the source frame's element (or zero at a clip end) and a write, the 8-byte
 // floor per element in float32 in both directions.
 #pragma once
@@ -11,6 +12,7 @@
 #include "../common/dtypes.h"
 #include "../common/compile_target.h"
 #include "../common/layout.h"
+#include "element_cursor.cuh"
 
 namespace gateshift::cuda {
 
@@ -27,15 +29,19 @@ struct TemporalShiftKernelParams {
 
 template <typename scalar_t>
 GATESHIFT_GLOBAL void __launch_bounds__(kShiftThreads) temporal_shift_kernel(const TemporalShiftKernelParams<scalar_t> p) {
-  const int64_t e = static_cast<int64_t>(blockIdx.x) * kShiftThreads + threadIdx.x;
-  if (e >= p.n.B * p.n.T * p.n.C * p.n.HW) {
+  const int64_t numel = p.n.B * p.n.T * p.n.C * p.n.HW;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kShiftThreads;
+  int64_t e = static_cast<int64_t>(blockIdx.x) * kShiftThreads + threadIdx.x;
+  if (e >= numel) {
     return;
   }
-  const int64_t i = e % p.n.HW, plane = e / p.n.HW;
-  const int64_t c = plane % p.n.C, t = (plane / p.n.C) % p.n.T, b = plane / (p.n.C * p.n.T);
-  const int64_t step = c < p.fold ? p.first : (c < 2 * p.fold ? -p.first : 0);
-  const int64_t ts = t + step;
-  p.out.plane(b, t, c)[i] = ts >= 0 && ts < p.n.T ? p.x.plane(b, ts, c)[i] : scalar_t(0);
+  ElementCursor at = ElementCursor::at(e, p.n);
+  const ElementCursor step = ElementCursor::at(stride, p.n);
+  for (; e < numel; e += stride, at.advance(step, p.n)) {
+    const int64_t shift = at.c < p.fold ? p.first : (at.c < 2 * p.fold ? -p.first : 0);
+    const int64_t ts = at.t + shift;
+    p.out.plane(at.b, at.t, at.c)[at.i] = ts >= 0 && ts < p.n.T ? p.x.plane(at.b, ts, at.c)[at.i] : scalar_t(0);
+  }
 }
 
 }  // namespace gateshift::cuda

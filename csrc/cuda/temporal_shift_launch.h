@@ -22,7 +22,8 @@ void launch(Device& device, const TemporalShiftParams& s) {
   p.fold = s.fold;
   p.first = s.reverse ? -1 : 1;
   device.launch_kernel(
-      temporal_shift_kernel<scalar_t>, grid_for(x.numel(), kShiftThreads, "temporal_shift"), kShiftThreads, 0, p);
+      temporal_shift_kernel<scalar_t>, grid_for(x.numel(), kShiftThreads * kElementsPerThread, "temporal_shift"),
+      kShiftThreads, 0, p);
 }
 
 }  // namespace gateshift::cuda
