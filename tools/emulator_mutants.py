@@ -67,8 +67,32 @@ MUTANTS = [
     Mutant(
         "temporal-shift-direction",
         "cuda/temporal_shift_kernel.cuh",
-        "c < p.fold ? p.first : (c < 2 * p.fold ? -p.first : 0)",
-        "c < p.fold ? -p.first : (c < 2 * p.fold ? p.first : 0)",
+        "at.c < p.fold ? p.first : (at.c < 2 * p.fold ? -p.first : 0)",
+        "at.c < p.fold ? -p.first : (at.c < 2 * p.fold ? p.first : 0)",
+    ),
+    Mutant(
+        "element-cursor-frame-carry",
+        "cuda/element_cursor.cuh",
+        "    t += step.t + carry;\n",
+        "    t += step.t;\n",
+    ),
+    Mutant(
+        "partials-strands-dropped",
+        "cuda/gate_shift_kernel.cuh",
+        "for (int s = 1; s < kPartialStrands; ++s) {",
+        "for (int s = 1; s < 1; ++s) {",
+    ),
+    Mutant(
+        "batch-stats-runs-dropped",
+        "cuda/batch_stats_kernel.cuh",
+        "for (int64_t run = tid; run < p.runs; run += kStatsThreads) {",
+        "for (int64_t run = tid; run < 1; run += kStatsThreads) {",
+    ),
+    Mutant(
+        "fusion-weight-gradient-lane-dropped",
+        "cuda/gate_shift_fuse_kernel.cuh",
+        "for (int64_t cq = lane; cq < half; cq += 32) {",
+        "for (int64_t cq = lane; cq < half && lane != 1; cq += 32) {",
     ),
 ]
 

@@ -24,7 +24,8 @@ constexpr int kElementsPerThread = 4;
 struct ElementCursor {
   int64_t b, t, c, i;  // clip, frame, channel, pixel of the plane
 
-  // The element at flat row-major index e of grid n (e < B * T * C * HW).
+  // The element at flat row-major index e >= 0 of grid n (b may pass B: a step
+  // longer than the grid is split too).
   GATESHIFT_DEVICE static ElementCursor at(int64_t e, const PlaneGrid& n) {
     ElementCursor p;
     p.i = e % n.HW;

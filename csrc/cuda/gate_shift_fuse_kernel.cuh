@@ -10,7 +10,7 @@
 //          (2) fuse_backward_kernel: one block per (clip, group): through the
 //              sigmoid and the convolution, the per-element coefficients for the
 //              gate-shift backward and per-clip partials of the convolution's
-//              parameter gradients;
+//              parameter gradients (a warp per parameter);
 //          (3) gate_shift_backward_kernel with those coefficients, and
 //              sum_partials_kernel, which also sums the per-clip partials.
 //
@@ -67,9 +67,10 @@ GATESHIFT_GLOBAL void __launch_bounds__(kFuseThreads) fuse_weights_kernel(const 
   if (tid < kFuseParams) {
     params_s[tid] = static_cast<acc_t>(tid < 36 ? p.fuse_weight[tid] : p.fuse_bias[tid - 36]);
   }
-  // The means of this group's channels: the tiles' sums, in tile order.
+  // The means of this group's channels: the tiles' sums, in tile order. Consecutive
+  // threads take consecutive channels, which lie side by side in every table here.
   for (int64_t e = tid; e < half * p.T; e += kFuseThreads) {
-    const int64_t c = k * half + e / p.T, t = e % p.T;
+    const int64_t c = k * half + e % half, t = e / half;
     for (int m = 0; m < 2; ++m) {
       acc_t sum = acc_t(0);
       for (int64_t tile = 0; tile < p.tiles; ++tile) {
@@ -80,7 +81,7 @@ GATESHIFT_GLOBAL void __launch_bounds__(kFuseThreads) fuse_weights_kernel(const 
   }
   __syncthreads();  // the convolution reads neighbours' means, written by other threads of this block
   for (int64_t e = tid; e < half * p.T; e += kFuseThreads) {
-    const int64_t cq = e / p.T, t = e % p.T;
+    const int64_t cq = e % half, t = e / half;
     const acc_t logit = fuse_logit(p.fusion, p.T, p.P, b, k, cq, t, params_s, params_s[36 + k]);
     p.fusion[table_index(b, t, 2, k * half + cq, p.T, 3, p.P)] = device_sigmoid(logit);
   }
@@ -201,16 +202,17 @@ GATESHIFT_GLOBAL void __launch_bounds__(kFuseThreads) fuse_backward_kernel(const
   if (tid < 36) {
     weight_s[tid] = static_cast<acc_t>(p.fuse_weight[tid]);
   }
-  // Through the sigmoid: ds = df f (1 - f).
+  // Through the sigmoid: ds = df f (1 - f). Consecutive threads take consecutive
+  // channels, side by side in the tables.
   for (int64_t e = tid; e < half * p.T; e += kFuseThreads) {
-    const int64_t c = k * half + e / p.T, t = e % p.T;
+    const int64_t c = k * half + e % half, t = e / half;
     const acc_t f = p.fusion[table_index(b, t, 2, c, p.T, 3, p.P)];
     p.ds[table_index(b, t, 0, c, p.T, 1, p.P)] *= f * (acc_t(1) - f);
   }
   __syncthreads();  // the transposed convolution reads neighbours' ds
   // The means' gradients become offsets: dr = (1 - f) dz + drm / HW, dys = f dz + dym / HW.
   for (int64_t e = tid; e < half * p.T; e += kFuseThreads) {
-    const int64_t cq = e / p.T, t = e % p.T, c = k * half + cq;
+    const int64_t cq = e % half, t = e / half, c = k * half + cq;
     const acc_t f = p.fusion[table_index(b, t, 2, c, p.T, 3, p.P)];
     const acc_t dym = fuse_image_grad(p.ds, p.T, p.P, b, k, 0, cq, t, weight_s);
     const acc_t drm = fuse_image_grad(p.ds, p.T, p.P, b, k, 1, cq, t, weight_s);
@@ -219,20 +221,38 @@ GATESHIFT_GLOBAL void __launch_bounds__(kFuseThreads) fuse_backward_kernel(const
     p.coef[table_index(b, t, 2, c, p.T, 4, p.P)] = f;
     p.coef[table_index(b, t, 3, c, p.T, 4, p.P)] = dym / static_cast<acc_t>(p.HW);
   }
-  // This clip's share of the convolution's gradients, each summed by one thread in
-  // a fixed order: 18 weights of group k, then its bias.
-  if (tid < 18) {
-    const int ch = tid / 9, i = (tid % 9) / 3, j = tid % 3;
-    p.fuse_partials[b * kFuseParams + ((k * 2 + ch) * 3 + i) * 3 + j] =
-        fuse_weight_grad(p.ds, p.fusion, p.T, p.P, b, k, ch, i, j);
-  } else if (tid == 18) {
+  // This clip's share of the convolution's gradients: the 18 weights of group k,
+  // then its bias, each a sum over (channel, frame) taken by one warp. Lane l sums
+  // the channels l, l + 32, ... (every frame of each, in order); a fixed shuffle
+  // tree adds the lanes: the same bits on every run.
+  const int warp = tid / 32, lane = tid % 32;
+  for (int q = warp; q < 19; q += kFuseThreads / 32) {
     acc_t sum = acc_t(0);
-    for (int64_t t = 0; t < p.T; ++t) {
-      for (int64_t cq = 0; cq < half; ++cq) {
-        sum += p.ds[table_index(b, t, 0, k * half + cq, p.T, 1, p.P)];
+    const int ch = q / 9, i = (q % 9) / 3, j = q % 3;  // the weight's indices (q < 18)
+    for (int64_t cq = lane; cq < half; cq += 32) {
+      const int64_t c2 = cq + i - 1;
+      if (q < 18 && (c2 < 0 || c2 >= half)) {
+        continue;
+      }
+      for (int64_t t = 0; t < p.T; ++t) {
+        const acc_t d = p.ds[table_index(b, t, 0, k * half + cq, p.T, 1, p.P)];
+        if (q == 18) {
+          sum += d;
+          continue;
+        }
+        const int64_t t2 = t + j - 1;
+        if (t2 >= 0 && t2 < p.T) {
+          sum += d * p.fusion[table_index(b, t2, ch, k * half + c2, p.T, 3, p.P)];
+        }
       }
     }
-    p.fuse_partials[b * kFuseParams + 36 + k] = sum;
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) {
+      sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    }
+    if (lane == 0) {
+      p.fuse_partials[b * kFuseParams + (q < 18 ? ((k * 2 + ch) * 3 + i) * 3 + j : 36 + k)] = sum;
+    }
   }
 }
 

@@ -662,9 +662,10 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) gate_shift_backward_kernel(con
 // kPartialColumns consecutive parameters (one per lane: coalesced rows) and
 // kPartialStrands warps; strand s sums the rows s, s + kPartialStrands, ... in
 // order, and the strands' sums are added in strand order. The order depends on
-// the shape alone, so the bits are the same on every run and every GPU; the
-// chains are blocks / 8 long, and the grid has a block per 32 parameters (one
-// thread per parameter walking every row left the GPU nearly idle). The BN
+// the number of rows alone (from the shape and the SM count, launch_config.h), so
+// the bits are the same on every run on a device; the chains are blocks / 8 long,
+// and the grid has a block per 32 parameters (one thread per parameter walking
+// every row left the GPU nearly idle). The BN
 // affine's gradients have the affine's dtype (affine_t), which may be the
 // accumulation type. For Gate-Shift-Fuse the columns after the gate-shift
 // parameters are the fusion convolution's kFuse parameters, summed over their
