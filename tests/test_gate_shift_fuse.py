@@ -108,6 +108,13 @@ def test_wide_channels_cross_the_chunk_boundaries(impl, gen):
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_planes_of_many_tiles(impl, gen):
+    # 17 x 26 planes are 3 x 4 = 12 of the CUDA kernels' 8 x 8 tiles: the means' sums
+    # over tiles take more than one tile per warp (8 warps).
+    check_against_reference(impl, Case(1, 2, 8, 17, 26, P=8), torch.float64, gen)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_backward_is_the_adjoint_of_forward(impl, gen):
     # Zero gating and fusion weights make the gates tanh(bias) and the fusion weights
     # sigmoid(fuse_bias), constants: the op is linear in x, and its x-gradient must be

@@ -89,6 +89,12 @@ MUTANTS = [
         "for (int64_t run = tid; run < 1; run += kStatsThreads) {",
     ),
     Mutant(
+        "fusion-means-strands-dropped",
+        "cuda/gate_shift_fuse_kernel.cuh",
+        "for (int w = 1; w < kTileStrands; ++w) {",
+        "for (int w = 1; w < 1; ++w) {",
+    ),
+    Mutant(
         "fusion-weight-gradient-lane-dropped",
         "cuda/gate_shift_fuse_kernel.cuh",
         "for (int64_t cq = lane; cq < half; cq += 32) {",

@@ -4,7 +4,8 @@
 // forward  (1) gate_shift_forward_kernel<scalar_t, true>: gates, and per tile the
 //              sums of the shifted part ys and of the residual r;
 //          (2) fuse_weights_kernel: one block per (clip, group) sums the tiles into
-//              means and applies the 3x3 (channel x frame) convolution and sigmoid;
+//              means (a warp per strand of tiles) and applies the 3x3 (channel x
+//              frame) convolution and sigmoid;
 //          (3) fuse_combine_kernel: out = f ys + (1 - f) r from the stored gates.
 // backward (1) fuse_gradient_kernel: df = sum_hw dz (ys - r), one warp per plane;
 //          (2) fuse_backward_kernel: one block per (clip, group): through the
@@ -57,27 +58,48 @@ struct FuseWeightsParams {
   const scalar_t* fuse_bias;    // (2)
 };
 
+// Warps of fuse_weights_kernel, each summing every kTileStrands-th tile.
+constexpr int kTileStrands = kFuseThreads / 32;
+
 template <typename scalar_t>
 GATESHIFT_GLOBAL void __launch_bounds__(kFuseThreads) fuse_weights_kernel(const FuseWeightsParams<scalar_t> p) {
   using acc_t = acc_type<scalar_t>;
-  GATESHIFT_DYNAMIC_SHARED(acc_t, params_s);  // [kFuseParams]
-  const int tid = threadIdx.x;
+  GATESHIFT_DYNAMIC_SHARED(acc_t, params_s);          // [kFuseParams]
+  acc_t* const strand_s = params_s + kFuseParams;     // [2][kTileStrands][32]
+  const int tid = threadIdx.x, lane = tid % 32, strand = tid / 32;
   const int64_t b = blockIdx.x / 2, half = p.P / 2;
   const int k = blockIdx.x % 2;
   if (tid < kFuseParams) {
     params_s[tid] = static_cast<acc_t>(tid < 36 ? p.fuse_weight[tid] : p.fuse_bias[tid - 36]);
   }
-  // The means of this group's channels: the tiles' sums, in tile order. Consecutive
-  // threads take consecutive channels, which lie side by side in every table here.
-  for (int64_t e = tid; e < half * p.T; e += kFuseThreads) {
-    const int64_t c = k * half + e % half, t = e / half;
+  // The means of this group's channels, 32 channels of one frame at a time (a lane
+  // each: side by side in the tables): warp s sums the tiles s, s + kTileStrands, ...
+  // in order, and the warps' sums are added in warp order (bits fixed by the shape).
+  const int64_t chunks = (half + 31) / 32;
+  for (int64_t row = 0; row < p.T * chunks; ++row) {
+    const int64_t t = row / chunks, c = k * half + (row % chunks) * 32 + lane;
+    const bool in_group = c < (k + 1) * half;
     for (int m = 0; m < 2; ++m) {
       acc_t sum = acc_t(0);
-      for (int64_t tile = 0; tile < p.tiles; ++tile) {
-        sum += p.tile_sums[(((b * p.T + t) * p.tiles + tile) * 2 + m) * p.P + c];
+      if (in_group) {
+        for (int64_t tile = strand; tile < p.tiles; tile += kTileStrands) {
+          sum += p.tile_sums[(((b * p.T + t) * p.tiles + tile) * 2 + m) * p.P + c];
+        }
       }
-      p.fusion[table_index(b, t, m, c, p.T, 3, p.P)] = sum / static_cast<acc_t>(p.HW);
+      strand_s[(m * kTileStrands + strand) * 32 + lane] = sum;
     }
+    __syncthreads();
+    if (tid < 64) {  // warp 0 the shifted parts' means, warp 1 the residuals'
+      const int m = tid / 32;
+      acc_t sum = strand_s[m * kTileStrands * 32 + lane];
+      for (int w = 1; w < kTileStrands; ++w) {
+        sum += strand_s[(m * kTileStrands + w) * 32 + lane];
+      }
+      if (in_group) {
+        p.fusion[table_index(b, t, m, c, p.T, 3, p.P)] = sum / static_cast<acc_t>(p.HW);
+      }
+    }
+    __syncthreads();  // strand_s is refilled by the next row
   }
   __syncthreads();  // the convolution reads neighbours' means, written by other threads of this block
   for (int64_t e = tid; e < half * p.T; e += kFuseThreads) {

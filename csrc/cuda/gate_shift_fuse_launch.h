@@ -39,7 +39,7 @@ void launch(Device& device, const GateShiftFuseForwardParams& f) {
   weights_pass.fuse_bias = f.fuse_bias.const_data_ptr<scalar_t>();
   device.launch_kernel(
       fuse_weights_kernel<scalar_t>, grid_for(2 * n.B * kFuseThreads, kFuseThreads, op), kFuseThreads,
-      kFuseParams * sizeof(acc_t), weights_pass);
+      (kFuseParams + 2 * kTileStrands * 32) * sizeof(acc_t), weights_pass);
 
   FuseCombineParams<scalar_t> combine_pass;
   combine_pass.n = n;
