@@ -175,3 +175,52 @@ def test_block_schedules_change_the_order_and_the_overlap_of_blocks(schedule):
     assert sorted(order) == list(range(blocks))
     assert (order == list(range(blocks))) == (schedule == "in_order")  # 1 / 16! odds of a shuffled identity
     assert most_at_once == (2 if schedule == "concurrent" else 1)
+
+
+# ---------------------------------------------------------------------------
+# Launch records: the grids the launch code chose, and what the threads met
+# ---------------------------------------------------------------------------
+
+
+def test_launch_records_give_each_kernels_grid_barriers_and_shuffles(gen):
+    B, T, C, H, W = 2, 3, 8, 9, 10
+    P, half = C, C // 2
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_()
+
+    x, weight, fuse_weight, fuse_bias = leaf(B * T, C, H, W), leaf(2, half, 3, 3, 3), leaf(2, 2, 3, 3), leaf(2)
+    with cuda_emulator.num_sms(4), cuda_emulator.record_launches() as gsm:
+        cuda_emulator.gate_shift(x, weight, num_segments=T).sum().backward()
+    with cuda_emulator.record_launches() as gsf:
+        cuda_emulator.gate_shift_fuse(x, weight, None, fuse_weight, fuse_bias, num_segments=T).sum().backward()
+    with cuda_emulator.record_launches() as others:
+        cuda_emulator.temporal_shift(x.detach(), num_segments=T)
+        cuda_emulator.ops.batch_stats(torch.randn(2, 3, 4, 50, 50, generator=gen), 4)
+    cuda_emulator.temporal_shift(x.detach(), num_segments=T)  # after the block: not recorded
+
+    assert [r["kernel"] for r in gsm] == [
+        "gate_shift_forward_kernel<double, false>", "gate_shift_backward_kernel<double>",
+        "sum_partials_kernel<double, double>"]
+    assert all(r["threads"] == 256 and r["barriers"] > 0 for r in gsm)
+    partials = 29 * P + 2  # a column per parameter gradient (common/layout.h)
+    assert gsm[2]["blocks"] == -(-partials // 32) and gsm[2]["barriers"] == gsm[2]["blocks"]
+    assert gsm[2]["shuffles"] == 0
+
+    by_name = {r["kernel"].split("<")[0]: r for r in gsf}
+    assert by_name["sum_partials_kernel"]["blocks"] == -(-(partials + 38) // 32)  # and GSF's 38 parameters
+    # A block per clip and group; fuse_weights: two barriers per frame (half <= 32
+    # channels: one row of 32) and one more; fuse_backward: a warp per fusion
+    # parameter of the group (19), each summed by a 5-step shuffle tree.
+    assert by_name["fuse_weights_kernel"]["blocks"] == 2 * B
+    assert by_name["fuse_weights_kernel"]["barriers"] == 2 * B * (2 * T + 1)
+    assert by_name["fuse_backward_kernel"]["shuffles"] == 2 * B * 19 * 5
+    # A warp per gated plane, 5 shuffles each.
+    assert by_name["fuse_gradient_kernel"]["shuffles"] == B * T * P * 5
+
+    assert [r["kernel"] for r in others] == [
+        "temporal_shift_kernel<double>", "batch_stats_partials_kernel<float>", "batch_stats_finish_kernel<float>"]
+    assert others[0]["blocks"] == -(-x.numel() // (256 * 4))  # four elements per thread
+    runs = -(-2 * 3 * 50 * 50 // 8192)  # runs of 8,192 elements per channel
+    assert (others[1]["blocks"], others[2]["blocks"]) == (4 * runs, 4)
+    assert others[1]["shared_bytes"] == 2 * 256 * 8

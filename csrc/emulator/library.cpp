@@ -14,6 +14,10 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <cxxabi.h>
+#include <dlfcn.h>
+
+#include <cstdlib>
 #include <stdexcept>
 
 #include "../ops/batch_stats.h"
@@ -113,6 +117,45 @@ at::Tensor Backend::guarded(
   return elements.as_strided(sizes, strides, margin / item);
 }
 
+std::string Backend::kernel_name(const void* address) {
+  Dl_info info;
+  if (dladdr(address, &info) == 0 || info.dli_sname == nullptr) {
+    return "";
+  }
+  int status = 0;
+  char* demangled = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
+  std::string name = status == 0 && demangled != nullptr ? demangled : info.dli_sname;
+  std::free(demangled);
+  // "void gateshift::cuda::k<float, false>(params...)" -> "k<float, false>"
+  const std::string prefix = "gateshift::cuda::";
+  if (const size_t at = name.find(prefix); at != std::string::npos) {
+    name = name.substr(at + prefix.size());
+  }
+  int depth = 0;
+  for (size_t i = 0; i < name.size(); ++i) {
+    depth += name[i] == '<' ? 1 : name[i] == '>' ? -1 : 0;
+    if (name[i] == '(' && depth == 0) {
+      return name.substr(0, i);
+    }
+  }
+  return name;
+}
+
+// Starts (true) or stops recording the launches; stopping returns the records, a
+// line each: kernel, blocks, threads, shared bytes, barriers, shuffles (tab-separated).
+std::string record_launches(bool on) {
+  set_recording(on);
+  std::string text;
+  if (!on) {
+    for (const LaunchRecord& r : recorded_launches()) {
+      text += r.kernel + "\t" + std::to_string(r.blocks) + "\t" + std::to_string(r.threads) + "\t" +
+              std::to_string(r.shared_bytes) + "\t" + std::to_string(r.barriers) + "\t" + std::to_string(r.shuffles) +
+              "\n";
+    }
+  }
+  return text;
+}
+
 void Backend::check_margins() const {
   for (const Guard& g : guards_) {
     const at::Tensor before = g.buffer.narrow(0, 0, g.margin);
@@ -133,6 +176,7 @@ TORCH_LIBRARY(gateshift_emulated, m) {
   m.def("set_min_partials_bytes(int bytes) -> int", &gateshift::emulation::set_min_partials_bytes);
   m.def("set_block_schedule(int schedule, int seed) -> int", &gateshift::emulation::set_block_schedule_op);
   m.def("set_architecture(int sm) -> int", &gateshift::emulation::set_architecture_op);
+  m.def("record_launches(bool on) -> str", &gateshift::emulation::record_launches);
 }
 
 TORCH_LIBRARY_IMPL(gateshift_emulated, CPU, m) {

@@ -52,6 +52,8 @@ std::atomic<int64_t> block_schedule{0};
 std::atomic<uint64_t> schedule_seed{0};
 uint64_t launches_scheduled = 0;       // under launch_mutex
 std::atomic<int64_t> architecture{86};  // the strictest of the default TORCH_CUDA_ARCH_LIST
+bool recording = false;                 // under launch_mutex, as is records
+std::vector<LaunchRecord> records;
 
 // A reusable barrier whose threads may also leave (an exited CUDA thread no
 // longer takes part in __syncthreads).
@@ -79,6 +81,12 @@ class Barrier {
           what, arrived_, expected_, static_cast<long long>(kBarrierTimeout.count()));
       std::abort();
     }
+  }
+
+  // Barriers completed so far.
+  uint64_t completed() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return generation_;
   }
 
   void leave() {
@@ -268,8 +276,27 @@ void check_shared_request(std::size_t shared_bytes, bool opt_in) {
   }
 }
 
-void launch(int64_t blocks, unsigned threads, std::size_t shared_bytes, const std::function<void()>& thread_body) {
+void set_recording(bool on) {
+  std::lock_guard<std::mutex> no_launch_meanwhile(launch_mutex);
+  if (on) {
+    records.clear();
+  }
+  recording = on;
+}
+
+std::vector<LaunchRecord> recorded_launches() {
+  std::lock_guard<std::mutex> no_launch_meanwhile(launch_mutex);
+  return records;
+}
+
+void launch(int64_t blocks, unsigned threads, std::size_t shared_bytes, const std::function<void()>& thread_body,
+            const std::string& kernel) {
   std::lock_guard<std::mutex> one_launch_at_a_time(launch_mutex);
+  LaunchRecord record;
+  record.kernel = kernel;
+  record.blocks = blocks;
+  record.threads = threads;
+  record.shared_bytes = shared_bytes;
   if (threads == 0 || threads > kMaxThreadsPerBlock) {
     throw std::invalid_argument("gateshift CUDA emulator: a launch of " + std::to_string(threads) +
                                 " threads per block (1 to 1024 on every GPU)");
@@ -317,7 +344,14 @@ void launch(int64_t blocks, unsigned threads, std::size_t shared_bytes, const st
         throw std::logic_error("gateshift CUDA emulator: a kernel wrote outside its " + std::to_string(shared_bytes) +
                                " bytes of dynamic shared memory");
       }
+      record.barriers += static_cast<int64_t>(block->barrier.completed());
+      for (const auto& warp : block->warps) {
+        record.shuffles += static_cast<int64_t>(warp->barrier.completed() / 2);  // two meetings per shuffle
+      }
     }
+  }
+  if (recording) {
+    records.push_back(std::move(record));
   }
 }
 

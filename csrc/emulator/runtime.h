@@ -24,6 +24,7 @@
 //    a barrier that is not reached by all threads aborts with a message after a
 //    timeout instead of hanging.
 //
+// It records each launch's grid and the barriers and shuffles met (set_recording).
 // What it does not prove: speed, occupancy, coalescing, bank conflicts, or code
 // that relies on implicit warp synchrony (the kernels never do).
 #pragma once
@@ -31,6 +32,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <string>
+#include <vector>
 
 namespace gateshift::emulation {
 
@@ -87,11 +90,29 @@ int64_t set_architecture(int64_t sm);
 // opt_in at most the architecture's opt-in maximum; throws a message naming both.
 void check_shared_request(std::size_t shared_bytes, bool opt_in);
 
+// A launch as the emulator ran it: its grid, and how many barriers and warp
+// shuffles its threads met (what a performance model of the launch starts from).
+struct LaunchRecord {
+  std::string kernel;    // the kernel's name and template arguments
+  int64_t blocks = 0;
+  unsigned threads = 0;  // per block
+  std::size_t shared_bytes = 0;
+  int64_t barriers = 0;  // __syncthreads() completed, summed over the blocks
+  int64_t shuffles = 0;  // warp-wide shuffles completed, summed over the warps
+};
+
+// Starts recording the launches that follow (forgetting earlier records) or stops;
+// recorded_launches() returns what was recorded since the last start.
+void set_recording(bool on);
+std::vector<LaunchRecord> recorded_launches();
+
 // Runs `thread_body` as every thread of `blocks` blocks of `threads` threads
 // with `shared_bytes` of dynamic shared memory per block, in the order of the
 // current BlockSchedule. One launch at a time; exceptions thrown by a thread, and
-// writes outside a block's shared memory, are raised here.
-void launch(int64_t blocks, unsigned threads, std::size_t shared_bytes, const std::function<void()>& thread_body);
+// writes outside a block's shared memory, are raised here. `kernel` names the
+// launch in the records.
+void launch(int64_t blocks, unsigned threads, std::size_t shared_bytes, const std::function<void()>& thread_body,
+            const std::string& kernel = "");
 
 }  // namespace gateshift::emulation
 

@@ -117,3 +117,23 @@ def architecture(sm: int):
         yield
     finally:
         ops.set_architecture(previous)
+
+
+@contextlib.contextmanager
+def record_launches():
+    """``with record_launches() as launches:`` fills ``launches``, on leaving the block,
+    with a dict per emulated launch in it: ``kernel`` (name and template arguments),
+    ``blocks``, ``threads`` (per block), ``shared_bytes`` (dynamic, per block),
+    ``barriers`` (``__syncthreads()`` completed, summed over blocks) and ``shuffles``
+    (warp-wide shuffles, summed over warps). Counts of what ran, not timings."""
+    launches: list[dict] = []
+    ops.record_launches(True)
+    try:
+        yield launches
+    finally:
+        text = ops.record_launches(False)
+        for line in text.splitlines():
+            kernel, *numbers = line.split("\t")
+            blocks, threads, shared_bytes, barriers, shuffles = map(int, numbers)
+            launches.append(dict(kernel=kernel, blocks=blocks, threads=threads, shared_bytes=shared_bytes,
+                                 barriers=barriers, shuffles=shuffles))
