@@ -42,9 +42,11 @@ struct BatchStatsKernelParams {
   acc_t* var;
 };
 
-// The threads' (sum, squares) in shared[0] and shared[kStatsThreads], summed in a
-// fixed tree into shared[0] and shared[kStatsThreads].
-GATESHIFT_DEVICE void sum_stats_over_block(double* shared, int tid) {
+// The block's sums of every thread's (sum, squares), added in a fixed tree; they are
+// left in shared[0] and shared[kStatsThreads].
+GATESHIFT_DEVICE void sum_stats_over_block(double* shared, int tid, double sum, double squares) {
+  shared[tid] = sum;
+  shared[kStatsThreads + tid] = squares;
   __syncthreads();
   for (int half = kStatsThreads / 2; half > 0; half /= 2) {
     if (tid < half) {
@@ -77,9 +79,7 @@ GATESHIFT_GLOBAL void __launch_bounds__(kStatsThreads)
     sum += d;
     squares += d * d;
   }
-  shared[tid] = static_cast<double>(sum);
-  shared[kStatsThreads + tid] = static_cast<double>(squares);
-  sum_stats_over_block(shared, tid);
+  sum_stats_over_block(shared, tid, static_cast<double>(sum), static_cast<double>(squares));
   if (tid == 0) {
     p.partials[block * 2] = shared[0];
     p.partials[block * 2 + 1] = shared[kStatsThreads];
@@ -98,9 +98,7 @@ GATESHIFT_GLOBAL void __launch_bounds__(kStatsThreads)
     sum += p.partials[(c * p.runs + run) * 2];
     squares += p.partials[(c * p.runs + run) * 2 + 1];
   }
-  shared[tid] = sum;
-  shared[kStatsThreads + tid] = squares;
-  sum_stats_over_block(shared, tid);
+  sum_stats_over_block(shared, tid, sum, squares);
   if (tid == 0) {
     const acc_t k = static_cast<acc_t>(p.x.plane(0, 0, c)[0]);
     const double n = static_cast<double>(p.n.B * p.n.T * p.n.HW);

@@ -70,7 +70,7 @@ class Backend {
     emulation::check_shared_request(shared, /*opt_in=*/shared > 48 * 1024);
     emulation::launch(
         blocks, static_cast<unsigned>(threads), shared, [&] { std::apply(kernel, arguments); },
-        kernel_name(reinterpret_cast<const void*>(kernel)));
+        reinterpret_cast<const void*>(kernel));
     check_margins();
   }
 
@@ -92,9 +92,6 @@ class Backend {
   at::Tensor guarded(at::IntArrayRef sizes, at::IntArrayRef strides, const at::TensorOptions& options, const char* what,
                      int64_t alignment = 0);
   void check_margins() const;
-  // The name of the kernel at `address` with its template arguments, from the
-  // library's symbol table ("" when it has none).
-  static std::string kernel_name(const void* address);
 
   std::vector<Guard> guards_;
 };

@@ -14,10 +14,6 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
-#include <cxxabi.h>
-#include <dlfcn.h>
-
-#include <cstdlib>
 #include <stdexcept>
 
 #include "../ops/batch_stats.h"
@@ -115,30 +111,6 @@ at::Tensor Backend::guarded(
   TORCH_CHECK(margin % item == 0, "gateshift CUDA emulator: an input whose address is not a multiple of its element size");
   const at::Tensor elements = buffer.view(options.dtype().toScalarType()).narrow(0, 0, buffer.numel() / item);
   return elements.as_strided(sizes, strides, margin / item);
-}
-
-std::string Backend::kernel_name(const void* address) {
-  Dl_info info;
-  if (dladdr(address, &info) == 0 || info.dli_sname == nullptr) {
-    return "";
-  }
-  int status = 0;
-  char* demangled = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
-  std::string name = status == 0 && demangled != nullptr ? demangled : info.dli_sname;
-  std::free(demangled);
-  // "void gateshift::cuda::k<float, false>(params...)" -> "k<float, false>"
-  const std::string prefix = "gateshift::cuda::";
-  if (const size_t at = name.find(prefix); at != std::string::npos) {
-    name = name.substr(at + prefix.size());
-  }
-  int depth = 0;
-  for (size_t i = 0; i < name.size(); ++i) {
-    depth += name[i] == '<' ? 1 : name[i] == '>' ? -1 : 0;
-    if (name[i] == '(' && depth == 0) {
-      return name.substr(0, i);
-    }
-  }
-  return name;
 }
 
 // Starts (true) or stops recording the launches; stopping returns the records, a

@@ -2,6 +2,9 @@
 
 #include "runtime.h"
 
+#include <cxxabi.h>
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -178,6 +181,32 @@ class WorkerPool {
   std::exception_ptr error_;
 };
 
+// The name of the function at `address` with its template arguments, from the
+// library's symbol table ("" when it has none): "k<float, false>" for
+// "void gateshift::cuda::k<float, false>(params...)".
+std::string kernel_name(const void* address) {
+  Dl_info info;
+  if (address == nullptr || dladdr(address, &info) == 0 || info.dli_sname == nullptr) {
+    return "";
+  }
+  int status = 0;
+  char* demangled = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
+  std::string name = status == 0 && demangled != nullptr ? demangled : info.dli_sname;
+  std::free(demangled);
+  const std::string prefix = "gateshift::cuda::";
+  if (const size_t at = name.find(prefix); at != std::string::npos) {
+    name = name.substr(at + prefix.size());
+  }
+  int depth = 0;
+  for (size_t i = 0; i < name.size(); ++i) {
+    depth += name[i] == '<' ? 1 : name[i] == '>' ? -1 : 0;
+    if (name[i] == '(' && depth == 0) {
+      return name.substr(0, i);
+    }
+  }
+  return name;
+}
+
 thread_local ThreadState* current = nullptr;
 std::mutex launch_mutex;
 
@@ -208,14 +237,11 @@ struct BlockState {
   // True when both guard zones still hold the poison: nothing was written past either end.
   bool guards_intact() const {
     const auto* bytes = reinterpret_cast<const unsigned char*>(shared.data());
-    const std::size_t total = shared.size() * sizeof(double);
-    for (std::size_t i = 0; i < total; ++i) {
-      const bool guard = i < kSharedGuardBytes || i >= kSharedGuardBytes + shared_bytes;
-      if (guard && bytes[i] != kSharedPoison) {
-        return false;
-      }
-    }
-    return true;
+    const auto poisoned = [](const unsigned char* first, const unsigned char* last) {
+      return std::all_of(first, last, [](unsigned char b) { return b == kSharedPoison; });
+    };
+    return poisoned(bytes, bytes + kSharedGuardBytes) &&
+           poisoned(bytes + kSharedGuardBytes + shared_bytes, bytes + shared.size() * sizeof(double));
   }
 
   Barrier barrier;
@@ -290,10 +316,12 @@ std::vector<LaunchRecord> recorded_launches() {
 }
 
 void launch(int64_t blocks, unsigned threads, std::size_t shared_bytes, const std::function<void()>& thread_body,
-            const std::string& kernel) {
+            const void* kernel) {
   std::lock_guard<std::mutex> one_launch_at_a_time(launch_mutex);
   LaunchRecord record;
-  record.kernel = kernel;
+  if (recording) {
+    record.kernel = kernel_name(kernel);
+  }
   record.blocks = blocks;
   record.threads = threads;
   record.shared_bytes = shared_bytes;

@@ -109,10 +109,10 @@ std::vector<LaunchRecord> recorded_launches();
 // Runs `thread_body` as every thread of `blocks` blocks of `threads` threads
 // with `shared_bytes` of dynamic shared memory per block, in the order of the
 // current BlockSchedule. One launch at a time; exceptions thrown by a thread, and
-// writes outside a block's shared memory, are raised here. `kernel` names the
-// launch in the records.
+// writes outside a block's shared memory, are raised here. `kernel`, the kernel
+// function's address, names the launch in the records.
 void launch(int64_t blocks, unsigned threads, std::size_t shared_bytes, const std::function<void()>& thread_body,
-            const std::string& kernel = "");
+            const void* kernel = nullptr);
 
 }  // namespace gateshift::emulation
 

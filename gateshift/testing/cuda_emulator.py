@@ -26,7 +26,7 @@ from .._ops import register_fake_and_autograd
 
 __all__ = [
     "gate_shift", "gate_shift_fuse", "temporal_shift", "ops", "set_num_sms", "num_sms", "min_partials_bytes",
-    "block_schedule", "architecture", "BLOCK_SCHEDULES",
+    "block_schedule", "architecture", "record_launches", "BLOCK_SCHEDULES",
 ]
 
 # How a launch runs its blocks (csrc/emulator/runtime.h): in grid order, one at a time
