@@ -224,3 +224,105 @@ def test_launch_records_give_each_kernels_grid_barriers_and_shuffles(gen):
     runs = -(-2 * 3 * 50 * 50 // 8192)  # runs of 8,192 elements per channel
     assert (others[1]["blocks"], others[2]["blocks"]) == (4 * runs, 4)
     assert others[1]["shared_bytes"] == 2 * 256 * 8
+
+
+# ---------------------------------------------------------------------------
+# Access counting: requests, sectors and wavefronts as a GPU issues them
+# ---------------------------------------------------------------------------
+
+
+def _wavefronts(stride: int, element_bytes: int, offset_bytes: int = 0) -> int:
+    """The shared-memory rule, written out: per phase of 128 bytes' worth of lanes, the
+    most distinct 4-byte words that one of the 32 banks must deliver."""
+    phase_lanes = 32 // max(1, element_bytes // 4)
+    total = 0
+    for phase in range(32 // phase_lanes):
+        words = {(offset_bytes + lane * stride * element_bytes) // 4 + k
+                 for lane in range(phase * phase_lanes, (phase + 1) * phase_lanes) for k in range(element_bytes // 4)}
+        total += max(sum(1 for w in words if w % 32 == bank) for bank in range(32))
+    return total
+
+
+@pytest.mark.parametrize("stride,element_bytes,offset,wavefronts", [
+    (1, 4, 0, 1), (0, 4, 0, 1), (2, 4, 0, 2), (3, 4, 0, 1), (8, 4, 0, 8), (32, 4, 0, 32), (33, 4, 4, 1),
+    (1, 8, 0, 2), (2, 8, 0, 4), (1, 16, 0, 4),
+    (0, 16, 0, 4),  # by the rule: each quarter-warp phase is a wavefront, even when all read one element
+])
+def test_shared_memory_wavefronts_count_bank_conflicts(stride, element_bytes, offset, wavefronts):
+    assert _wavefronts(stride, element_bytes, offset) == wavefronts  # the rule, against known cases
+    with cuda_emulator.record_launches(count_accesses=True) as launches:
+        cuda_emulator.ops._access_pattern("shared", stride, element_bytes, offset)
+    (r,) = launches
+    assert (r["shared_requests"], r["shared_wavefronts"]) == (1, wavefronts)
+    assert r["global_requests"] == r["global_sectors"] == r["unique_global_bytes"] == 0
+
+
+@pytest.mark.parametrize("stride,element_bytes,offset,sectors", [
+    (1, 4, 0, 4), (1, 4, 4, 5), (0, 4, 0, 1), (2, 4, 0, 8), (8, 4, 0, 32), (1, 8, 0, 8), (1, 16, 0, 16),
+    (2, 16, 0, 32),
+])
+def test_global_requests_count_32_byte_sectors(stride, element_bytes, offset, sectors):
+    with cuda_emulator.record_launches(count_accesses=True) as launches:
+        cuda_emulator.ops._access_pattern("global", stride, element_bytes, offset)
+    (r,) = launches
+    assert (r["global_requests"], r["global_sectors"], r["unique_global_bytes"]) == (1, sectors, 32 * sectors)
+    assert r["shared_requests"] == 0 and r["sampled_blocks"] == r["blocks"] == 1
+
+
+def test_counting_a_coalesced_kernel_gives_its_exact_traffic(gen):
+    # The temporal shift: each lane of a warp takes 32 consecutive elements of one
+    # plane (8 x 8: 256 aligned bytes), reads the shifted one unless the shift leaves
+    # the clip (zeros: no read) and writes its output. So every request is 4 sectors,
+    # and every byte of x that is read and of the output is touched once.
+    B, T, C, H, W, fold = 3, 5, 16, 8, 8, 2
+    x = torch.randn(B, T, C, H, W, generator=gen)
+    with cuda_emulator.record_launches(count_accesses=True) as launches:
+        cuda_emulator.ops.temporal_shift(x, fold, False)
+    (r,) = launches
+    zeros = 2 * fold * B * H * W  # per clip, one frame of each shifted fold has no source
+    reads, writes = (x.numel() - zeros) // 32, x.numel() // 32
+    assert r["global_requests"] == reads + writes
+    assert r["global_sectors"] == 4 * (reads + writes)
+    assert r["unique_global_bytes"] == 4 * (x.numel() - zeros + x.numel())
+    assert r["shared_requests"] == 0
+    assert sum(r["reuse_log2_bytes"]) == 0  # nothing is requested twice
+
+
+def test_reuse_distances_count_the_new_bytes_between_two_requests(gen):
+    # GSM's forward reads x for the gates, then again for the output. One clip of one
+    # frame and one 8 x 8 tile is one block: every sector the launch requests twice,
+    # that block requests twice, at a distance of at most its own distinct bytes.
+    x = torch.randn(1, 1, 8, 8, 8, generator=gen)
+    w = torch.randn(2, 4, 3, 3, 3, generator=gen)
+    with cuda_emulator.record_launches(count_accesses=True) as launches:
+        cuda_emulator.ops.gate_shift_forward(x, w, None, None, None, 8, True)
+    (r,) = launches
+    assert r["blocks"] == 1
+    reuse = r["reuse_log2_bytes"]
+    first_requests = r["global_sectors"] - sum(reuse)
+    assert sum(reuse) > 0 and first_requests * 32 == r["unique_global_bytes"]
+    assert max(k for k, n in enumerate(reuse) if n) <= r["unique_global_bytes"].bit_length()
+
+
+def test_a_sample_of_blocks_runs_in_runs_and_scales_to_the_grid(gen):
+    x = torch.randn(4, 8, 32, 16, 16, generator=gen)
+    with cuda_emulator.record_launches(count_accesses=True) as full:
+        cuda_emulator.ops.temporal_shift(x, 4, True)
+    with cuda_emulator.record_launches(count_accesses=True, sample_blocks=8) as sampled:
+        out = cuda_emulator.ops.temporal_shift(x, 4, True)
+    (f,), (s,) = full, sampled
+    assert f["blocks"] == s["blocks"] == 256 and f["sampled_blocks"] == 256 and s["sampled_blocks"] == 8
+    for key in ("global_requests", "global_sectors", "unique_global_bytes"):
+        assert s[key] * s["blocks"] / s["sampled_blocks"] == pytest.approx(f[key], rel=0.15), key
+    assert out.isnan().any()  # the blocks left out wrote nothing: a model's sample, not a result
+    with pytest.raises(ValueError, match="sample_blocks"):
+        with cuda_emulator.record_launches(sample_blocks=4):
+            pass
+
+
+def test_without_counting_records_carry_no_counts_and_every_block_runs(gen):
+    x = torch.randn(2, 4, 8, 5, 5, generator=gen)
+    with cuda_emulator.record_launches() as launches:
+        out = cuda_emulator.ops.temporal_shift(x, 1, False)
+    assert "global_sectors" not in launches[0]
+    assert not out.isnan().any()

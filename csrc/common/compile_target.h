@@ -17,22 +17,37 @@
 // one untyped array avoids clashes between template instantiations.
 #define GATESHIFT_DYNAMIC_SHARED(type, name)                               \
   extern __shared__ __align__(16) unsigned char gateshift_dynamic_shared[]; \
-  type* name = reinterpret_cast<type*>(gateshift_dynamic_shared)
+  ::gateshift::device_ptr<type> name = reinterpret_cast<type*>(gateshift_dynamic_shared)
 
 #elif defined(GATESHIFT_CUDA_EMULATION)
 
+#include "../emulator/counted_pointer.h"
 #include "../emulator/runtime.h"
 #define GATESHIFT_HOST_DEVICE
 #define GATESHIFT_DEVICE inline
 #define GATESHIFT_GLOBAL
-#define GATESHIFT_DYNAMIC_SHARED(type, name) \
-  type* name = reinterpret_cast<type*>(::gateshift::emulation::dynamic_shared_memory())
+#define GATESHIFT_DYNAMIC_SHARED(type, name)       \
+  ::gateshift::device_ptr<type> name =             \
+      reinterpret_cast<type*>(::gateshift::emulation::dynamic_shared_memory())
 
 #else
 
 #define GATESHIFT_HOST_DEVICE
 
 #endif
+
+// The pointers through which CUDA kernels reach global and shared memory: plain
+// pointers, except under the emulator, whose counting pointers report every access
+// while it counts them (emulator/counted_pointer.h).
+namespace gateshift {
+#if defined(GATESHIFT_CUDA_EMULATION) && !defined(__CUDACC__)
+template <typename T>
+using device_ptr = emulation::CountedPointer<T>;
+#else
+template <typename T>
+using device_ptr = T*;
+#endif
+}  // namespace gateshift
 
 // CPU kernels: compiled for AVX-512, AVX2 and baseline x86-64, the best one picked
 // at load time (GCC function multiversioning), so the package runs everywhere

@@ -12,6 +12,8 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 
 #include "compile_target.h"
 
@@ -25,9 +27,10 @@ GATESHIFT_HOST_DEVICE inline int64_t table_index(int64_t b, int64_t t, int64_t m
 
 // The fusion logit s of group k at in-group channel cq and frame t; `fusion` is
 // the (B, T, 3, P) table with the means in rows 0 (ym) and 1 (rm). V is (2, 2, 3, 3).
-template <typename acc_t>
-GATESHIFT_HOST_DEVICE inline acc_t fuse_logit(const acc_t* fusion, int64_t T, int64_t P, int64_t b, int k,
-                                              int64_t cq, int64_t t, const acc_t* V, acc_t e) {
+// (Pointer and Weights: const acc_t*, or the CUDA kernels' device_ptr<const acc_t>.)
+template <typename acc_t, typename Pointer, typename Weights>
+GATESHIFT_HOST_DEVICE inline acc_t fuse_logit(Pointer fusion, int64_t T, int64_t P, int64_t b, int k,
+                                              int64_t cq, int64_t t, Weights V, acc_t e) {
   const int64_t half = P / 2;
   acc_t s = e;
   for (int ch = 0; ch < 2; ++ch) {
@@ -50,9 +53,10 @@ GATESHIFT_HOST_DEVICE inline acc_t fuse_logit(const acc_t* fusion, int64_t T, in
 
 // The transposed convolution: d image_ch at (c2, t2) of group k from ds, the
 // (B, T, 1, P) table of the logits' gradient.
-template <typename acc_t>
-GATESHIFT_HOST_DEVICE inline acc_t fuse_image_grad(const acc_t* ds, int64_t T, int64_t P, int64_t b, int k, int ch,
-                                                   int64_t c2, int64_t t2, const acc_t* V) {
+template <typename Pointer, typename Weights,
+          typename acc_t = std::remove_cv_t<std::remove_reference_t<decltype(std::declval<Weights>()[0])>>>
+GATESHIFT_HOST_DEVICE inline acc_t fuse_image_grad(Pointer ds, int64_t T, int64_t P, int64_t b, int k, int ch,
+                                                   int64_t c2, int64_t t2, Weights V) {
   const int64_t half = P / 2;
   acc_t g = acc_t(0);
   for (int i = 0; i < 3; ++i) {

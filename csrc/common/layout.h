@@ -30,15 +30,21 @@ struct PlaneStrides {
   }
 };
 
-// A (B, T, C, H, W) tensor with contiguous planes, as kernels see it.
-template <typename T>
+// A (B, T, C, H, W) tensor with contiguous planes, as kernels see it (CUDA kernels
+// through device_ptr<T>: cuda/launch_helpers.h).
+template <typename T, typename Pointer = T*>
 struct PlaneTensor {
-  T* data;
+  Pointer data;
   PlaneStrides strides;
-  GATESHIFT_HOST_DEVICE T* plane(int64_t b, int64_t t, int64_t c) const {
+  GATESHIFT_HOST_DEVICE Pointer plane(int64_t b, int64_t t, int64_t c) const {
     return data + strides.plane(b, t, c);
   }
 };
+
+// The same as the CUDA kernels see it: device_ptr is a plain pointer for nvcc and a
+// counting one under the emulator (common/compile_target.h).
+template <typename T>
+using DevicePlanes = PlaneTensor<T, device_ptr<T>>;
 
 // The planes of a (B, T, C, H, W) tensor: B * T * C of HW elements each.
 struct PlaneGrid {

@@ -34,17 +34,17 @@ constexpr int64_t kStatsRun = int64_t(32) * kStatsThreads;
 template <typename scalar_t>
 struct BatchStatsKernelParams {
   using acc_t = acc_type<scalar_t>;
-  PlaneTensor<const scalar_t> x;  // (B, T, C, H, W), contiguous planes
+  DevicePlanes<const scalar_t> x;  // (B, T, C, H, W), contiguous planes
   PlaneGrid n;
   int64_t runs;       // runs of kStatsRun elements per channel
-  double* partials;   // (channels, runs, 2): the runs' sums of (x - K) and (x - K)^2
-  acc_t* mean;        // (channels)
-  acc_t* var;
+  device_ptr<double> partials;   // (channels, runs, 2): the runs' sums of (x - K) and (x - K)^2
+  device_ptr<acc_t> mean;        // (channels)
+  device_ptr<acc_t> var;
 };
 
 // The block's sums of every thread's (sum, squares), added in a fixed tree; they are
 // left in shared[0] and shared[kStatsThreads].
-GATESHIFT_DEVICE void sum_stats_over_block(double* shared, int tid, double sum, double squares) {
+GATESHIFT_DEVICE void sum_stats_over_block(device_ptr<double> shared, int tid, double sum, double squares) {
   shared[tid] = sum;
   shared[kStatsThreads + tid] = squares;
   __syncthreads();
@@ -114,13 +114,13 @@ GATESHIFT_GLOBAL void __launch_bounds__(kStatsThreads)
 template <typename scalar_t>
 struct BatchStatsBackwardKernelParams {
   using acc_t = acc_type<scalar_t>;
-  PlaneTensor<const scalar_t> x;
-  PlaneTensor<scalar_t> grad_x;  // (B, T, C, H, W), contiguous planes
+  DevicePlanes<const scalar_t> x;
+  DevicePlanes<scalar_t> grad_x;  // (B, T, C, H, W), contiguous planes
   PlaneGrid n;
   int64_t channels, count;
-  const acc_t* grad_mean;
-  const acc_t* grad_var;
-  const acc_t* mean;
+  device_ptr<const acc_t> grad_mean;
+  device_ptr<const acc_t> grad_var;
+  device_ptr<const acc_t> mean;
 };
 
 // grad_x = grad_mean / N + grad_var * 2 (x - mean) / N on the first `channels`

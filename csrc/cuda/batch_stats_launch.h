@@ -19,7 +19,7 @@ void launch(Device& device, const BatchStatsParams& s) {
   using acc_t = acc_type<scalar_t>;
   const at::Tensor& x = s.x;
   BatchStatsKernelParams<scalar_t> p;
-  p.x = plane_tensor<const scalar_t>(x);
+  p.x = device_planes<const scalar_t>(x);
   p.n = plane_grid(x);
   p.runs = (p.n.B * p.n.T * p.n.HW + kStatsRun - 1) / kStatsRun;
   const at::Tensor partials = ops::empty(device, {s.channels, p.runs, 2}, x.options().dtype(at::kDouble));
@@ -38,8 +38,8 @@ void launch(Device& device, const BatchStatsBackwardParams& s) {
   using acc_t = acc_type<scalar_t>;
   const at::Tensor& x = s.x;
   BatchStatsBackwardKernelParams<scalar_t> p;
-  p.x = plane_tensor<const scalar_t>(x);
-  p.grad_x = plane_tensor<scalar_t>(s.grad_x);
+  p.x = device_planes<const scalar_t>(x);
+  p.grad_x = device_planes<scalar_t>(s.grad_x);
   p.n = plane_grid(x);
   p.channels = s.channels;
   p.count = s.count;

@@ -52,10 +52,10 @@ template <typename scalar_t>
 struct FuseWeightsParams {
   using acc_t = acc_type<scalar_t>;
   int64_t T, P, tiles, HW;
-  const acc_t* tile_sums;       // (B, T, tiles, 2, P)
-  acc_t* fusion;                // (B, T, 3, P): ym, rm, f
-  const scalar_t* fuse_weight;  // (2, 2, 3, 3)
-  const scalar_t* fuse_bias;    // (2)
+  device_ptr<const acc_t> tile_sums;       // (B, T, tiles, 2, P)
+  device_ptr<acc_t> fusion;                // (B, T, 3, P): ym, rm, f
+  device_ptr<const scalar_t> fuse_weight;  // (2, 2, 3, 3)
+  device_ptr<const scalar_t> fuse_bias;    // (2)
 };
 
 // Warps of fuse_weights_kernel, each summing every kTileStrands-th tile.
@@ -65,7 +65,7 @@ template <typename scalar_t>
 GATESHIFT_GLOBAL void __launch_bounds__(kFuseThreads) fuse_weights_kernel(const FuseWeightsParams<scalar_t> p) {
   using acc_t = acc_type<scalar_t>;
   GATESHIFT_DYNAMIC_SHARED(acc_t, params_s);          // [kFuseParams]
-  acc_t* const strand_s = params_s + kFuseParams;     // [2][kTileStrands][32]
+  const device_ptr<acc_t> strand_s = params_s + kFuseParams;     // [2][kTileStrands][32]
   const int tid = threadIdx.x, lane = tid % 32, strand = tid / 32;
   const int64_t b = blockIdx.x / 2, half = p.P / 2;
   const int k = blockIdx.x % 2;
@@ -113,10 +113,10 @@ template <typename scalar_t>
 struct FuseCombineParams {
   using acc_t = acc_type<scalar_t>;
   GateShiftSizes n;
-  PlaneTensor<const scalar_t> x;
-  PlaneTensor<scalar_t> out;
-  const acc_t* gates;   // (B, T, 2, H, W)
-  const acc_t* fusion;  // (B, T, 3, P)
+  DevicePlanes<const scalar_t> x;
+  DevicePlanes<scalar_t> out;
+  device_ptr<const acc_t> gates;   // (B, T, 2, H, W)
+  device_ptr<const acc_t> fusion;  // (B, T, 3, P)
 };
 
 // out = f ys + (1 - f) r; pass-through channels copied. kElementsPerThread
@@ -160,10 +160,10 @@ template <typename scalar_t>
 struct FuseGradientParams {
   using acc_t = acc_type<scalar_t>;
   GateShiftSizes n;
-  PlaneTensor<const scalar_t> grad_out;
-  PlaneTensor<const scalar_t> x;
-  const acc_t* gates;
-  acc_t* df;  // (B, T, 1, P)
+  DevicePlanes<const scalar_t> grad_out;
+  DevicePlanes<const scalar_t> x;
+  device_ptr<const acc_t> gates;
+  device_ptr<acc_t> df;  // (B, T, 1, P)
 };
 
 // df = sum_hw dz (ys - r) for each gated (clip, frame, channel): one warp per
@@ -182,9 +182,9 @@ GATESHIFT_GLOBAL void __launch_bounds__(kFuseThreads) fuse_gradient_kernel(const
   const int k = c >= half ? 1 : 0;
   const int64_t tn = k == 0 ? t + 1 : t - 1;
   const bool has_next = tn >= 0 && tn < n.T;
-  const scalar_t* dz = p.grad_out.plane(b, t, output_channel(c, n.P, n.interleaved));
-  const scalar_t* xc = p.x.plane(b, t, c);
-  const acc_t* g = p.gates + ((b * n.T + t) * 2 + k) * HW;
+  device_ptr<const scalar_t> dz = p.grad_out.plane(b, t, output_channel(c, n.P, n.interleaved));
+  device_ptr<const scalar_t> xc = p.x.plane(b, t, c);
+  device_ptr<const acc_t> g = p.gates + ((b * n.T + t) * 2 + k) * HW;
   acc_t sum = acc_t(0);
   for (int64_t i = lane; i < HW; i += 32) {
     const acc_t xv = static_cast<acc_t>(xc[i]);
@@ -207,11 +207,11 @@ template <typename scalar_t>
 struct FuseBackwardParams {
   using acc_t = acc_type<scalar_t>;
   int64_t T, P, HW;
-  const acc_t* fusion;          // (B, T, 3, P)
-  acc_t* ds;                    // (B, T, 1, P): df in, the logits' gradient out
-  acc_t* coef;                  // (B, T, 4, P), see GateShiftBackwardKernelParams::fuse_coef
-  const scalar_t* fuse_weight;  // (2, 2, 3, 3)
-  acc_t* fuse_partials;         // (B, kFuseParams): each clip's share of the convolution's gradients
+  device_ptr<const acc_t> fusion;          // (B, T, 3, P)
+  device_ptr<acc_t> ds;                    // (B, T, 1, P): df in, the logits' gradient out
+  device_ptr<acc_t> coef;                  // (B, T, 4, P), see GateShiftBackwardKernelParams::fuse_coef
+  device_ptr<const scalar_t> fuse_weight;  // (2, 2, 3, 3)
+  device_ptr<acc_t> fuse_partials;         // (B, kFuseParams): each clip's share of the convolution's gradients
 };
 
 template <typename scalar_t>

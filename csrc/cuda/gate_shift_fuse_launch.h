@@ -43,8 +43,8 @@ void launch(Device& device, const GateShiftFuseForwardParams& f) {
 
   FuseCombineParams<scalar_t> combine_pass;
   combine_pass.n = n;
-  combine_pass.x = plane_tensor<const scalar_t>(g.x);
-  combine_pass.out = plane_tensor<scalar_t>(g.out);
+  combine_pass.x = device_planes<const scalar_t>(g.x);
+  combine_pass.out = device_planes<scalar_t>(g.out);
   combine_pass.gates = g.gates.const_data_ptr<acc_t>();
   combine_pass.fusion = f.fusion.const_data_ptr<acc_t>();
   device.launch_kernel(
@@ -69,8 +69,8 @@ GateShiftBackwardParams fuse_backward_coefficients(Device& device, const GateShi
 
   FuseGradientParams<scalar_t> gradient_pass;
   gradient_pass.n = n;
-  gradient_pass.grad_out = plane_tensor<const scalar_t>(g.grad_out);
-  gradient_pass.x = plane_tensor<const scalar_t>(g.x);
+  gradient_pass.grad_out = device_planes<const scalar_t>(g.grad_out);
+  gradient_pass.x = device_planes<const scalar_t>(g.x);
   gradient_pass.gates = g.gates.const_data_ptr<acc_t>();
   gradient_pass.df = ds.mutable_data_ptr<acc_t>();
   device.launch_kernel(

@@ -127,16 +127,16 @@ struct GateShiftForwardKernelParams {
   using acc_t = acc_type<scalar_t>;
   GateShiftSizes n;
   GridShape grid;
-  PlaneTensor<const scalar_t> x;
-  PlaneTensor<scalar_t> out;
-  acc_t* gates;  // (B, T, 2, H, W)
-  const scalar_t* weight;  // (2, P/2, 3, 3, 3)
-  const scalar_t* bias;    // (2) or null
-  const acc_t* scale;      // (P) or null, converted to the accumulation type by the launcher
-  const acc_t* shift;      // (P) or null
+  DevicePlanes<const scalar_t> x;
+  DevicePlanes<scalar_t> out;
+  device_ptr<acc_t> gates;  // (B, T, 2, H, W)
+  device_ptr<const scalar_t> weight;  // (2, P/2, 3, 3, 3)
+  device_ptr<const scalar_t> bias;    // (2) or null
+  device_ptr<const acc_t> scale;      // (P) or null, converted to the accumulation type by the launcher
+  device_ptr<const acc_t> shift;      // (P) or null
   // Gate-Shift-Fuse's first pass instead of the output: per tile, the sums of the
   // shifted part ys and of the residual r, (B, T, tiles, 2, P).
-  acc_t* tile_sums = nullptr;
+  device_ptr<acc_t> tile_sums = nullptr;
 };
 
 template <typename scalar_t>
@@ -144,25 +144,25 @@ struct GateShiftBackwardKernelParams {
   using acc_t = acc_type<scalar_t>;
   GateShiftSizes n;
   GridShape grid;
-  PlaneTensor<const scalar_t> grad_out;
-  PlaneTensor<const scalar_t> x;
-  const acc_t* gates;
-  const scalar_t* weight;
-  const acc_t* scale;  // (P) or null
-  const acc_t* shift;
-  PlaneTensor<scalar_t> grad_x;
-  acc_t* partials;  // (blocks, PartialsLayout{P}.size()): common/layout.h
+  DevicePlanes<const scalar_t> grad_out;
+  DevicePlanes<const scalar_t> x;
+  device_ptr<const acc_t> gates;
+  device_ptr<const scalar_t> weight;
+  device_ptr<const acc_t> scale;  // (P) or null
+  device_ptr<const acc_t> shift;
+  DevicePlanes<scalar_t> grad_x;
+  device_ptr<acc_t> partials;  // (blocks, PartialsLayout{P}.size()): common/layout.h
   // Gate-Shift-Fuse only (null for GSM): (B, T, 4, P) coefficients turning dz of
   // channel c at frame t into the residual's gradient a_r dz + b_r (rows 0, 1) and
   // the shifted part's a_y dz + b_y (rows 2, 3). GSM: a = 1, b = 0.
-  const acc_t* fuse_coef = nullptr;
+  device_ptr<const acc_t> fuse_coef = nullptr;
 
   // a * dz + b with the (a, b) of `row` (0: residual, 2: shifted part) at (bi, t, c).
   GATESHIFT_DEVICE acc_t fused(int row, int64_t bi, int64_t t, int64_t c, acc_t dz) const {
     if (fuse_coef == nullptr) {
       return dz;
     }
-    const acc_t* e = fuse_coef + table_index(bi, t, row, c, n.T, 4, n.P);
+    device_ptr<const acc_t> e = fuse_coef + table_index(bi, t, row, c, n.T, 4, n.P);
     return e[0] * dz + e[n.P];
   }
 };
@@ -181,11 +181,11 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads, kForwardMinBlocks<scalar_t>)
     gate_shift_forward_kernel(const GateShiftForwardKernelParams<scalar_t> p) {
   using acc_t = acc_type<scalar_t>;
   GATESHIFT_DYNAMIC_SHARED(acc_t, shared);
-  acc_t* const u_s = shared;                                    // [kForwardChunk][kHaloPixels]
-  acc_t* const w_s = u_s + kForwardChunk * kHaloPixels;         // [kForwardChunk][kWeightStride]
-  acc_t* const part_s = w_s + kForwardChunk * kWeightStride;    // [kSlices][2][kTilePixels]
-  acc_t* const gate_s = part_s + kSlices * 2 * kTilePixels;     // [3][2][kTilePixels]
-  acc_t* const edge_s = gate_s + 3 * 2 * kTilePixels;           // [2 groups][2 clip ends]
+  const device_ptr<acc_t> u_s = shared;                                    // [kForwardChunk][kHaloPixels]
+  const device_ptr<acc_t> w_s = u_s + kForwardChunk * kHaloPixels;         // [kForwardChunk][kWeightStride]
+  const device_ptr<acc_t> part_s = w_s + kForwardChunk * kWeightStride;    // [kSlices][2][kTilePixels]
+  const device_ptr<acc_t> gate_s = part_s + kSlices * 2 * kTilePixels;     // [3][2][kTilePixels]
+  const device_ptr<acc_t> edge_s = gate_s + 3 * 2 * kTilePixels;           // [2 groups][2 clip ends]
 
   const GateShiftSizes& n = p.n;
   const int tid = threadIdx.x;
@@ -201,7 +201,7 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads, kForwardMinBlocks<scalar_t>)
     const int taps_per_group = static_cast<int>(n.P / 2) * 9;
 #pragma unroll 1
     for (int m = 0; m < 4; ++m) {  // m = group * 2 + end; end 0 is tap 0, end 1 tap 2
-      const scalar_t* const w = p.weight + (m / 2) * taps_per_group * 3 + (m % 2) * 18;
+      const device_ptr<const scalar_t> w = p.weight + (m / 2) * taps_per_group * 3 + (m % 2) * 18;
       acc_t z = acc_t(0);
       for (int e = tid; e < taps_per_group; e += kThreads) {
         z += acc_t(0) * static_cast<acc_t>(w[(e / 9) * 27 + e % 9]);
@@ -376,8 +376,8 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads, kForwardMinBlocks<scalar_t>)
         }
         __syncthreads();
         for (int cc = slice; cc < chunk; cc += kSlices) {
-          const acc_t* u = u_s + cc * kHaloPixels + row * kHaloW + col0;
-          const acc_t* wt = w_s + cc * kWeightStride;
+          device_ptr<const acc_t> u = u_s + cc * kHaloPixels + row * kHaloW + col0;
+          device_ptr<const acc_t> wt = w_s + cc * kWeightStride;
 #pragma unroll
           for (int j = 0; j < 3; ++j) {
             acc_t r[kStrip + 2];
@@ -439,12 +439,12 @@ template <typename scalar_t>
 GATESHIFT_GLOBAL void __launch_bounds__(kThreads) gate_shift_backward_kernel(const GateShiftBackwardKernelParams<scalar_t> p) {
   using acc_t = acc_type<scalar_t>;
   GATESHIFT_DYNAMIC_SHARED(acc_t, shared);
-  acc_t* const da_s = shared;                                 // [3][2][kHaloPixels]
-  acc_t* const dg_s = da_s + 3 * 2 * kHaloPixels;             // [kDaSlices][2][kDaLanes]
-  acc_t* const gate_s = dg_s + kDaSlices * 2 * kDaLanes;      // [2][kTilePixels]
-  acc_t* const x_s = gate_s + 2 * kTilePixels;                // [kChannelLanes][kStageStride]
-  acc_t* const dz_s = x_s + kChannelLanes * kStageStride;     // the same for dz
-  acc_t* const dzn_s = dz_s + kChannelLanes * kStageStride;   // and dz of the neighbour frame
+  const device_ptr<acc_t> da_s = shared;                                 // [3][2][kHaloPixels]
+  const device_ptr<acc_t> dg_s = da_s + 3 * 2 * kHaloPixels;             // [kDaSlices][2][kDaLanes]
+  const device_ptr<acc_t> gate_s = dg_s + kDaSlices * 2 * kDaLanes;      // [2][kTilePixels]
+  const device_ptr<acc_t> x_s = gate_s + 2 * kTilePixels;                // [kChannelLanes][kStageStride]
+  const device_ptr<acc_t> dz_s = x_s + kChannelLanes * kStageStride;     // the same for dz
+  const device_ptr<acc_t> dzn_s = dz_s + kChannelLanes * kStageStride;   // and dz of the neighbour frame
 
   const GateShiftSizes& n = p.n;
   const int tid = threadIdx.x;
@@ -452,10 +452,10 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) gate_shift_backward_kernel(con
   const int64_t half = n.P / 2, HW = n.H * n.W;
   const bool affine = p.scale != nullptr;
   const PartialsLayout layout{n.P};
-  acc_t* const partial = p.partials + static_cast<int64_t>(blockIdx.x) * layout.size();
-  acc_t* const dbias = partial + layout.bias();
-  acc_t* const dscale = partial + layout.bn_scale();
-  acc_t* const dshift = partial + layout.bn_shift();
+  const device_ptr<acc_t> partial = p.partials + static_cast<int64_t>(blockIdx.x) * layout.size();
+  const device_ptr<acc_t> dbias = partial + layout.bias();
+  const device_ptr<acc_t> dscale = partial + layout.bn_scale();
+  const device_ptr<acc_t> dshift = partial + layout.bn_shift();
 
   for (int64_t e = tid; e < layout.size(); e += kThreads) {
     partial[e] = acc_t(0);
@@ -587,7 +587,7 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) gate_shift_backward_kernel(con
             if (f < 0 || f >= n.T) {
               continue;
             }
-            const acc_t* d = da_s + ((f % 3) * 2 + k) * kHaloPixels + (py + 2) * kHaloW + (px + 2);
+            device_ptr<const acc_t> d = da_s + ((f % 3) * 2 + k) * kHaloPixels + (py + 2) * kHaloW + (px + 2);
 #pragma unroll
             for (int j = 0; j < 3; ++j)
 #pragma unroll
@@ -675,18 +675,18 @@ constexpr int kPartialStrands = kThreads / kPartialColumns;
 
 template <typename scalar_t, typename affine_t>
 GATESHIFT_GLOBAL void __launch_bounds__(kThreads) sum_partials_kernel(
-    const acc_type<scalar_t>* partials,
+    device_ptr<const acc_type<scalar_t>> partials,
     int64_t blocks,
     int64_t P,
-    scalar_t* grad_weight,
-    scalar_t* grad_bias,
-    affine_t* grad_scale,  // null without the BN affine
-    affine_t* grad_shift,
-    const acc_type<scalar_t>* fuse_partials,  // (clips, kFuse) or null
+    device_ptr<scalar_t> grad_weight,
+    device_ptr<scalar_t> grad_bias,
+    device_ptr<affine_t> grad_scale,  // null without the BN affine
+    device_ptr<affine_t> grad_shift,
+    device_ptr<const acc_type<scalar_t>> fuse_partials,  // (clips, kFuse) or null
     int64_t clips,
     int64_t kFuse,
-    scalar_t* grad_fuse_weight,  // the first kFuse - 2 fusion parameters' gradients
-    scalar_t* grad_fuse_bias) {  // the last two
+    device_ptr<scalar_t> grad_fuse_weight,  // the first kFuse - 2 fusion parameters' gradients
+    device_ptr<scalar_t> grad_fuse_bias) {  // the last two
   using acc_t = acc_type<scalar_t>;
   GATESHIFT_DYNAMIC_SHARED(acc_t, strand_s);  // [kPartialStrands][kPartialColumns]
   const PartialsLayout layout{P};
@@ -698,7 +698,7 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) sum_partials_kernel(
   acc_t sum = acc_t(0);
   if (j < columns) {
     // Column j of a row-major table: the gate-shift partials, or the fusion's.
-    const acc_t* column = fusion_column ? fuse_partials + (j - stride) : partials + j;
+    device_ptr<const acc_t> column = fusion_column ? fuse_partials + (j - stride) : partials + j;
     const int64_t rows = fusion_column ? clips : blocks, row_stride = fusion_column ? kFuse : stride;
     for (int64_t r = strand; r < rows; r += kPartialStrands) {
       sum += column[r * row_stride];

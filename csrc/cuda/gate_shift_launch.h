@@ -40,8 +40,8 @@ GateShiftForwardKernelParams<scalar_t> forward_params(const GateShiftForwardPara
   GateShiftForwardKernelParams<scalar_t> p;
   p.n = f.n;
   p.grid = grid_shape(config, /*backward=*/false);
-  p.x = plane_tensor<const scalar_t>(f.x);
-  p.out = PlaneTensor<scalar_t>{nullptr, PlaneStrides{}};  // set by the caller, or unused (GSF)
+  p.x = device_planes<const scalar_t>(f.x);
+  p.out = DevicePlanes<scalar_t>{nullptr, PlaneStrides{}};  // set by the caller, or unused (GSF)
   p.gates = f.gates.mutable_data_ptr<acc_t>();
   p.weight = f.weight.const_data_ptr<scalar_t>();
   p.bias = data_or_null<scalar_t>(f.bias);
@@ -54,7 +54,7 @@ template <typename scalar_t, class Device>
 void launch(Device& device, const GateShiftForwardParams& f) {
   const LaunchConfig config = gate_shift_launch_config<Device, scalar_t>(device, f.n, "gate_shift_forward");
   GateShiftForwardKernelParams<scalar_t> p = forward_params<scalar_t>(f, config);
-  p.out = plane_tensor<scalar_t>(f.out);
+  p.out = device_planes<scalar_t>(f.out);
   device.launch_kernel(gate_shift_forward_kernel<scalar_t>, config.blocks, kThreads, config.forward_shared, p);
 }
 
@@ -71,13 +71,13 @@ void launch(Device& device, const GateShiftBackwardParams& b) {
   GateShiftBackwardKernelParams<scalar_t> p;
   p.n = n;
   p.grid = grid_shape(config, /*backward=*/true);
-  p.grad_out = plane_tensor<const scalar_t>(b.grad_out);
-  p.x = plane_tensor<const scalar_t>(b.x);
+  p.grad_out = device_planes<const scalar_t>(b.grad_out);
+  p.x = device_planes<const scalar_t>(b.x);
   p.gates = b.gates.const_data_ptr<acc_t>();
   p.weight = b.weight.const_data_ptr<scalar_t>();
   p.scale = data_or_null<acc_t>(b.bn_scale);
   p.shift = data_or_null<acc_t>(b.bn_shift);
-  p.grad_x = plane_tensor<scalar_t>(b.grad_x);
+  p.grad_x = device_planes<scalar_t>(b.grad_x);
   p.partials = partials.mutable_data_ptr<acc_t>();
   p.fuse_coef = b.fuse_coef.defined() ? b.fuse_coef.const_data_ptr<acc_t>() : nullptr;
   device.launch_kernel(
@@ -91,7 +91,7 @@ void launch(Device& device, const GateShiftBackwardParams& b) {
     using affine_t = std::remove_pointer_t<decltype(affine_type)>;
     device.launch_kernel(
         sum_partials_kernel<scalar_t, affine_t>, finish_blocks, kThreads, kThreads * sizeof(acc_t),
-        static_cast<const acc_t*>(p.partials),
+        device_ptr<const acc_t>(p.partials),
         config.backward_blocks, n.P, b.grad_weight.mutable_data_ptr<scalar_t>(), b.grad_bias.mutable_data_ptr<scalar_t>(),
         affine ? b.grad_bn_scale.mutable_data_ptr<affine_t>() : nullptr,
         affine ? b.grad_bn_shift.mutable_data_ptr<affine_t>() : nullptr,

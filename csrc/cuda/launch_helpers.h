@@ -8,6 +8,9 @@
 #include <limits>
 #include <optional>
 
+#include "../common/checks.h"
+#include "../common/layout.h"
+
 namespace gateshift::cuda {
 
 inline void check_grid(int64_t blocks, const char* op) {
@@ -21,6 +24,14 @@ inline int64_t grid_for(int64_t threads_needed, int threads_per_block, const cha
   const int64_t blocks = (threads_needed + threads_per_block - 1) / threads_per_block;
   check_grid(blocks, op);
   return blocks;
+}
+
+// t (5-D, contiguous planes) as a kernel reads it (T const) or writes it, through
+// device_ptr (common/layout.h).
+template <typename T>
+DevicePlanes<T> device_planes(const at::Tensor& t) {
+  const PlaneTensor<T> planes = plane_tensor<T>(t);
+  return DevicePlanes<T>{planes.data, planes.strides};
 }
 
 template <typename T>

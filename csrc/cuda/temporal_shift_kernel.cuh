@@ -20,8 +20,8 @@ constexpr int kShiftThreads = 256;
 
 template <typename scalar_t>
 struct TemporalShiftKernelParams {
-  PlaneTensor<const scalar_t> x;
-  PlaneTensor<scalar_t> out;
+  DevicePlanes<const scalar_t> x;
+  DevicePlanes<scalar_t> out;
   PlaneGrid n;
   int64_t fold;
   int64_t first;  // frame step of the first fold: +1 (forward) or -1 (reverse, the adjoint)

@@ -16,8 +16,8 @@ template <typename scalar_t, class Device>
 void launch(Device& device, const TemporalShiftParams& s) {
   const at::Tensor& x = s.x;
   TemporalShiftKernelParams<scalar_t> p;
-  p.x = plane_tensor<const scalar_t>(x);
-  p.out = plane_tensor<scalar_t>(s.out);
+  p.x = device_planes<const scalar_t>(x);
+  p.out = device_planes<scalar_t>(s.out);
   p.n = plane_grid(x);
   p.fold = s.fold;
   p.first = s.reverse ? -1 : 1;

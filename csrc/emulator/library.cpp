@@ -113,16 +113,29 @@ at::Tensor Backend::guarded(
   return elements.as_strided(sizes, strides, margin / item);
 }
 
-// Starts (true) or stops recording the launches; stopping returns the records, a
-// line each: kernel, blocks, threads, shared bytes, barriers, shuffles (tab-separated).
-std::string record_launches(bool on) {
-  set_recording(on);
+// Starts (true) or stops recording the launches, counting memory accesses when
+// count_sample >= 0 (runtime.h); stopping returns the records, a line each: kernel,
+// blocks, threads, shared bytes, barriers, shuffles, sampled blocks, global requests,
+// global sectors, unique global bytes, shared requests, shared wavefronts (tab-separated),
+// and the counts of re-requested sectors by reuse distance (comma-separated).
+std::string record_launches(bool on, int64_t count_sample) {
+  set_recording(on, count_sample);
   std::string text;
   if (!on) {
     for (const LaunchRecord& r : recorded_launches()) {
-      text += r.kernel + "\t" + std::to_string(r.blocks) + "\t" + std::to_string(r.threads) + "\t" +
-              std::to_string(r.shared_bytes) + "\t" + std::to_string(r.barriers) + "\t" + std::to_string(r.shuffles) +
-              "\n";
+      text += r.kernel;
+      for (const int64_t v :
+           {r.blocks, static_cast<int64_t>(r.threads), static_cast<int64_t>(r.shared_bytes), r.barriers, r.shuffles,
+            r.sampled_blocks, r.global_requests, r.global_sectors, r.unique_global_bytes, r.shared_requests,
+            r.shared_wavefronts}) {
+        text += "\t" + std::to_string(v);
+      }
+      // Then the reuse histogram as one comma-separated field.
+      text += "\t";
+      for (size_t k = 0; k < r.reuse_log2_bytes.size(); ++k) {
+        text += (k ? "," : "") + std::to_string(r.reuse_log2_bytes[k]);
+      }
+      text += "\n";
     }
   }
   return text;
@@ -148,7 +161,7 @@ TORCH_LIBRARY(gateshift_emulated, m) {
   m.def("set_min_partials_bytes(int bytes) -> int", &gateshift::emulation::set_min_partials_bytes);
   m.def("set_block_schedule(int schedule, int seed) -> int", &gateshift::emulation::set_block_schedule_op);
   m.def("set_architecture(int sm) -> int", &gateshift::emulation::set_architecture_op);
-  m.def("record_launches(bool on) -> str", &gateshift::emulation::record_launches);
+  m.def("record_launches(bool on, int count_sample=-1) -> str", &gateshift::emulation::record_launches);
 }
 
 TORCH_LIBRARY_IMPL(gateshift_emulated, CPU, m) {

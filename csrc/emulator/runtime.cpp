@@ -20,6 +20,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <unordered_set>
 #include <vector>
 
 namespace gateshift::emulation {
@@ -55,8 +56,9 @@ std::atomic<int64_t> block_schedule{0};
 std::atomic<uint64_t> schedule_seed{0};
 uint64_t launches_scheduled = 0;       // under launch_mutex
 std::atomic<int64_t> architecture{86};  // the strictest of the default TORCH_CUDA_ARCH_LIST
-bool recording = false;                 // under launch_mutex, as is records
+bool recording = false;                 // under launch_mutex, as are records and count_sample
 std::vector<LaunchRecord> records;
+int64_t count_sample = -1;              // set_recording's: -1 not counting, 0 every block, n a sample
 
 // A reusable barrier whose threads may also leave (an exited CUDA thread no
 // longer takes part in __syncthreads).
@@ -207,10 +209,178 @@ std::string kernel_name(const void* address) {
   return name;
 }
 
+// The blocks a counting launch runs: all, or a sample of at least `sample` blocks
+// and 1 in kSampleFraction, in runs of up to kSampleRun consecutive blocks, one in
+// each of as many equal parts of the grid at a fixed pseudo-random place in its part
+// (a jittered stratified sample: a grid's regular structure, such as a frame or a
+// channel that every part starts with, is not sampled more than its share).
+// Consecutive blocks are neighbouring tiles of a plane, so a run shares their halos'
+// sectors as the whole grid does, and the sample's distinct sectors per block stay
+// close to the grid's.
+constexpr int64_t kSampleRun = 4;
+constexpr int64_t kSampleFraction = 256;
+
+std::vector<int64_t> sampled_blocks(int64_t blocks, int64_t sample) {
+  std::vector<int64_t> chosen;
+  if (sample > 0) {
+    sample = std::max(sample, (blocks + kSampleFraction - 1) / kSampleFraction);
+  }
+  if (sample <= 0 || blocks <= sample) {
+    chosen.resize(static_cast<size_t>(blocks));
+    std::iota(chosen.begin(), chosen.end(), int64_t(0));
+    return chosen;
+  }
+  const int64_t run = std::min(kSampleRun, sample);
+  const int64_t runs = (sample + run - 1) / run;
+  std::mt19937_64 jitter(0x5A3D1E);  // fixed: the same launch always samples the same blocks
+  for (int64_t r = 0; r < runs; ++r) {
+    const int64_t part_first = r * blocks / runs;
+    const int64_t part_size = (r + 1) * blocks / runs - part_first;
+    const int64_t length = std::min(run, part_size);
+    const int64_t start = part_first + static_cast<int64_t>(jitter() % static_cast<uint64_t>(part_size - length + 1));
+    for (int64_t b = start; b < start + length; ++b) {
+      chosen.push_back(b);
+    }
+  }
+  return chosen;
+}
+
+// The wavefronts of one warp-wide shared-memory request: per phase (32 lanes for
+// elements of up to 4 bytes, 16 for 8, 8 for 16), the most distinct 4-byte words
+// any of the 32 banks holds; the same word read by several lanes is one broadcast.
+int64_t shared_wavefronts(const std::vector<std::pair<unsigned, const Access*>>& lanes) {
+  constexpr unsigned kBanks = 32;
+  const unsigned bytes = std::max<unsigned>(4, lanes.front().second->bytes);
+  const unsigned phase_lanes = kWarpSize / std::max(1u, bytes / 4);
+  int64_t wavefronts = 0;
+  for (unsigned phase = 0; phase * phase_lanes < kWarpSize; ++phase) {
+    std::vector<uintptr_t> words;
+    for (const auto& [lane, access] : lanes) {
+      if (lane / phase_lanes == phase) {
+        for (uintptr_t word = access->address / 4; word <= (access->address + access->bytes - 1) / 4; ++word) {
+          words.push_back(word);
+        }
+      }
+    }
+    if (words.empty()) {
+      continue;
+    }
+    std::sort(words.begin(), words.end());
+    words.erase(std::unique(words.begin(), words.end()), words.end());
+    unsigned per_bank[kBanks] = {};
+    for (uintptr_t word : words) {
+      ++per_bank[word % kBanks];
+    }
+    wavefronts += *std::max_element(per_bank, per_bank + kBanks);
+  }
+  return wavefronts;
+}
+
+int reuse_bucket(int64_t bytes) {
+  int bucket = 0;
+  while (bytes > 0 && bucket + 1 < kReuseBuckets) {
+    bytes >>= 1;
+    ++bucket;
+  }
+  return bucket;
+}
+
+// Adds one block's accesses (a log per thread) to the launch's counts: per warp,
+// the lanes' accesses of one site and occurrence are one request. Then replays the
+// block's global requests in phase order for their sectors' reuse distances.
+void tally_block(const std::vector<std::vector<Access>>& logs, uintptr_t shared_first, uintptr_t shared_last,
+                 LaunchRecord& record, std::unordered_set<uintptr_t>& sectors_touched) {
+  struct LaneAccess {
+    const Access* access;
+    unsigned lane;
+    uint32_t position;  // in its thread's log
+  };
+  struct GlobalRequest {
+    uint32_t barriers, position;
+    size_t warp, first_sector, sectors;
+  };
+  std::vector<GlobalRequest> global;
+  std::vector<uintptr_t> sector_pool;
+  for (size_t first = 0; first < logs.size(); first += kWarpSize) {
+    std::vector<LaneAccess> warp;
+    for (size_t t = first; t < std::min(logs.size(), first + kWarpSize); ++t) {
+      for (size_t i = 0; i < logs[t].size(); ++i) {
+        warp.push_back(LaneAccess{&logs[t][i], static_cast<unsigned>(t - first), static_cast<uint32_t>(i)});
+      }
+    }
+    std::sort(warp.begin(), warp.end(), [](const LaneAccess& a, const LaneAccess& b) {
+      return std::tie(a.access->site, a.access->occurrence, a.lane) < std::tie(b.access->site, b.access->occurrence, b.lane);
+    });
+    std::vector<std::pair<unsigned, const Access*>> request;
+    for (size_t i = 0; i < warp.size();) {
+      size_t end = i;
+      request.clear();
+      uint32_t position = warp[i].position;
+      while (end < warp.size() && warp[end].access->site == warp[i].access->site &&
+             warp[end].access->occurrence == warp[i].access->occurrence) {
+        request.emplace_back(warp[end].lane, warp[end].access);
+        position = std::min(position, warp[end].position);
+        ++end;
+      }
+      const uintptr_t address = warp[i].access->address;
+      if (address >= shared_first && address < shared_last) {
+        ++record.shared_requests;
+        record.shared_wavefronts += shared_wavefronts(request);
+      } else {
+        ++record.global_requests;
+        const size_t first_sector = sector_pool.size();
+        for (const auto& [lane, access] : request) {
+          for (uintptr_t s = access->address / 32; s <= (access->address + access->bytes - 1) / 32; ++s) {
+            sector_pool.push_back(s);
+          }
+        }
+        std::sort(sector_pool.begin() + static_cast<std::ptrdiff_t>(first_sector), sector_pool.end());
+        sector_pool.erase(std::unique(sector_pool.begin() + static_cast<std::ptrdiff_t>(first_sector), sector_pool.end()),
+                          sector_pool.end());
+        const size_t count = sector_pool.size() - first_sector;
+        record.global_sectors += static_cast<int64_t>(count);
+        sectors_touched.insert(sector_pool.begin() + static_cast<std::ptrdiff_t>(first_sector), sector_pool.end());
+        global.push_back(GlobalRequest{warp[i].access->barriers, position, first, first_sector, count});
+      }
+      i = end;
+    }
+  }
+  // The block's warps run side by side between barriers: replay their requests by
+  // phase, then by position in the threads' logs, then warp.
+  std::sort(global.begin(), global.end(), [](const GlobalRequest& a, const GlobalRequest& b) {
+    return std::tie(a.barriers, a.position, a.warp) < std::tie(b.barriers, b.position, b.warp);
+  });
+  std::unordered_map<uintptr_t, int64_t> new_sectors_at_last_use;
+  int64_t new_sectors = 0;
+  for (const GlobalRequest& r : global) {
+    for (size_t i = r.first_sector; i < r.first_sector + r.sectors; ++i) {
+      const auto [it, first_use] = new_sectors_at_last_use.try_emplace(sector_pool[i], new_sectors + 1);
+      if (first_use) {
+        ++new_sectors;
+      } else {
+        ++record.reuse_log2_bytes[static_cast<size_t>(reuse_bucket(32 * (new_sectors - it->second)))];
+        it->second = new_sectors;
+      }
+    }
+  }
+}
+
 thread_local ThreadState* current = nullptr;
 std::mutex launch_mutex;
 
 }  // namespace
+
+std::atomic<bool> counting_accesses{false};
+
+void record_access(const void* address, std::size_t bytes) {
+  const void* site = __builtin_return_address(0);
+  ThreadState* t = current;
+  if (t == nullptr || t->accesses == nullptr) {
+    return;  // host code, or a launch that started before counting did
+  }
+  t->accesses->push_back(Access{site, (*t->occurrences)[site]++, static_cast<uint32_t>(bytes),
+                                reinterpret_cast<uintptr_t>(address), t->barriers});
+}
 
 struct BlockState {
   BlockState(unsigned threads, std::size_t shared_bytes)
@@ -262,7 +432,9 @@ unsigned char* dynamic_shared_memory() {
 }
 
 void syncthreads(const char* site) {
-  this_thread().block->barrier.arrive_and_wait("__syncthreads()", site);
+  ThreadState& t = this_thread();
+  t.block->barrier.arrive_and_wait("__syncthreads()", site);
+  ++t.barriers;
 }
 
 void warp_exchange(
@@ -302,12 +474,14 @@ void check_shared_request(std::size_t shared_bytes, bool opt_in) {
   }
 }
 
-void set_recording(bool on) {
+void set_recording(bool on, int64_t sample) {
   std::lock_guard<std::mutex> no_launch_meanwhile(launch_mutex);
   if (on) {
     records.clear();
   }
   recording = on;
+  count_sample = on ? sample : -1;
+  counting_accesses = on && sample >= 0;
 }
 
 std::vector<LaunchRecord> recorded_launches() {
@@ -330,16 +504,24 @@ void launch(int64_t blocks, unsigned threads, std::size_t shared_bytes, const st
                                 " threads per block (1 to 1024 on every GPU)");
   }
   const auto schedule = static_cast<BlockSchedule>(block_schedule.load());
-  std::vector<int64_t> order(static_cast<size_t>(blocks));
-  std::iota(order.begin(), order.end(), int64_t(0));
+  const bool counting = recording && count_sample >= 0;
+  std::vector<int64_t> order = sampled_blocks(blocks, counting ? count_sample : 0);
+  if (counting) {
+    record.sampled_blocks = static_cast<int64_t>(order.size());
+  }
+  std::unordered_set<uintptr_t> sectors_touched;
   if (schedule != BlockSchedule::kInOrder) {
     std::mt19937_64 random(schedule_seed.load() + 0x9E3779B97F4A7C15ull * ++launches_scheduled);
     std::shuffle(order.begin(), order.end(), random);
   }
   const int64_t at_once = schedule == BlockSchedule::kConcurrent ? 2 : 1;
-  for (int64_t first = 0; first < blocks; first += at_once) {
-    const int64_t running = std::min(at_once, blocks - first);
+  const auto to_run = static_cast<int64_t>(order.size());
+  for (int64_t first = 0; first < to_run; first += at_once) {
+    const int64_t running = std::min(at_once, to_run - first);
     std::vector<std::unique_ptr<BlockState>> states;
+    // While counting: each thread's accesses, and its count of accesses per call site.
+    std::vector<std::vector<std::vector<Access>>> logs(counting ? running : 0, std::vector<std::vector<Access>>(threads));
+    std::vector<std::unordered_map<const void*, uint32_t>> occurrences(counting ? running * threads : 0);
     for (int64_t i = 0; i < running; ++i) {
       states.push_back(std::make_unique<BlockState>(threads, shared_bytes));
     }
@@ -353,6 +535,10 @@ void launch(int64_t blocks, unsigned threads, std::size_t shared_bytes, const st
       state.block_dim = Dim3{threads, 1, 1};
       state.grid_dim = Dim3{static_cast<unsigned>(blocks), 1, 1};
       state.block = &block;
+      if (counting) {
+        state.accesses = &logs[index / threads][tid];
+        state.occurrences = &occurrences[index];
+      }
       current = &state;
       const auto leave = [&] {
         block.warps[tid / kWarpSize]->barrier.leave();
@@ -367,6 +553,11 @@ void launch(int64_t blocks, unsigned threads, std::size_t shared_bytes, const st
       }
       leave();
     });
+    for (size_t i = 0; i < logs.size(); ++i) {
+      // Shared memory's guard zones count as shared: a stray access there is no global one.
+      const auto first_byte = reinterpret_cast<uintptr_t>(states[i]->shared.data());
+      tally_block(logs[i], first_byte, first_byte + states[i]->shared.size() * sizeof(double), record, sectors_touched);
+    }
     for (const auto& block : states) {
       if (!block->guards_intact()) {
         throw std::logic_error("gateshift CUDA emulator: a kernel wrote outside its " + std::to_string(shared_bytes) +
@@ -378,6 +569,7 @@ void launch(int64_t blocks, unsigned threads, std::size_t shared_bytes, const st
       }
     }
   }
+  record.unique_global_bytes = 32 * static_cast<int64_t>(sectors_touched.size());
   if (recording) {
     records.push_back(std::move(record));
   }

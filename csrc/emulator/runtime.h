@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace gateshift::emulation {
@@ -43,10 +44,25 @@ struct Dim3 {
 
 struct BlockState;
 
+// One access through a counting pointer (counted_pointer.h): the call site (a return
+// address inside the kernel), how many accesses this thread made there before, and
+// the bytes reached. A warp's lanes issue an access together when they share site
+// and occurrence.
+struct Access {
+  const void* site;
+  uint32_t occurrence;
+  uint32_t bytes;
+  uintptr_t address;
+  uint32_t barriers;  // __syncthreads() the thread had passed: the block's phase
+};
+
 // What one emulated CUDA thread sees.
 struct ThreadState {
   Dim3 thread_idx, block_idx, block_dim, grid_dim;
   BlockState* block = nullptr;
+  std::vector<Access>* accesses = nullptr;  // while counting
+  std::unordered_map<const void*, uint32_t>* occurrences = nullptr;
+  uint32_t barriers = 0;
 };
 
 // The state of the emulated thread running on this OS thread.
@@ -90,20 +106,43 @@ int64_t set_architecture(int64_t sm);
 // opt_in at most the architecture's opt-in maximum; throws a message naming both.
 void check_shared_request(std::size_t shared_bytes, bool opt_in);
 
+constexpr int kReuseBuckets = 48;
+
 // A launch as the emulator ran it: its grid, and how many barriers and warp
 // shuffles its threads met (what a performance model of the launch starts from).
+// While counting, also its memory accesses as a GPU issues them: per warp, the
+// accesses its lanes made from one call site for the same time form one request.
+// A global request moves the distinct 32-byte sectors its lanes touch; a shared one
+// takes as many wavefronts as the most distinct 4-byte words any of the 32 banks
+// must deliver (one per phase of 32, 16 or 8 lanes for 4-, 8- or 16-byte elements).
+// The counts cover the blocks that ran: all of them, or a sample (sampled_blocks).
 struct LaunchRecord {
   std::string kernel;    // the kernel's name and template arguments
   int64_t blocks = 0;
   unsigned threads = 0;  // per block
   std::size_t shared_bytes = 0;
-  int64_t barriers = 0;  // __syncthreads() completed, summed over the blocks
-  int64_t shuffles = 0;  // warp-wide shuffles completed, summed over the warps
+  int64_t barriers = 0;  // __syncthreads() completed, summed over the blocks that ran
+  int64_t shuffles = 0;  // warp-wide shuffles completed, summed over their warps
+  int64_t sampled_blocks = 0;     // blocks that ran (counting) or 0 (all ran)
+  int64_t global_requests = 0;    // warp-wide global loads and stores
+  int64_t global_sectors = 0;     // 32-byte sectors they requested
+  int64_t unique_global_bytes = 0;  // 32 x the distinct sectors over the blocks that ran
+  int64_t shared_requests = 0;    // warp-wide shared-memory loads and stores
+  int64_t shared_wavefronts = 0;
+  // Re-requested global sectors by reuse distance: the bytes of the sectors the block
+  // touched for the first time since the sector's previous request (a lower bound of
+  // the LRU stack distance), in the block's order of phases (barriers) and, within one,
+  // of each thread's accesses. Entry 0: distance 0; entry k: [2^(k-1), 2^k) bytes.
+  std::vector<int64_t> reuse_log2_bytes = std::vector<int64_t>(kReuseBuckets, 0);
 };
 
 // Starts recording the launches that follow (forgetting earlier records) or stops;
-// recorded_launches() returns what was recorded since the last start.
-void set_recording(bool on);
+// recorded_launches() returns what was recorded since the last start. With
+// count_sample >= 0 the records also count memory accesses; a launch of more than
+// count_sample > 0 blocks then runs only that many (and at least 1 in 256), in runs
+// of consecutive blocks, one in each of as many equal parts of its grid: a model's
+// sample, whose outputs are left unwritten.
+void set_recording(bool on, int64_t count_sample = -1);
 std::vector<LaunchRecord> recorded_launches();
 
 // Runs `thread_body` as every thread of `blocks` blocks of `threads` threads

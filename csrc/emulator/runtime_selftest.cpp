@@ -2,7 +2,8 @@
 // (runtime.h), so that tests/test_cuda_emulator.py can show each of its checks fails
 // when it should: barriers and shuffles met from two call sites, writes and reads
 // past a block's shared memory, shared-memory requests over the limits, and inputs
-// whose address is not 256-byte aligned.
+// whose address is not 256-byte aligned; and one warp's access of a known pattern,
+// whose counted sectors and wavefronts the tests derive.
 
 #include "backend.h"  // first: it defines GATESHIFT_CUDA_EMULATION for the device code
 
@@ -109,6 +110,47 @@ std::vector<int64_t> block_order(int64_t blocks) {
   return started;
 }
 
+template <std::size_t bytes>
+struct Element {
+  unsigned char value[bytes];
+};
+
+// One warp in which lane l reads element l * stride of an array (stride 0: all lanes
+// the same element) in shared memory ("shared") or in a 256-byte aligned global
+// buffer ("global") starting offset_bytes past the alignment, through device_ptr, as
+// kernels do; element_bytes 4, 8 or 16.
+template <std::size_t bytes>
+void warp_reads(bool shared, int64_t stride, int64_t offset_bytes) {
+  const std::size_t span = static_cast<std::size_t>(offset_bytes + (31 * stride + 1) * static_cast<int64_t>(bytes));
+  std::vector<unsigned char> global(span + 256);
+  auto* aligned = global.data() + (256 - reinterpret_cast<uintptr_t>(global.data()) % 256) % 256;
+  launch(1, 32, shared ? span : 0, [&] {
+    unsigned char* base = (shared ? dynamic_shared_memory() : aligned) + offset_bytes;
+    const device_ptr<Element<bytes>> array = reinterpret_cast<Element<bytes>*>(base);
+    volatile unsigned char sink = array[threadIdx.x * stride].value[0];
+    (void)sink;
+  });
+}
+
+void access_pattern(const std::string& space, int64_t stride, int64_t element_bytes, int64_t offset_bytes) {
+  TORCH_CHECK_VALUE(space == "shared" || space == "global", "_access_pattern: space must be 'shared' or 'global', got '",
+                    space, "'");
+  TORCH_CHECK_VALUE(stride >= 0 && stride <= 64, "_access_pattern: stride must be in [0, 64], got ", stride);
+  TORCH_CHECK_VALUE(offset_bytes >= 0 && offset_bytes % element_bytes == 0 && offset_bytes < 256,
+                    "_access_pattern: offset_bytes must be a multiple of element_bytes in [0, 256), got ", offset_bytes);
+  const bool shared = space == "shared";
+  switch (element_bytes) {
+    case 4:
+      return warp_reads<4>(shared, stride, offset_bytes);
+    case 8:
+      return warp_reads<8>(shared, stride, offset_bytes);
+    case 16:
+      return warp_reads<16>(shared, stride, offset_bytes);
+    default:
+      TORCH_CHECK_VALUE(false, "_access_pattern: element_bytes must be 4, 8 or 16, got ", element_bytes);
+  }
+}
+
 }  // namespace
 }  // namespace gateshift::emulation
 
@@ -117,4 +159,6 @@ TORCH_LIBRARY_FRAGMENT(gateshift_emulated, m) {
   m.def("_check_shared_request(int bytes, bool opt_in) -> ()", &gateshift::emulation::check_shared);
   m.def("_input_alignment(Tensor t) -> int", &gateshift::emulation::input_alignment);
   m.def("_block_order(int blocks) -> int[]", &gateshift::emulation::block_order);
+  m.def("_access_pattern(str space, int stride, int element_bytes, int offset_bytes) -> ()",
+        &gateshift::emulation::access_pattern);
 }

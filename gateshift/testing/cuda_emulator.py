@@ -119,21 +119,48 @@ def architecture(sm: int):
         ops.set_architecture(previous)
 
 
+# The fields of a launch record (csrc/emulator/runtime.h, LaunchRecord), after the kernel's name.
+_RECORD_FIELDS = ("blocks", "threads", "shared_bytes", "barriers", "shuffles")
+_COUNT_FIELDS = ("sampled_blocks", "global_requests", "global_sectors", "unique_global_bytes", "shared_requests",
+                 "shared_wavefronts")
+
+
 @contextlib.contextmanager
-def record_launches():
+def record_launches(count_accesses: bool = False, sample_blocks: int | None = None):
     """``with record_launches() as launches:`` fills ``launches``, on leaving the block,
     with a dict per emulated launch in it: ``kernel`` (name and template arguments),
     ``blocks``, ``threads`` (per block), ``shared_bytes`` (dynamic, per block),
     ``barriers`` (``__syncthreads()`` completed, summed over blocks) and ``shuffles``
-    (warp-wide shuffles, summed over warps). Counts of what ran, not timings."""
+    (warp-wide shuffles, summed over warps). Counts of what ran, not timings.
+
+    With ``count_accesses=True`` every global and shared memory access of the kernels
+    is counted as a GPU issues it, per warp: ``global_requests`` and the 32-byte
+    ``global_sectors`` they move, ``unique_global_bytes`` (32 bytes per distinct sector
+    touched: the compulsory DRAM traffic), ``shared_requests`` and their
+    ``shared_wavefronts`` (bank conflicts counted exactly), and ``reuse_log2_bytes``: the
+    global sectors requested again, by reuse distance within their block (entry 0:
+    distance 0; entry k: [2**(k-1), 2**k) bytes of sectors first touched in between, a
+    lower bound of the LRU stack distance). ``sample_blocks=n`` then
+    runs only n blocks (and at least 1 in 256) of each larger launch, in runs of up to 4
+    consecutive blocks (neighbouring tiles), one at a fixed pseudo-random place in each of
+    as many equal parts of its grid; the other
+    blocks' outputs are left unwritten (for a model, not for results). Every count,
+    barriers and shuffles included, is of the ``sampled_blocks`` that ran.
+    """
+    if sample_blocks is not None and (not count_accesses or sample_blocks < 1):
+        raise ValueError(f"sample_blocks must be a positive count and needs count_accesses=True, got {sample_blocks!r}")
     launches: list[dict] = []
-    ops.record_launches(True)
+    ops.record_launches(True, (sample_blocks or 0) if count_accesses else -1)
     try:
         yield launches
     finally:
         text = ops.record_launches(False)
         for line in text.splitlines():
-            kernel, *numbers = line.split("\t")
-            blocks, threads, shared_bytes, barriers, shuffles = map(int, numbers)
-            launches.append(dict(kernel=kernel, blocks=blocks, threads=threads, shared_bytes=shared_bytes,
-                                 barriers=barriers, shuffles=shuffles))
+            kernel, *numbers, reuse = line.split("\t")
+            values = dict(zip(_RECORD_FIELDS + _COUNT_FIELDS, map(int, numbers)))
+            record = dict(kernel=kernel, **{k: values[k] for k in _RECORD_FIELDS})
+            if count_accesses:
+                record.update({k: values[k] for k in _COUNT_FIELDS})
+                record["reuse_log2_bytes"] = [int(v) for v in reuse.split(",")]
+                record["sampled_blocks"] = record["sampled_blocks"] or record["blocks"]
+            launches.append(record)
