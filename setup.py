@@ -150,6 +150,8 @@ setup(
     version="0.1.0",
     description="Fused Gate-Shift (GSM) operators for PyTorch: CPU and CUDA kernels",
     packages=find_packages(include=["gateshift", "gateshift.*"]),
+    # The GPU model's register counts, read from the built cubins (tools/kernel_registers.py).
+    package_data={"gateshift.testing": ["kernel_registers.json"]},
     python_requires=">=3.10",
     # numpy: torch warns at import without it ("Failed to initialize NumPy").
     install_requires=["torch>=2.6", "tqdm", "numpy"],

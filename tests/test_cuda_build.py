@@ -4,31 +4,16 @@ cuobjdump, which torch's triton dependency ships)."""
 
 from __future__ import annotations
 
+import json
 import os
-import re
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 
 import gateshift  # noqa: F401  (loads gateshift._C)
 from gateshift import _C
-
-KERNELS = (
-    "gate_shift_forward_kernel",
-    "gate_shift_backward_kernel",
-    "sum_partials_kernel",
-    "fuse_weights_kernel",
-    "fuse_combine_kernel",
-    "fuse_gradient_kernel",
-    "fuse_backward_kernel",
-    "batch_stats_partials_kernel",
-    "batch_stats_finish_kernel",
-    "batch_stats_backward_kernel",
-    "temporal_shift_kernel",
-)
-DTYPES = {"f": "float", "d": "double", "N3c104HalfE": "half", "N3c108BFloat16E": "bfloat16"}
+from gateshift.testing import cubin, gpu_model
+from gateshift.testing.cubin import DTYPES, KERNELS
 
 has_cuda_kernels = torch._C._dispatch_has_kernel_for_dispatch_key("gateshift::gate_shift_forward", "CUDA")
 required = os.environ.get("GATESHIFT_FORCE_CUDA", "0") == "1"
@@ -38,44 +23,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def cuobjdump() -> str:
-    try:
-        import triton
-    except ImportError:
-        pytest.skip("triton (which ships cuobjdump) is not installed")
-    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    if not path.exists():
-        pytest.skip(f"no cuobjdump at {path}")
-    return str(path)
-
-
 def run(*args: str) -> str:
-    return subprocess.run([cuobjdump(), *args, _C.__file__], capture_output=True, text=True, check=True).stdout
+    if cubin.cuobjdump() is None:
+        pytest.skip("no cuobjdump (torch's triton dependency ships it)")
+    return cubin.run(_C.__file__, *args)
 
 
 def resource_usage() -> dict[tuple[str, str, str], dict[str, int]]:
-    """{(arch, kernel, dtype): {"REG": .., "STACK": .., "LOCAL": .., ...}} of every kernel
-    instantiation; a second template argument shows in the kernel's name
-    (gate_shift_forward_kernel<means>: GSF's first pass; sum_partials_kernel<float affine>)."""
-    usage, arch = {}, None
-    function = None
-    for line in run("--dump-resource-usage").splitlines():
-        if m := re.match(r"arch = (sm_\d+)", line.strip()):
-            arch = m.group(1)
-        elif m := re.match(r"\s*Function (\S+):", line):
-            function = m.group(1)
-        elif function and "REG:" in line:
-            values = dict((k, int(v)) for k, v in re.findall(r"(\w+(?:\[\d+\])?):(\d+)", line))
-            kernel = next(k for k in KERNELS if f"{len(k)}{k}I" in function)
-            code, dtype = next((c, n) for c, n in DTYPES.items() if f"{kernel}I{c}" in function)
-            rest = function.split(f"{kernel}I{code}", 1)[1]
-            if rest.startswith("Lb1E"):
-                kernel += "<means>"
-            elif kernel == "sum_partials_kernel" and rest.startswith("fE") and dtype in ("half", "bfloat16"):
-                kernel += "<float affine>"
-            usage[(arch, kernel, dtype)] = values
-            function = None
-    return usage
+    run("--list-elf")  # skips without cuobjdump
+    return cubin.resource_usage(_C.__file__)
 
 
 def test_cuda_kernels_are_registered():
@@ -110,3 +66,13 @@ def test_hot_kernels_fit_two_blocks_per_sm():
     for (arch, kernel, dtype), r in resource_usage().items():
         if kernel.startswith("gate_shift") and dtype != "double":
             assert r["REG"] <= 128, f"{arch} {kernel}<{dtype}> uses {r['REG']} registers"
+
+
+def test_gpu_models_register_table_matches_the_build():
+    # gpu_model reads registers from kernel_registers.json (no GPU toolchain needed to
+    # run it): regenerate it with tools/kernel_registers.py whenever this fails.
+    resource_usage()  # skips without cuobjdump
+    shipped = json.loads(gpu_model._REGISTERS_FILE.read_text())
+    built = cubin.register_table(_C.__file__)
+    for arch in ("sm_80", "sm_90"):
+        assert shipped.get(arch) == built[arch], f"kernel_registers.json is stale for {arch}: run tools/kernel_registers.py"

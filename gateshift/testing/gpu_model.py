@@ -1,0 +1,346 @@
+"""A GPU cost MODEL of gateshift's CUDA kernels, from counts taken by the emulator.
+
+No GPU runs here. For each case (an op at a shape and dtype, forward or backward),
+this runs the real CUDA kernel code under the CPU emulator with access counting on
+(:func:`gateshift.testing.cuda_emulator.record_launches`), on a sample of each
+launch's blocks, and turns the counts into a lower-bound time from a GPU's published
+figures::
+
+    python -m gateshift.testing.gpu_model --gpu h100 --preset bn-inception --clips 32 --frames 8 \\
+        --dtype float32 --json out.json
+
+Per launch, the sampled counts are scaled to the whole grid, and:
+
+* DRAM bytes are the distinct 32-byte sectors touched (compulsory traffic), plus the
+  re-requested sectors that L2 cannot have kept: those whose reuse distance in their
+  block (new bytes touched between the two requests), times the blocks resident on
+  the chip at once, exceeds the L2 (an LRU model);
+* L2 -> SM bytes are the 32-byte sectors the warps request;
+* shared-memory time is the wavefronts (bank conflicts included) of the busiest SM's
+  blocks, one wavefront per clock;
+* issue time is the counted warp instructions (global and shared accesses, shuffles,
+  barriers: arithmetic is not counted) of the busiest SM's blocks, four per clock;
+* occupancy (resident blocks per SM, from registers in the built cubin, threads and
+  shared memory) sets the wave size, and a grid that ends in a partial wave pays for
+  the whole wave in its memory time.
+
+The modeled time is the largest of the four. It ignores latency (it assumes enough
+loads in flight), launch overhead and arithmetic; it is a model, a lower bound by
+construction, and never a measurement. ``ratio`` is the modeled time over the case's
+floor: DESIGN.md section 3's bytes per element at the GPU's DRAM bandwidth.
+
+The training cases' backward also runs PyTorch's own element-wise passes (the batch
+statistics' gradient, gateshift._training_node); they are modeled as streaming passes
+at DRAM bandwidth from the bytes they read and write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from ..bench.workloads import PRESETS, Shape, parse_shape, preset_shapes
+from . import cuda_emulator
+
+__all__ = ["GPUS", "GPU", "model_op", "model_launch", "format_table", "main"]
+
+BANNER = "MODEL (emulator counts and published GPU figures; not a measurement)"
+
+
+@dataclasses.dataclass(frozen=True)
+class GPU:
+    """Published figures of one GPU (its datasheet; L2 bandwidth from microbenchmark reports)."""
+
+    name: str
+    arch: str  # the cubin whose registers count
+    sms: int
+    clock_hz: float  # boost clock
+    dram_bytes_per_s: float
+    l2_bytes: int
+    l2_bytes_per_s: float
+    shared_bytes_per_sm: int  # what blocks can take, after the L1 carve-out
+    registers_per_sm: int = 65536
+    threads_per_sm: int = 2048
+    blocks_per_sm: int = 32
+    shared_reserved_per_block: int = 1024  # the runtime's own share of each block's
+
+
+GPUS = {
+    "h100": GPU("NVIDIA H100 SXM5 80GB", "sm_90", sms=132, clock_hz=1.98e9, dram_bytes_per_s=3.35e12,
+                l2_bytes=50 * 2**20, l2_bytes_per_s=7.0e12, shared_bytes_per_sm=228 * 1024),
+    "a100": GPU("NVIDIA A100 SXM4 80GB", "sm_80", sms=108, clock_hz=1.41e9, dram_bytes_per_s=2.039e12,
+                l2_bytes=40 * 2**20, l2_bytes_per_s=4.8e12, shared_bytes_per_sm=164 * 1024),
+}
+
+# DESIGN.md section 3: bytes per element of x a case must move at least, in fp32
+# (forward, backward); half of it for 16-bit dtypes.
+FLOOR_BYTES = {
+    ("gsm", "op"): (8, 12),
+    ("gsm", "module-train"): (12, 20),
+    ("gsf", "op"): (12, 20),
+    ("gsf", "module-train"): (16, 28),
+    ("tsm", "op"): (8, 8),
+}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Blocks of each launch the emulator runs (and at least 1 in 256); the counts are scaled
+# to the grid. 4 and 8 give the same ratios to 3 digits at bn-inception 3a and 5a.
+DEFAULT_SAMPLE_BLOCKS = 4
+
+_REGISTERS_FILE = Path(__file__).with_name("kernel_registers.json")
+
+
+def registers(gpu: GPU) -> dict[str, int]:
+    """{kernel key: registers per thread} of ``gpu``'s architecture in the built cubins
+    (kernel_registers.json, written by tools/kernel_registers.py and checked against
+    the build by tests/test_cuda_build.py)."""
+    table = json.loads(_REGISTERS_FILE.read_text())
+    if gpu.arch not in table:
+        raise ValueError(f"no register counts for {gpu.arch} in {_REGISTERS_FILE.name}; have {sorted(table)}")
+    return table[gpu.arch]
+
+
+_SCALAR_NAMES = {"float": "float", "double": "double", "c10::Half": "half", "c10::BFloat16": "bfloat16"}
+
+
+def kernel_key(emulated_name: str) -> str:
+    """The cubin table's key of an emulated launch's kernel: "gate_shift_forward_kernel<float, true>"
+    -> "gate_shift_forward_kernel<means> float" (tests/test_cuda_build.py names them so)."""
+    m = re.fullmatch(r"(\w+)<([^,>]+)(?:, ([^>]+))?>", emulated_name)
+    if not m:
+        raise ValueError(f"unexpected kernel name {emulated_name!r}")
+    kernel, scalar, second = m.group(1), _SCALAR_NAMES[m.group(2)], m.group(3)
+    if kernel == "gate_shift_forward_kernel" and second == "true":
+        kernel += "<means>"
+    elif kernel == "sum_partials_kernel" and second == "float" and scalar in ("half", "bfloat16"):
+        kernel += "<float affine>"
+    return f"{kernel} {scalar}"
+
+
+def resident_blocks(gpu: GPU, regs: int, threads: int, shared_bytes: int) -> int:
+    """Blocks one SM holds at once, as the occupancy calculator counts them."""
+    warps = math.ceil(threads / 32)
+    regs_per_warp = math.ceil(regs * 32 / 256) * 256  # allocated per warp in units of 256
+    by_registers = gpu.registers_per_sm // (regs_per_warp * warps)
+    by_threads = gpu.threads_per_sm // (warps * 32)
+    by_shared = gpu.shared_bytes_per_sm // (shared_bytes + gpu.shared_reserved_per_block)
+    return max(0, min(by_registers, by_threads, by_shared, gpu.blocks_per_sm))
+
+
+def model_launch(gpu: GPU, launch: dict, regs: int) -> dict:
+    """The modeled time of one counted launch (a record of record_launches(count_accesses=True)):
+    the record (its counts are of the sampled blocks) with the whole grid's ``unique_bytes``,
+    ``dram_bytes`` and ``l2_bytes``, the occupancy, each limit and the modeled time."""
+    blocks, sampled = launch["blocks"], launch["sampled_blocks"]
+    scale = blocks / sampled
+    resident = resident_blocks(gpu, regs, launch["threads"], launch["shared_bytes"])
+    if resident == 0:
+        raise ValueError(f"{launch['kernel']} cannot run: no block fits an SM of {gpu.name}")
+    slots = resident * gpu.sms
+    waves = math.ceil(blocks / slots)
+    tail = waves * slots / blocks if waves > 1 else 1.0  # a partial last wave holds its SMs
+    busiest_sm_blocks = math.ceil(blocks / gpu.sms)
+
+    requested = launch["global_sectors"] * 32 * scale
+    unique = launch["unique_global_bytes"] * scale
+    # A re-requested sector misses L2 when, between its two requests, the blocks resident
+    # at once touched more new bytes than the L2 holds: each block its reuse distance
+    # (the bucket's lower end), all of them side by side.
+    concurrent = min(blocks, slots)
+    misses = sum(count for k, count in enumerate(launch["reuse_log2_bytes"])
+                 if k > 0 and 2 ** (k - 1) * concurrent > gpu.l2_bytes)
+    dram = unique + misses * 32 * scale
+
+    per_block = lambda key: launch[key] / sampled  # noqa: E731
+    instructions = (per_block("global_requests") + per_block("shared_requests") + per_block("shuffles")
+                    + per_block("barriers") * launch["threads"] / 32)
+    limits_us = {
+        "dram": dram / gpu.dram_bytes_per_s * tail * 1e6,
+        "l2": requested / gpu.l2_bytes_per_s * tail * 1e6,
+        "shared": busiest_sm_blocks * per_block("shared_wavefronts") / gpu.clock_hz * 1e6,
+        "issue": busiest_sm_blocks * instructions / (4 * gpu.clock_hz) * 1e6,
+    }
+    bound = max(limits_us, key=limits_us.get)
+    return dict(
+        launch, registers=regs, resident_blocks_per_sm=resident, waves=waves, unique_bytes=round(unique),
+        dram_bytes=round(dram), l2_bytes=round(requested), limits_us={k: round(v, 3) for k, v in limits_us.items()},
+        bound=bound, modeled_us=round(limits_us[bound], 3),
+    )
+
+
+def streaming_pass(gpu: GPU, name: str, bytes_moved: float) -> dict:
+    """A PyTorch element-wise pass, modeled as streaming its bytes at DRAM bandwidth."""
+    return dict(kernel=name, pytorch=True, dram_bytes=round(bytes_moved),
+                modeled_us=round(bytes_moved / gpu.dram_bytes_per_s * 1e6, 3), bound="dram")
+
+
+def _inputs(shape: Shape, dtype: torch.dtype, gen: torch.Generator) -> dict:
+    """Random inputs of one case (values do not change the counts, but NaN-free inputs
+    keep every branch of the kernels as in real use)."""
+    B, T, C, H, W = shape.clips, shape.frames, shape.channels, shape.height, shape.width
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    rand = lambda *s, dt=dtype: torch.randn(*s, generator=gen).to(dt)  # noqa: E731
+    x = rand(B, T, C, H, W)
+    return dict(
+        x=x, grad_out=rand(B, T, C, H, W), weight=rand(2, C // 2, 3, 3, 3), bias=rand(2),
+        scale=torch.rand(C, generator=gen).to(acc) + 0.5, shift=rand(C, dt=acc),
+        fuse_weight=rand(2, 2, 3, 3), fuse_bias=rand(2),
+    )
+
+
+def _counted(run: Callable[[], object], sample_blocks: int) -> tuple[list[dict], object]:
+    with cuda_emulator.record_launches(count_accesses=True, sample_blocks=sample_blocks) as launches:
+        result = run()
+    return launches, result
+
+
+def _stats_gradient_passes(gpu: GPU, numel: int, dtype: torch.dtype) -> list[dict]:
+    """The training node's statistics gradient on grad_x (gateshift._training_node): two
+    in-place passes in fp32 (addcmul_ with x, add_); in 16-bit dtypes, six passes in float32."""
+    if dtype in (torch.float32, torch.float64):
+        e = torch.tensor([], dtype=dtype).element_size()
+        return [streaming_pass(gpu, "addcmul_ (statistics' gradient)", 3 * e * numel),
+                streaming_pass(gpu, "add_ (statistics' gradient)", 2 * e * numel)]
+    return [streaming_pass(gpu, "x.to(float32)", 6 * numel), streaming_pass(gpu, "- mean", 8 * numel),
+            streaming_pass(gpu, "* slope", 8 * numel), streaming_pass(gpu, "+ offset", 8 * numel),
+            streaming_pass(gpu, "grad_x.to(float32) + stats", 14 * numel),
+            streaming_pass(gpu, "grad_x.copy_", 6 * numel)]
+
+
+def model_op(gpu: GPU, op: str, shape: Shape, dtype: torch.dtype, sample_blocks: int = DEFAULT_SAMPLE_BLOCKS,
+             seed: int = 0) -> list[dict]:
+    """The cases of one op at one shape and dtype: forward and backward of the op (BN
+    folded) and, for GSM and GSF, of the module in training mode. A record per case."""
+    gen = torch.Generator().manual_seed(seed)
+    t = _inputs(shape, dtype, gen)
+    ops = cuda_emulator.ops
+    C = shape.channels
+    cases: dict[tuple[str, str], list[dict]] = {}
+    if op == "tsm":
+        fwd, _ = _counted(lambda: ops.temporal_shift(t["x"], C // 8, False), sample_blocks)
+        bwd, _ = _counted(lambda: ops.temporal_shift(t["grad_out"], C // 8, True), sample_blocks)
+        cases[("op", "forward")], cases[("op", "backward")] = fwd, bwd
+    else:
+        fuse = op == "gsf"
+        stats, _ = _counted(lambda: ops.batch_stats(t["x"], C), sample_blocks)
+        if fuse:
+            fwd, (out, gates, fusion) = _counted(lambda: ops.gate_shift_fuse_forward(
+                t["x"], t["weight"], t["bias"], t["scale"], t["shift"], t["fuse_weight"], t["fuse_bias"], C, True),
+                sample_blocks)
+            bwd, _ = _counted(lambda: ops.gate_shift_fuse_backward(
+                t["grad_out"], t["x"], gates, fusion, t["weight"], t["scale"], t["shift"], t["fuse_weight"], C, True),
+                sample_blocks)
+        else:
+            fwd, (out, gates) = _counted(lambda: ops.gate_shift_forward(
+                t["x"], t["weight"], t["bias"], t["scale"], t["shift"], C, True), sample_blocks)
+            bwd, _ = _counted(lambda: ops.gate_shift_backward(
+                t["grad_out"], t["x"], gates, t["weight"], t["scale"], t["shift"], C, True), sample_blocks)
+        cases[("op", "forward")], cases[("op", "backward")] = fwd, bwd
+        cases[("module-train", "forward")] = stats + fwd
+        cases[("module-train", "backward")] = bwd + ["stats-gradient"]
+
+    regs = registers(gpu)
+    item = torch.tensor([], dtype=dtype).element_size()
+    records = []
+    for (case, direction), launches in cases.items():
+        modeled = []
+        for launch in launches:
+            if launch == "stats-gradient":
+                modeled += _stats_gradient_passes(gpu, shape.numel, dtype)
+            else:
+                modeled.append(model_launch(gpu, launch, regs[kernel_key(launch["kernel"])]))
+        per_element = FLOOR_BYTES[(op, case)][0 if direction == "forward" else 1] * item / 4
+        floor_us = per_element * shape.numel / gpu.dram_bytes_per_s * 1e6
+        total = sum(m["modeled_us"] for m in modeled)
+        records.append(dict(
+            model=BANNER, gpu=gpu.name, op=op, case=case, where=shape.label,
+            shape=[shape.clips, shape.frames, shape.channels, shape.height, shape.width],
+            dtype=str(dtype).removeprefix("torch."), direction=direction, sample_blocks=sample_blocks,
+            launches=modeled, modeled_us=round(total, 3), floor_us=round(floor_us, 3),
+            ratio=round(total / floor_us, 3),
+        ))
+    return records
+
+
+def format_table(records: Sequence[dict]) -> str:
+    """A table per case: its launches and the total against the floor."""
+    lines = [f"# {BANNER}"]
+    for r in records:
+        lines.append("")
+        lines.append(f"{r['op']} {r['case']} {r['direction']}  {'x'.join(map(str, r['shape']))}  {r['where']}  "
+                     f"{r['dtype']}  on {r['gpu']}: modeled {r['modeled_us']:.1f} us, floor {r['floor_us']:.1f} us, "
+                     f"ratio {r['ratio']:.2f}")
+        for m in r["launches"]:
+            if m.get("pytorch"):
+                lines.append(f"  {m['kernel']:<44} PyTorch pass  dram {m['dram_bytes'] / 1e6:8.2f} MB"
+                             f"  {m['modeled_us']:8.1f} us  (dram)")
+                continue
+            lines.append(
+                f"  {m['kernel']:<44} {m['blocks']:>6} blocks x {m['threads']}, {m['registers']} regs, "
+                f"{m['resident_blocks_per_sm']}/SM, {m['waves']} wave(s)  dram {m['dram_bytes'] / 1e6:8.2f} MB  "
+                f"l2 {m['l2_bytes'] / 1e6:8.2f} MB  smem wf/req "
+                f"{m['shared_wavefronts'] / max(1, m['shared_requests']):.2f}  {m['modeled_us']:8.1f} us ({m['bound']})")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m gateshift.testing.gpu_model",
+        description=f"{BANNER}: modeled GPU times of gateshift's CUDA kernels, from emulator counts.")
+    p.add_argument("--gpu", choices=sorted(GPUS), default="h100")
+    p.add_argument("--preset", action="append", choices=PRESETS,
+                   help="network placements (repeatable; default bn-inception unless --shape is given)")
+    p.add_argument("--shape", action="append", type=parse_shape, default=[], metavar="B,T,C,H,W",
+                   help="a shape of x to model (repeatable)")
+    p.add_argument("--ops", default="gsm,gsf,tsm", help="comma-separated: gsm, gsf, tsm")
+    p.add_argument("--clips", type=int, default=32)
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--only", default=None, help="comma-separated placement labels to keep (e.g. 3a,res5)")
+    p.add_argument("--sample-blocks", type=int, default=DEFAULT_SAMPLE_BLOCKS,
+                   help="blocks of each launch the emulator runs (the counts are scaled to the grid)")
+    p.add_argument("--json", type=Path, default=None, help="write the records here")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    args = _parser().parse_args(argv)
+    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    if not ops or any(o not in ("gsm", "gsf", "tsm") for o in ops):
+        raise SystemExit(f"--ops: choose from gsm, gsf, tsm; got {args.ops!r}")
+    if args.clips < 1 or args.frames < 1 or args.sample_blocks < 1:
+        raise SystemExit("--clips, --frames and --sample-blocks must be positive")
+    gpu = GPUS[args.gpu]
+    presets = args.preset or ([] if args.shape else ["bn-inception"])
+    shapes = args.shape + [s for name in presets for s in preset_shapes(name, args.clips, [args.frames])]
+    if args.only:
+        keep = {v.strip() for v in args.only.split(",")}
+        shapes = [s for s in shapes if s.label.split()[-1] in keep]
+        if not shapes:
+            raise SystemExit(f"--only {args.only!r} matches no placement")
+    records = []
+    modeled: dict[tuple, list[dict]] = {}  # placements of one shape (bn-inception's 3a and 3b) count once
+    with cuda_emulator.num_sms(gpu.sms):  # the launch configuration the GPU would get
+        for shape in shapes:
+            for op in ops:
+                key = (op, shape.clips, shape.frames, shape.channels, shape.height, shape.width)
+                if key not in modeled:
+                    modeled[key] = model_op(gpu, op, shape, DTYPES[args.dtype], args.sample_blocks)
+                records += [dict(r, where=shape.label) for r in modeled[key]]
+                print(format_table(records[-len(modeled[key]):]), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(dict(model=BANNER, gpu=dataclasses.asdict(gpu), records=records), indent=1))
+    return records
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
