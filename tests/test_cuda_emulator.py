@@ -269,6 +269,17 @@ def test_global_requests_count_32_byte_sectors(stride, element_bytes, offset, se
     assert r["shared_requests"] == 0 and r["sampled_blocks"] == r["blocks"] == 1
 
 
+@pytest.mark.parametrize("skip_lane,skip_row", [(0, 0), (5, 1), (29, 2), (12, 3)])
+def test_lanes_that_skip_an_access_join_the_warps_next_request_at_their_next_address(skip_lane, skip_row):
+    # 4 rows of 32 aligned floats, lane l reading element l of each: 4 requests of 4
+    # sectors, also when two lanes skip a row (their later reads must not be paired
+    # with the other lanes' reads of the row they skipped).
+    with cuda_emulator.record_launches(count_accesses=True) as launches:
+        cuda_emulator.ops._divergent_reads(skip_lane, skip_row)
+    (r,) = launches
+    assert (r["global_requests"], r["global_sectors"], r["unique_global_bytes"]) == (4, 16, 512)
+
+
 def test_counting_a_coalesced_kernel_gives_its_exact_traffic(gen):
     # The temporal shift: each lane of a warp takes 32 consecutive elements of one
     # plane (8 x 8: 256 aligned bytes), reads the shifted one unless the shift leaves

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -20,6 +21,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -285,16 +287,90 @@ int reuse_bucket(int64_t bytes) {
   return bucket;
 }
 
+// The lanes of a warp that run one call site in one phase (between two barriers)
+// issue it together, one request per time the warp runs it. When every lane ran it
+// equally often, a lane's k-th access belongs to the warp's k-th request. When some
+// lanes skipped some times (a condition false for them), each of a lane's accesses is
+// placed, in order, at the time k where it lies nearest to where the lane would have
+// reached: the address of the nearest lane that ran every time, moved by those lanes'
+// per-lane slope at time k. So a lane that skipped a time joins the next one at its
+// own next address.
+struct LaneAccess {
+  const Access* access;
+  unsigned lane;
+  uint32_t position;   // in its thread's log
+  uint32_t iteration;  // which of the warp's requests at this site and phase
+};
+
+void align_iterations(std::vector<LaneAccess>& warp) {
+  std::sort(warp.begin(), warp.end(), [](const LaneAccess& a, const LaneAccess& b) {
+    return std::tie(a.access->site, a.access->barriers, a.lane, a.position) <
+           std::tie(b.access->site, b.access->barriers, b.lane, b.position);
+  });
+  for (size_t first = 0; first < warp.size();) {
+    size_t last = first;  // one site and phase: [first, last)
+    while (last < warp.size() && warp[last].access->site == warp[first].access->site &&
+           warp[last].access->barriers == warp[first].access->barriers) {
+      ++last;
+    }
+    std::vector<std::pair<size_t, size_t>> lanes;  // each lane's [begin, end)
+    size_t most = 0;
+    for (size_t i = first; i < last;) {
+      size_t end = i;
+      while (end < last && warp[end].lane == warp[i].lane) {
+        warp[end].iteration = static_cast<uint32_t>(end - i);
+        ++end;
+      }
+      lanes.emplace_back(i, end);
+      most = std::max(most, end - i);
+      i = end;
+    }
+    if (std::any_of(lanes.begin(), lanes.end(), [&](const auto& l) { return l.second - l.first != most; })) {
+      // Where lane l would reach at time k: the address of the nearest lane that ran
+      // every time, moved by the per-lane slope of those lanes' addresses at time k.
+      std::vector<std::pair<unsigned, size_t>> full;  // (lane, begin) of the lanes that ran every time
+      for (const auto& [begin, end] : lanes) {
+        if (end - begin == most) {
+          full.emplace_back(warp[begin].lane, begin);
+        }
+      }
+      const auto expected = [&](unsigned lane, size_t k) {
+        const auto nearest = std::min_element(full.begin(), full.end(), [&](const auto& a, const auto& b) {
+          return std::abs(int(a.first) - int(lane)) < std::abs(int(b.first) - int(lane));
+        });
+        const auto address = [&](const std::pair<unsigned, size_t>& l) {
+          return static_cast<double>(warp[l.second + k].access->address);
+        };
+        const double slope = full.size() > 1 ? (address(full.back()) - address(full.front())) /
+                                                   (double(full.back().first) - double(full.front().first))
+                                             : 0.0;
+        return address(*nearest) + slope * (double(lane) - double(nearest->first));
+      };
+      for (const auto& [begin, end] : lanes) {
+        size_t next = 0;
+        for (size_t j = begin; j < end; ++j) {
+          const size_t latest = most - (end - j);  // leaves room for the lane's later accesses
+          const auto distance = [&](size_t k) {
+            return std::abs(static_cast<double>(warp[j].access->address) - expected(warp[j].lane, k));
+          };
+          size_t k = next;
+          while (k < latest && distance(k + 1) < distance(k)) {
+            ++k;
+          }
+          warp[j].iteration = static_cast<uint32_t>(k);
+          next = k + 1;
+        }
+      }
+    }
+    first = last;
+  }
+}
+
 // Adds one block's accesses (a log per thread) to the launch's counts: per warp,
-// the lanes' accesses of one site and occurrence are one request. Then replays the
-// block's global requests in phase order for their sectors' reuse distances.
+// the lanes' accesses of one site, phase and iteration are one request. Then replays
+// the block's global requests in phase order for their sectors' reuse distances.
 void tally_block(const std::vector<std::vector<Access>>& logs, uintptr_t shared_first, uintptr_t shared_last,
                  LaunchRecord& record, std::unordered_set<uintptr_t>& sectors_touched) {
-  struct LaneAccess {
-    const Access* access;
-    unsigned lane;
-    uint32_t position;  // in its thread's log
-  };
   struct GlobalRequest {
     uint32_t barriers, position;
     size_t warp, first_sector, sectors;
@@ -305,11 +381,13 @@ void tally_block(const std::vector<std::vector<Access>>& logs, uintptr_t shared_
     std::vector<LaneAccess> warp;
     for (size_t t = first; t < std::min(logs.size(), first + kWarpSize); ++t) {
       for (size_t i = 0; i < logs[t].size(); ++i) {
-        warp.push_back(LaneAccess{&logs[t][i], static_cast<unsigned>(t - first), static_cast<uint32_t>(i)});
+        warp.push_back(LaneAccess{&logs[t][i], static_cast<unsigned>(t - first), static_cast<uint32_t>(i), 0});
       }
     }
+    align_iterations(warp);
     std::sort(warp.begin(), warp.end(), [](const LaneAccess& a, const LaneAccess& b) {
-      return std::tie(a.access->site, a.access->occurrence, a.lane) < std::tie(b.access->site, b.access->occurrence, b.lane);
+      return std::tie(a.access->site, a.access->barriers, a.iteration, a.lane) <
+             std::tie(b.access->site, b.access->barriers, b.iteration, b.lane);
     });
     std::vector<std::pair<unsigned, const Access*>> request;
     for (size_t i = 0; i < warp.size();) {
@@ -317,7 +395,7 @@ void tally_block(const std::vector<std::vector<Access>>& logs, uintptr_t shared_
       request.clear();
       uint32_t position = warp[i].position;
       while (end < warp.size() && warp[end].access->site == warp[i].access->site &&
-             warp[end].access->occurrence == warp[i].access->occurrence) {
+             warp[end].access->barriers == warp[i].access->barriers && warp[end].iteration == warp[i].iteration) {
         request.emplace_back(warp[end].lane, warp[end].access);
         position = std::min(position, warp[end].position);
         ++end;
@@ -378,8 +456,8 @@ void record_access(const void* address, std::size_t bytes) {
   if (t == nullptr || t->accesses == nullptr) {
     return;  // host code, or a launch that started before counting did
   }
-  t->accesses->push_back(Access{site, (*t->occurrences)[site]++, static_cast<uint32_t>(bytes),
-                                reinterpret_cast<uintptr_t>(address), t->barriers});
+  t->accesses->push_back(
+      Access{site, static_cast<uint32_t>(bytes), t->barriers, reinterpret_cast<uintptr_t>(address)});
 }
 
 struct BlockState {
@@ -519,9 +597,8 @@ void launch(int64_t blocks, unsigned threads, std::size_t shared_bytes, const st
   for (int64_t first = 0; first < to_run; first += at_once) {
     const int64_t running = std::min(at_once, to_run - first);
     std::vector<std::unique_ptr<BlockState>> states;
-    // While counting: each thread's accesses, and its count of accesses per call site.
+    // While counting: each thread's accesses.
     std::vector<std::vector<std::vector<Access>>> logs(counting ? running : 0, std::vector<std::vector<Access>>(threads));
-    std::vector<std::unordered_map<const void*, uint32_t>> occurrences(counting ? running * threads : 0);
     for (int64_t i = 0; i < running; ++i) {
       states.push_back(std::make_unique<BlockState>(threads, shared_bytes));
     }
@@ -537,7 +614,6 @@ void launch(int64_t blocks, unsigned threads, std::size_t shared_bytes, const st
       state.block = &block;
       if (counting) {
         state.accesses = &logs[index / threads][tid];
-        state.occurrences = &occurrences[index];
       }
       current = &state;
       const auto leave = [&] {

@@ -33,7 +33,6 @@
 #include <cstdint>
 #include <functional>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 namespace gateshift::emulation {
@@ -45,15 +44,14 @@ struct Dim3 {
 struct BlockState;
 
 // One access through a counting pointer (counted_pointer.h): the call site (a return
-// address inside the kernel), how many accesses this thread made there before, and
-// the bytes reached. A warp's lanes issue an access together when they share site
-// and occurrence.
+// address inside the kernel), the bytes reached, and the block's phase (the barriers
+// the thread had passed). A warp's lanes issue an access together when they reach
+// one site in one phase for the same time (runtime.cpp, align_iterations).
 struct Access {
   const void* site;
-  uint32_t occurrence;
   uint32_t bytes;
+  uint32_t barriers;
   uintptr_t address;
-  uint32_t barriers;  // __syncthreads() the thread had passed: the block's phase
 };
 
 // What one emulated CUDA thread sees.
@@ -61,7 +59,6 @@ struct ThreadState {
   Dim3 thread_idx, block_idx, block_dim, grid_dim;
   BlockState* block = nullptr;
   std::vector<Access>* accesses = nullptr;  // while counting
-  std::unordered_map<const void*, uint32_t>* occurrences = nullptr;
   uint32_t barriers = 0;
 };
 
@@ -111,7 +108,8 @@ constexpr int kReuseBuckets = 48;
 // A launch as the emulator ran it: its grid, and how many barriers and warp
 // shuffles its threads met (what a performance model of the launch starts from).
 // While counting, also its memory accesses as a GPU issues them: per warp, the
-// accesses its lanes made from one call site for the same time form one request.
+// accesses its lanes made from one call site in one phase for the same time form one
+// request.
 // A global request moves the distinct 32-byte sectors its lanes touch; a shared one
 // takes as many wavefronts as the most distinct 4-byte words any of the 32 banks
 // must deliver (one per phase of 32, 16 or 8 lanes for 4-, 8- or 16-byte elements).

@@ -132,6 +132,27 @@ void warp_reads(bool shared, int64_t stride, int64_t offset_bytes) {
   });
 }
 
+// One warp reading 4 rows of 32 floats in a loop, lane l element l of each, except
+// that lanes skip_lane and skip_lane + 1 skip row skip_row (a condition false for them).
+void divergent_reads(int64_t skip_lane, int64_t skip_row) {
+  TORCH_CHECK_VALUE(skip_lane >= 0 && skip_lane < 31 && skip_row >= 0 && skip_row < 4,
+                    "_divergent_reads: skip_lane must be in [0, 31) and skip_row in [0, 4)");
+  std::vector<float> global(4 * 32 + 64);
+  float* aligned = global.data() + (64 - reinterpret_cast<uintptr_t>(global.data()) % 256 / 4) % 64;
+  launch(1, 32, 0, [&] {
+    const device_ptr<const float> rows = aligned;
+    const int64_t lane = threadIdx.x;
+    float sum = 0;
+    for (int64_t row = 0; row < 4; ++row) {
+      if (!(row == skip_row && (lane == skip_lane || lane == skip_lane + 1))) {
+        sum += rows[row * 32 + lane];
+      }
+    }
+    volatile float sink = sum;
+    (void)sink;
+  });
+}
+
 void access_pattern(const std::string& space, int64_t stride, int64_t element_bytes, int64_t offset_bytes) {
   TORCH_CHECK_VALUE(space == "shared" || space == "global", "_access_pattern: space must be 'shared' or 'global', got '",
                     space, "'");
@@ -161,4 +182,5 @@ TORCH_LIBRARY_FRAGMENT(gateshift_emulated, m) {
   m.def("_block_order(int blocks) -> int[]", &gateshift::emulation::block_order);
   m.def("_access_pattern(str space, int stride, int element_bytes, int offset_bytes) -> ()",
         &gateshift::emulation::access_pattern);
+  m.def("_divergent_reads(int skip_lane, int skip_row) -> ()", &gateshift::emulation::divergent_reads);
 }
