@@ -40,20 +40,26 @@ def test_a_streaming_launch_is_dram_bound_at_the_datasheet_bandwidth():
     assert m["modeled_us"] == pytest.approx(264 * 2**20 / H100.dram_bytes_per_s * 1e6, rel=1e-3)
 
 
-def test_re_reads_come_from_l2_unless_the_resident_blocks_reuse_them_too_late():
-    # Each sampled block touches 128 KB and re-requests it 9 times, at a reuse distance
-    # of [64, 128) KB: 264 blocks at once span 16.5-33 MB, within the 50 MB L2.
+def _reread(bucket):
+    # Each of the 4 sampled blocks touches 128 KB (4096 sectors) and re-requests it 9
+    # times, at a reuse distance in the given log2 bucket.
     reuse = [0] * 48
-    reuse[17] = 9 * 4 * 2**12  # 9 re-requests of each of the sampled blocks' 4096 sectors
-    near = gpu_model.model_launch(
+    reuse[bucket] = 9 * 4 * 2**12
+    return gpu_model.model_launch(
         H100, _launch(global_sectors=40 * 2**12, unique_global_bytes=4 * 2**17, reuse_log2_bytes=reuse), 128)
-    assert near["dram_bytes"] == 264 * 2**17 and near["l2_bytes"] == 10 * near["dram_bytes"]
-    # At [256, 512) KB, 264 blocks span 66 MB or more: every re-request misses.
-    far_reuse = [0] * 48
-    far_reuse[19] = reuse[17]
-    far = gpu_model.model_launch(
-        H100, _launch(global_sectors=40 * 2**12, unique_global_bytes=4 * 2**17, reuse_log2_bytes=far_reuse), 128)
-    assert far["dram_bytes"] == far["l2_bytes"]
+
+
+def test_re_reads_hit_l1_then_l2_as_far_as_the_blocks_sharing_each_let_them():
+    unique = 264 * 2**17
+    # [64, 128) KB: the SM's 2 resident blocks span at most 256 KB - 2 KB of L1: hits.
+    near = _reread(17)
+    assert near["dram_bytes"] == near["l2_bytes"] == unique
+    # [128, 256) KB: not in L1, but 264 blocks span 33-66 MB: from the 50 MB L2.
+    mid = _reread(18)
+    assert mid["dram_bytes"] == unique and mid["l2_bytes"] == 10 * unique
+    # [256, 512) KB: 264 blocks span 66 MB or more: every re-request misses both.
+    far = _reread(19)
+    assert far["dram_bytes"] == far["l2_bytes"] == 10 * unique
 
 
 def test_a_partial_last_wave_costs_a_whole_wave_and_shared_time_counts_the_busiest_sm():

@@ -15,7 +15,10 @@ Per launch, the sampled counts are scaled to the whole grid, and:
   re-requested sectors that L2 cannot have kept: those whose reuse distance in their
   block (new bytes touched between the two requests), times the blocks resident on
   the chip at once, exceeds the L2 (an LRU model);
-* L2 -> SM bytes are the 32-byte sectors the warps request;
+* L2 -> SM bytes are the 32-byte sectors the warps request, less the re-requests that the
+  SM's L1 still holds (the same reuse-distance model, for the SM's resident blocks, in the
+  part of the L1/shared array their shared memory leaves). The counts do not tell loads
+  from stores: stores are treated as loads, though on the GPU they go through to L2;
 * shared-memory time is the wavefronts (bank conflicts included) of the busiest SM's
   blocks, one wavefront per clock;
 * issue time is the counted warp instructions (global and shared accesses, shuffles,
@@ -67,6 +70,7 @@ class GPU:
     l2_bytes: int
     l2_bytes_per_s: float
     shared_bytes_per_sm: int  # what blocks can take, after the L1 carve-out
+    l1_and_shared_bytes_per_sm: int  # one array: what shared memory leaves caches global loads
     registers_per_sm: int = 65536
     threads_per_sm: int = 2048
     blocks_per_sm: int = 32
@@ -75,9 +79,11 @@ class GPU:
 
 GPUS = {
     "h100": GPU("NVIDIA H100 SXM5 80GB", "sm_90", sms=132, clock_hz=1.98e9, dram_bytes_per_s=3.35e12,
-                l2_bytes=50 * 2**20, l2_bytes_per_s=7.0e12, shared_bytes_per_sm=228 * 1024),
+                l2_bytes=50 * 2**20, l2_bytes_per_s=7.0e12, shared_bytes_per_sm=228 * 1024,
+                l1_and_shared_bytes_per_sm=256 * 1024),
     "a100": GPU("NVIDIA A100 SXM4 80GB", "sm_80", sms=108, clock_hz=1.41e9, dram_bytes_per_s=2.039e12,
-                l2_bytes=40 * 2**20, l2_bytes_per_s=4.8e12, shared_bytes_per_sm=164 * 1024),
+                l2_bytes=40 * 2**20, l2_bytes_per_s=4.8e12, shared_bytes_per_sm=164 * 1024,
+                l1_and_shared_bytes_per_sm=192 * 1024),
 }
 
 # DESIGN.md section 3: bytes per element of x a case must move at least, in fp32
@@ -93,9 +99,10 @@ FLOOR_BYTES = {
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Blocks of each launch the emulator runs (and at least 1 in 256); the counts are scaled
-# to the grid. A quick look: at bn-inception 3a (16 tiles of four sizes) 4 blocks put
-# GSM's forward at 1.78x and backward at 3.33x, 16 blocks at 2.29x and 4.04x; at 4a
-# (2 x 2 tiles) 5.52x and 6.74x against 5.08x and 6.51x. Figures: --sample-blocks 16.
+# to the grid. A quick look: without the L1 tier of model_launch, at bn-inception 3a
+# (16 tiles of four sizes) 4 blocks put GSM's forward at 1.78x and backward at 3.33x,
+# 16 blocks at 2.29x and 4.04x; at 4a (2 x 2 tiles) 5.52x and 6.74x against 5.08x and
+# 6.51x. Figures: --sample-blocks 16.
 DEFAULT_SAMPLE_BLOCKS = 4
 
 _REGISTERS_FILE = Path(__file__).with_name("kernel_registers.json")
@@ -152,15 +159,19 @@ def model_launch(gpu: GPU, launch: dict, regs: int) -> dict:
     tail = waves * slots / blocks if waves > 1 else 1.0  # a partial last wave holds its SMs
     busiest_sm_blocks = math.ceil(blocks / gpu.sms)
 
-    requested = launch["global_sectors"] * 32 * scale
-    unique = launch["unique_global_bytes"] * scale
-    # A re-requested sector misses L2 when, between its two requests, the blocks resident
-    # at once touched more new bytes than the L2 holds: each block its reuse distance
-    # (the bucket's lower end), all of them side by side.
+    # A re-requested sector is still in a cache when, between its two requests, the
+    # blocks sharing that cache touched fewer new bytes than it holds: each block its
+    # reuse distance (the bucket's lower end), side by side. L1: the SM's resident
+    # blocks, in what their shared memory leaves of the array; L2: every resident block.
+    reuse = launch["reuse_log2_bytes"]
+    distance = lambda k: 0 if k == 0 else 2 ** (k - 1)  # noqa: E731
+    l1 = gpu.l1_and_shared_bytes_per_sm - min(blocks, resident) * (launch["shared_bytes"] + gpu.shared_reserved_per_block)
+    l1_hits = sum(count for k, count in enumerate(reuse) if distance(k) * min(blocks, resident) <= l1)
     concurrent = min(blocks, slots)
-    misses = sum(count for k, count in enumerate(launch["reuse_log2_bytes"])
-                 if k > 0 and 2 ** (k - 1) * concurrent > gpu.l2_bytes)
-    dram = unique + misses * 32 * scale
+    l2_misses = sum(count for k, count in enumerate(reuse) if distance(k) * concurrent > gpu.l2_bytes)
+    requested = (launch["global_sectors"] - l1_hits) * 32 * scale
+    unique = launch["unique_global_bytes"] * scale
+    dram = unique + l2_misses * 32 * scale
 
     per_block = lambda key: launch[key] / sampled  # noqa: E731
     instructions = (per_block("global_requests") + per_block("shared_requests") + per_block("shuffles")
