@@ -59,6 +59,8 @@ CASES = [
     Case(3, 3, 12, 7, 7, P=8, order="grouped"),
     Case(1, 1, 8, 1, 9, affine=False),
     Case(4, 16, 32, 13, 13, bias=False),
+    # groups of 20 channels: the CPU forward's chunks of 8 channels end mid-group
+    Case(2, 4, 44, 5, 6, P=40),
 ]
 # The emulator's share (small: see helpers.implementation_cases): one frame; 1 x 1
 # planes without affine or bias.

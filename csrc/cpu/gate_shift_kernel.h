@@ -44,6 +44,7 @@
 #include "../common/compile_target.h"
 #include "../common/fusion_math.h"
 #include "../common/layout.h"
+#include "register_blocked_correlation.h"
 #include "vectorizable_tanh.h"
 
 namespace gateshift::cpu {
@@ -68,36 +69,6 @@ struct Taps9 {
         v7 * b.v7 + v8 * b.v8;
   }
 };
-
-// acc_m[o] += sum_{jj,ll} k_m[3*jj + ll] * in[o + jj*Wp + ll] for the NT targets m
-// (the forward gate conv: one input plane feeds up to three gate frames).
-template <int NT, typename acc_t>
-GATESHIFT_ALWAYS_INLINE void correlate_into(
-    const acc_t* __restrict in,
-    int64_t Wp,
-    int64_t n,
-    const acc_t* const* kernels,
-    acc_t* __restrict a0,
-    acc_t* __restrict a1,
-    acc_t* __restrict a2) {
-  const Taps9<acc_t> k0(kernels[0]);
-  const Taps9<acc_t> k1(kernels[NT > 1 ? 1 : 0]);
-  const Taps9<acc_t> k2(kernels[NT > 2 ? 2 : 0]);
-  const acc_t* __restrict r0 = in;
-  const acc_t* __restrict r1 = in + Wp;
-  const acc_t* __restrict r2 = in + 2 * Wp;
-#pragma omp simd
-  for (int64_t o = 0; o < n; ++o) {
-    const Taps9<acc_t> v(r0, r1, r2, o);
-    a0[o] += k0.dot(v);
-    if constexpr (NT > 1) {
-      a1[o] += k1.dot(v);
-    }
-    if constexpr (NT > 2) {
-      a2[o] += k2.dot(v);
-    }
-  }
-}
 
 // The backward pair for one da frame and one channel, in one pass:
 //   du[o]  += sum_m kf[m] * da[o + off(m)]     (transposed conv: kf is the flipped kernel)
@@ -263,6 +234,14 @@ struct Problem {
 // for a correlation's reads past them.
 constexpr int64_t kLoopMultiple = 16;
 
+// Input channels whose gate inputs the forward holds at once, to correlate them in
+// one register-blocked pass (register_blocked_correlation.h): a chunk of 28x28
+// planes is 29 KB, within a core's L1 with the accumulators' lines.
+constexpr int64_t kChannelChunk = 8;
+// The forward's scratch planes: the chunk, a dense gate input, and per frame % 3 and
+// group an accumulator and a finished gate. The backward holds 12.
+constexpr int64_t kForwardScratchPlanes = kChannelChunk + 1 + 6 + 6;
+
 template <typename acc_t>
 struct Scratch {
   int64_t Wp, strided, plane_size;  // row stride, length of the flat loops, floats per plane
@@ -338,10 +317,14 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
   using acc_t = acc_type<scalar_t>;
   const int64_t H = p.H, W = p.W, HW = H * W, T = p.T, P = p.P, half = P / 2;
   const bool affine = !p.scale.empty();
-  Scratch<acc_t> scratch(p.tile_h, p.tile_w, 2 + 6 + 6);
+  Scratch<acc_t> scratch(p.tile_h, p.tile_w, kForwardScratchPlanes);
   const int64_t Wp = scratch.Wp;
-  acc_t* const u = scratch.plane();        // padded gate input of one channel and frame
-  acc_t* const u_dense = scratch.plane();  // the same, dense, before it is padded
+  const VectorShape shape = cpu_vector_shape();
+  acc_t* u_chunk[kChannelChunk];  // padded gate inputs of a chunk of channels of one frame,
+  for (auto& plane : u_chunk) {   // consecutive (plane_size apart)
+    plane = scratch.plane();
+  }
+  acc_t* const u_dense = scratch.plane();  // one channel's, dense, before it is padded
   acc_t* acc[3][2];                  // gate accumulators (strided), by frame % 3 and group
   acc_t* gate[3][2];                 // finished gates (dense tile), by frame % 3 and group
   for (int r = 0; r < 3; ++r) {
@@ -450,42 +433,49 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
             }
           }
           const int targets = static_cast<int>(tg_last - tg_first + 1);
-          for (int64_t c = 0; c < P; ++c) {
-            const int64_t k = c / half;
-            const scalar_t* xc = p.x_plane(b, s, c);
-            const acc_t sc = affine ? p.scale[c] : acc_t(1);
-            const acc_t sh = affine ? p.shift[c] : acc_t(0);
-            // The gate input over the tile and its halo (the plane itself when whole).
-            for_each_run(box.halo, W, [&](int64_t at, int64_t d, int64_t len) GATESHIFT_INLINE_LAMBDA {
-              if (affine) {
+          for (int64_t c0 = 0, channels = 0; c0 < P; c0 += channels) {
+            // A chunk of one group's channels (a group's last may be shorter): their gate
+            // inputs over the tile and its halo (the plane itself when whole), then their
+            // correlation into the targets.
+            const int64_t k = c0 / half;
+            channels = std::min(kChannelChunk, (k + 1) * half - c0);
+            for (int64_t j = 0; j < channels; ++j) {
+              const int64_t c = c0 + j;
+              const scalar_t* xc = p.x_plane(b, s, c);
+              const acc_t sc = affine ? p.scale[c] : acc_t(1);
+              const acc_t sh = affine ? p.shift[c] : acc_t(0);
+              for_each_run(box.halo, W, [&](int64_t at, int64_t d, int64_t len) GATESHIFT_INLINE_LAMBDA {
+                if (affine) {
 #pragma omp simd
-                for (int64_t i = 0; i < len; ++i) {
-                  u_dense[d + i] = relu(sc * static_cast<acc_t>(xc[at + i]) + sh);
-                }
-              } else {
+                  for (int64_t i = 0; i < len; ++i) {
+                    u_dense[d + i] = relu(sc * static_cast<acc_t>(xc[at + i]) + sh);
+                  }
+                } else {
 #pragma omp simd
-                for (int64_t i = 0; i < len; ++i) {
-                  u_dense[d + i] = static_cast<acc_t>(xc[at + i]);
+                  for (int64_t i = 0; i < len; ++i) {
+                    u_dense[d + i] = static_cast<acc_t>(xc[at + i]);
+                  }
                 }
-              }
-            });
-            place_padded(u_dense, box, Wp, u, scratch);
+              });
+              place_padded(u_dense, box, Wp, u_chunk[j], scratch);
+            }
             const acc_t* kernels[3];
             acc_t* targets_of[3] = {nullptr, nullptr, nullptr};
             for (int m = 0; m < targets; ++m) {
               const int64_t tg = tg_first + m;
-              kernels[m] = p.weight.data() + c * kTaps + (s - tg + 1) * 9;
+              kernels[m] = p.weight.data() + c0 * kTaps + (s - tg + 1) * 9;
               targets_of[m] = acc[tg % 3][k];
             }
+            const int64_t stride = scratch.plane_size;
             switch (targets) {
               case 1:
-                correlate_into<1>(u, Wp, n, kernels, targets_of[0], targets_of[1], targets_of[2]);
+                correlate_channels<1>(shape, u_chunk[0], stride, channels, Wp, n, kernels, targets_of);
                 break;
               case 2:
-                correlate_into<2>(u, Wp, n, kernels, targets_of[0], targets_of[1], targets_of[2]);
+                correlate_channels<2>(shape, u_chunk[0], stride, channels, Wp, n, kernels, targets_of);
                 break;
               default:
-                correlate_into<3>(u, Wp, n, kernels, targets_of[0], targets_of[1], targets_of[2]);
+                correlate_channels<3>(shape, u_chunk[0], stride, channels, Wp, n, kernels, targets_of);
                 break;
             }
           }

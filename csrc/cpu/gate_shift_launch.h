@@ -32,8 +32,8 @@ std::vector<T> to_vector(const at::Tensor& contiguous) {
 // choose_tiles. Set by the test-only op gateshift::_set_cpu_scratch_limit (gate_shift.cpp).
 inline std::atomic<int64_t> scratch_limit_override{0};
 
-// Scratch planes a thread holds: 14 forward, 12 backward.
-constexpr int64_t kScratchPlanes = 14;
+// Scratch planes a thread holds: the forward's, which are more than the backward's 12.
+constexpr int64_t kScratchPlanes = kForwardScratchPlanes;
 
 // Bytes of scratch one thread may hold: a 32nd of x, at least 1 MB. From the shape
 // alone, so that the tiles, and with them the order of every sum, do not depend on

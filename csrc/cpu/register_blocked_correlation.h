@@ -1,0 +1,168 @@
+// The forward gate convolution's inner loop, register-blocked: a chunk of input
+// channels of one frame into up to three gate frames at once.
+//
+// For the NT gate frames m that input frame s feeds (tap i_m = s - tg_m + 1):
+//     acc_m[o] += sum_{c in chunk} sum_{jj, ll} w_m[c][3 * jj + ll] * u_c[o + jj * Wp + ll]
+// over the flat strided loop o in [0, n) of gate_shift_kernel.h's plane layout.
+//
+// Why blocked. A loop over one channel at a time reads and writes the NT
+// accumulator planes for every channel (3 loads and 3 stores per 27 FMAs) and
+// leaves each vector's 27 FMAs in three dependent chains, which the out-of-order
+// window cannot hide over a 53-iteration loop. Here a strip of V vectors of every
+// target stays in registers for the whole chunk: each loaded input vector feeds
+// NT FMAs, each broadcast weight feeds V, and the 3 * V accumulators are
+// independent chains (enough to keep two FMA pipes busy at 4 cycles' latency).
+//
+// Vector shapes. GCC/Clang vector extensions, so the code is portable (x86, aarch64)
+// and the compiler keeps it in registers: 64-byte vectors and V = 4 where the CPU
+// has 32 vector registers of 512 bits (12 accumulators, 4 inputs, 1 weight);
+// 32-byte vectors and V = 3 on AVX2's 16 registers; 16-byte vectors and V = 4
+// elsewhere (NEON's 32). The strip's sum order is the same for every shape
+// (per output: channels in order, taps in order), so results do not depend on it.
+
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "../common/compile_target.h"
+
+namespace gateshift::cpu {
+
+// A vector of `bytes` bytes of acc_t, with unaligned loads and stores.
+template <typename acc_t, int bytes>
+struct SimdOf {
+  // The integer type of acc_t's size (shuffle masks).
+  using index_t = std::conditional_t<sizeof(acc_t) == 8, int64_t, int32_t>;
+  typedef acc_t type __attribute__((vector_size(bytes)));
+  static constexpr int kLanes = bytes / int(sizeof(acc_t));
+  static GATESHIFT_ALWAYS_INLINE type load(const acc_t* p) {
+    type v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  static GATESHIFT_ALWAYS_INLINE void store(acc_t* p, type v) {
+    std::memcpy(p, &v, sizeof(v));
+  }
+  static GATESHIFT_ALWAYS_INLINE type splat(acc_t s) {
+#if defined(__clang__)
+    return s - type{};  // s - 0 is s for every s, -0 included: one broadcast
+#else
+    // GCC expands `s - type{}` lane by lane in large functions; a shuffle of lane 0
+    // is always one broadcast.
+    typedef index_t mask __attribute__((vector_size(bytes)));
+    return __builtin_shuffle(type{s}, mask{});
+#endif
+  }
+};
+
+// One strip of V vectors at o: accumulators loaded from the targets, the chunk's
+// channels added in order, stored back.
+template <typename Simd, int V, int NT, typename acc_t>
+GATESHIFT_ALWAYS_INLINE void correlate_strip(
+    const acc_t* __restrict u,
+    int64_t plane_stride,
+    int64_t channels,
+    int64_t Wp,
+    const acc_t* const* weights,
+    acc_t* const* targets,
+    int64_t o) {
+  using vec = typename Simd::type;
+  constexpr int L = Simd::kLanes;
+  vec acc[NT][V];
+  for (int m = 0; m < NT; ++m) {
+    for (int v = 0; v < V; ++v) {
+      acc[m][v] = Simd::load(targets[m] + o + v * L);
+    }
+  }
+  for (int64_t c = 0; c < channels; ++c) {
+    const acc_t* uc = u + c * plane_stride + o;
+    const acc_t* w[NT];
+    for (int m = 0; m < NT; ++m) {
+      w[m] = weights[m] + c * 27;  // (P/2, 27) per group: channels 27 apart
+    }
+#pragma GCC unroll 3
+    for (int jj = 0; jj < 3; ++jj) {
+#pragma GCC unroll 3
+      for (int ll = 0; ll < 3; ++ll) {
+        const acc_t* at = uc + jj * Wp + ll;
+        vec in[V];
+        for (int v = 0; v < V; ++v) {
+          in[v] = Simd::load(at + v * L);
+        }
+        // Each input vector is loaded once. Left alone, GCC folds the load into each
+        // of the NT FMAs that use it (x86 FMAs take a memory operand): NT times the
+        // loads, most split across cache lines (taps 1 and 2 of a row are 4 and 8
+        // bytes off), and the loop bound by loads at half its FMA rate. After a
+        // compiler fence memory may have changed, so the loaded values are reused.
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+        for (int m = 0; m < NT; ++m) {
+          const vec wv = Simd::splat(w[m][3 * jj + ll]);
+          for (int v = 0; v < V; ++v) {
+            acc[m][v] += wv * in[v];
+          }
+        }
+      }
+    }
+  }
+  for (int m = 0; m < NT; ++m) {
+    for (int v = 0; v < V; ++v) {
+      Simd::store(targets[m] + o + v * L, acc[m][v]);
+    }
+  }
+}
+
+// The whole loop: strips of V vectors, then single vectors. n must be a multiple
+// of the vector's lanes (the plane layout rounds it to 16 elements).
+template <int bytes, int V, int NT, typename acc_t>
+GATESHIFT_ALWAYS_INLINE void correlate_channels_shaped(
+    const acc_t* u, int64_t plane_stride, int64_t channels, int64_t Wp, int64_t n,
+    const acc_t* const* weights, acc_t* const* targets) {
+  using Simd = SimdOf<acc_t, bytes>;
+  constexpr int64_t strip = int64_t(Simd::kLanes) * V;
+  int64_t o = 0;
+  for (; o + strip <= n; o += strip) {
+    correlate_strip<Simd, V, NT>(u, plane_stride, channels, Wp, weights, targets, o);
+  }
+  for (; o < n; o += Simd::kLanes) {
+    correlate_strip<Simd, 1, NT>(u, plane_stride, channels, Wp, weights, targets, o);
+  }
+}
+
+// Which vector shape this CPU's registers suit (see the note at the top).
+enum class VectorShape { k512x32, k256x16, k128x32 };
+
+inline VectorShape cpu_vector_shape() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const VectorShape shape = __builtin_cpu_supports("avx512f")
+      ? VectorShape::k512x32
+      : (__builtin_cpu_supports("avx2") ? VectorShape::k256x16 : VectorShape::k128x32);
+  return shape;
+#else
+  return VectorShape::k128x32;
+#endif
+}
+
+// acc_m[o] += the chunk's correlation (the note at the top), for the NT targets m:
+// u holds `channels` zero-padded planes plane_stride apart; weights[m] is the first
+// channel's 3x3 kernel of target m's frame tap.
+template <int NT, typename acc_t>
+GATESHIFT_ALWAYS_INLINE void correlate_channels(
+    VectorShape shape, const acc_t* u, int64_t plane_stride, int64_t channels, int64_t Wp, int64_t n,
+    const acc_t* const* weights, acc_t* const* targets) {
+  switch (shape) {
+    case VectorShape::k512x32:
+      correlate_channels_shaped<64, 4, NT>(u, plane_stride, channels, Wp, n, weights, targets);
+      break;
+    case VectorShape::k256x16:
+      correlate_channels_shaped<32, 3, NT>(u, plane_stride, channels, Wp, n, weights, targets);
+      break;
+    default:
+      correlate_channels_shaped<16, 4, NT>(u, plane_stride, channels, Wp, n, weights, targets);
+      break;
+  }
+}
+
+}  // namespace gateshift::cpu
