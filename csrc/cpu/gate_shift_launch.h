@@ -124,12 +124,24 @@ Problem<scalar_t> make_problem(
     p.shift = to_vector<acc_t>(*bn_shift);
   }
   // Parameter-gradient partials: one PartialsLayout row per group of frames (of any
-  // clips), as few frames as keep the rows within a tenth of x.
+  // clips), at least as many frames as keep the rows within a tenth of x, and then
+  // the fewest that divide a clip or are whole clips: tasks are whole groups, and
+  // groups that cut clips unevenly split them unevenly (7x7 planes need groups of 6
+  // frames, which split 2 clips of 8 into runs of 12 and 4 on 2 threads).
   const int64_t frames = p.B * p.T;
   const int64_t frame_elements = std::max<int64_t>(1, p.C * p.H * p.W);
   const int64_t row = PartialsLayout{p.P}.size();
-  p.frames_per_group =
+  const int64_t least =
       std::clamp<int64_t>((10 * row + frame_elements - 1) / frame_elements, 1, std::max<int64_t>(frames, 1));
+  int64_t group = least;
+  if (p.T > 0 && least <= p.T) {
+    while (p.T % group != 0) {
+      ++group;
+    }
+  } else if (p.T > 0) {
+    group = round_up(least, p.T);
+  }
+  p.frames_per_group = std::min(group, std::max<int64_t>(frames, 1));
   const int64_t x_bytes = frames * frame_elements * int64_t(sizeof(scalar_t));
   choose_tiles(p, x_bytes);
   // About one task per thread: whole clips when there are enough of them, otherwise
