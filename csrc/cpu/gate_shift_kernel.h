@@ -50,69 +50,9 @@
 namespace gateshift::cpu {
 
 // --------------------------------------------------------------------------
-// Inner loops over strided planes (see the layout note at the top).
+// Inner loops over strided planes (see the layout note at the top). The gate
+// convolution's are in register_blocked_correlation.h.
 // --------------------------------------------------------------------------
-
-// Nine values of a 3x3 stencil: a kernel, or the neighbourhood of one position.
-// Plain members rather than an array keep the loops below vectorisable by GCC.
-template <typename T>
-struct Taps9 {
-  T v0, v1, v2, v3, v4, v5, v6, v7, v8;
-  GATESHIFT_ALWAYS_INLINE explicit Taps9(const T* k)
-      : v0(k[0]), v1(k[1]), v2(k[2]), v3(k[3]), v4(k[4]), v5(k[5]), v6(k[6]), v7(k[7]), v8(k[8]) {}
-  // The 3x3 neighbourhood whose top-left corner is o, in rows r0, r1, r2.
-  GATESHIFT_ALWAYS_INLINE Taps9(const T* r0, const T* r1, const T* r2, int64_t o)
-      : v0(r0[o]), v1(r0[o + 1]), v2(r0[o + 2]), v3(r1[o]), v4(r1[o + 1]), v5(r1[o + 2]),
-        v6(r2[o]), v7(r2[o + 1]), v8(r2[o + 2]) {}
-  GATESHIFT_ALWAYS_INLINE T dot(const Taps9& b) const {
-    return v0 * b.v0 + v1 * b.v1 + v2 * b.v2 + v3 * b.v3 + v4 * b.v4 + v5 * b.v5 + v6 * b.v6 +
-        v7 * b.v7 + v8 * b.v8;
-  }
-};
-
-// The backward pair for one da frame and one channel, in one pass:
-//   du[o]  += sum_m kf[m] * da[o + off(m)]     (transposed conv: kf is the flipped kernel)
-//   dkf[m] += sum_o u[o]  * da[o + off(m)]     (weight gradient, in flipped order)
-// with off(m) = (m / 3) * Wp + m % 3. u must be zero on the junk columns.
-template <typename acc_t>
-GATESHIFT_ALWAYS_INLINE void correlate_backward(
-    const acc_t* __restrict da,
-    int64_t Wp,
-    int64_t n,
-    const acc_t* kernel_flipped,
-    const acc_t* __restrict u,
-    acc_t* __restrict du,
-    acc_t* dkf) {
-  const Taps9<acc_t> kf(kernel_flipped);
-  const acc_t* __restrict r0 = da;
-  const acc_t* __restrict r1 = da + Wp;
-  const acc_t* __restrict r2 = da + 2 * Wp;
-  acc_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0;
-#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8)
-  for (int64_t o = 0; o < n; ++o) {
-    const Taps9<acc_t> v(r0, r1, r2, o);
-    du[o] += kf.dot(v);
-    const acc_t uo = u[o];
-    s0 += uo * v.v0;
-    s1 += uo * v.v1;
-    s2 += uo * v.v2;
-    s3 += uo * v.v3;
-    s4 += uo * v.v4;
-    s5 += uo * v.v5;
-    s6 += uo * v.v6;
-    s7 += uo * v.v7;
-    s8 += uo * v.v8;
-  }
-  dkf[0] += s0;
-  dkf[1] += s1;
-  dkf[2] += s2;
-  dkf[3] += s3;
-  dkf[4] += s4;
-  dkf[5] += s5;
-  dkf[6] += s6;
-  dkf[7] += s7;
-  dkf[8] += s8;
-}
 
 template <typename acc_t>
 GATESHIFT_ALWAYS_INLINE acc_t relu(acc_t v) {
@@ -535,6 +475,7 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
   const bool affine = !p.scale.empty();
   Scratch<acc_t> scratch(p.tile_h, p.tile_w, 6 + 2 + 2 + 2);
   const int64_t Wp = scratch.Wp;
+  const VectorShape shape = cpu_vector_shape();
   acc_t* da[3][2];  // padded da planes, by frame % 3 and group
   for (int r = 0; r < 3; ++r) {
     for (int k = 0; k < 2; ++k) {
@@ -677,7 +618,7 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
                 continue;
               }
               acc_t dkf[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
-              correlate_backward(da[f % 3][k], Wp, n, p.weight_flipped.data() + c * kTaps + i * 9, u, du, dkf);
+              correlate_backward(shape, da[f % 3][k], Wp, n, p.weight_flipped.data() + c * kTaps + i * 9, u, du, dkf);
               for (int e = 0; e < 9; ++e) {
                 dweight[c * kTaps + i * 9 + (8 - e)] += dkf[e];  // undo the flip
               }

@@ -1,24 +1,35 @@
-// The forward gate convolution's inner loop, register-blocked: a chunk of input
-// channels of one frame into up to three gate frames at once.
+// The gate convolution's inner loops on the CPU, register-blocked.
 //
-// For the NT gate frames m that input frame s feeds (tap i_m = s - tg_m + 1):
+// Forward (correlate_channels): a chunk of input channels of one frame into up to
+// three gate frames at once. For the NT gate frames m that input frame s feeds
+// (tap i_m = s - tg_m + 1):
 //     acc_m[o] += sum_{c in chunk} sum_{jj, ll} w_m[c][3 * jj + ll] * u_c[o + jj * Wp + ll]
 // over the flat strided loop o in [0, n) of gate_shift_kernel.h's plane layout.
+// A loop over one channel at a time reads and writes the NT accumulator planes for
+// every channel (3 loads and 3 stores per 27 FMAs) and leaves each vector's 27 FMAs
+// in three dependent chains. Here a strip of V vectors of every target stays in
+// registers for the whole chunk: each loaded input vector feeds NT FMAs, each
+// broadcast weight feeds V, and the 3 * V accumulators are independent chains
+// (enough to keep two FMA pipes busy at 4 cycles' latency).
 //
-// Why blocked. A loop over one channel at a time reads and writes the NT
-// accumulator planes for every channel (3 loads and 3 stores per 27 FMAs) and
-// leaves each vector's 27 FMAs in three dependent chains, which the out-of-order
-// window cannot hide over a 53-iteration loop. Here a strip of V vectors of every
-// target stays in registers for the whole chunk: each loaded input vector feeds
-// NT FMAs, each broadcast weight feeds V, and the 3 * V accumulators are
-// independent chains (enough to keep two FMA pipes busy at 4 cycles' latency).
+// Backward (correlate_backward): one channel and one da frame, the transposed
+// convolution and the weight gradient in one pass over da:
+//     du[o]  += sum_m kf[m] * da[o + off(m)],   dkf[m] += sum_o u[o] * da[o + off(m)]
+// with off(m) = (m / 3) * Wp + m % 3. Each da vector is loaded once for its two
+// FMAs, and the nine weight-gradient sums stay in vector registers over the loop.
+//
+// Loads. x86 FMAs take a memory operand, and GCC folds a load into every FMA that
+// uses it: NT (or 2) times the loads, most split across cache lines (taps 1 and 2
+// of a row are 4 and 8 bytes off), which made the loops bound by loads at about
+// half their FMA rate. A compiler fence after the loads stops that: memory may have
+// changed after it, so the loaded values are reused.
 //
 // Vector shapes. GCC/Clang vector extensions, so the code is portable (x86, aarch64)
-// and the compiler keeps it in registers: 64-byte vectors and V = 4 where the CPU
-// has 32 vector registers of 512 bits (12 accumulators, 4 inputs, 1 weight);
-// 32-byte vectors and V = 3 on AVX2's 16 registers; 16-byte vectors and V = 4
-// elsewhere (NEON's 32). The strip's sum order is the same for every shape
-// (per output: channels in order, taps in order), so results do not depend on it.
+// and the compiler keeps it in registers: 64-byte vectors where the CPU has 32
+// vector registers of 512 bits; 32-byte vectors on AVX2's 16 registers; 16-byte
+// vectors elsewhere (NEON's 32). Every output's sum runs in the same order for
+// every shape (forward: channels, then taps; weight gradient: o in order per lane,
+// lanes in order), which depends on the CPU's vector width but never on threads.
 
 #pragma once
 
@@ -92,12 +103,7 @@ GATESHIFT_ALWAYS_INLINE void correlate_strip(
         for (int v = 0; v < V; ++v) {
           in[v] = Simd::load(at + v * L);
         }
-        // Each input vector is loaded once. Left alone, GCC folds the load into each
-        // of the NT FMAs that use it (x86 FMAs take a memory operand): NT times the
-        // loads, most split across cache lines (taps 1 and 2 of a row are 4 and 8
-        // bytes off), and the loop bound by loads at half its FMA rate. After a
-        // compiler fence memory may have changed, so the loaded values are reused.
-        std::atomic_signal_fence(std::memory_order_seq_cst);
+        std::atomic_signal_fence(std::memory_order_seq_cst);  // loaded once (see the top)
         for (int m = 0; m < NT; ++m) {
           const vec wv = Simd::splat(w[m][3 * jj + ll]);
           for (int v = 0; v < V; ++v) {
@@ -161,6 +167,93 @@ GATESHIFT_ALWAYS_INLINE void correlate_channels(
       break;
     default:
       correlate_channels_shaped<16, 4, NT>(u, plane_stride, channels, Wp, n, weights, targets);
+      break;
+  }
+}
+
+// The backward pass over strips of V vectors at o, then single vectors; s[m]
+// collects the weight gradient of tap m lane by lane.
+template <typename Simd, int V, typename acc_t>
+GATESHIFT_ALWAYS_INLINE void correlate_backward_strip(
+    const acc_t* __restrict da,
+    int64_t Wp,
+    const acc_t* kernel_flipped,
+    const acc_t* __restrict u,
+    acc_t* __restrict du,
+    typename Simd::type* s,
+    int64_t o) {
+  using vec = typename Simd::type;
+  constexpr int L = Simd::kLanes;
+  vec d[V], uu[V];
+  for (int v = 0; v < V; ++v) {
+    d[v] = Simd::load(du + o + v * L);
+    uu[v] = Simd::load(u + o + v * L);
+  }
+#pragma GCC unroll 3
+  for (int jj = 0; jj < 3; ++jj) {
+#pragma GCC unroll 3
+    for (int ll = 0; ll < 3; ++ll) {
+      const int m = 3 * jj + ll;
+      const acc_t* at = da + o + jj * Wp + ll;
+      vec a[V];
+      for (int v = 0; v < V; ++v) {
+        a[v] = Simd::load(at + v * L);
+      }
+      std::atomic_signal_fence(std::memory_order_seq_cst);  // loaded once (see the top)
+      const vec k = Simd::splat(kernel_flipped[m]);
+      for (int v = 0; v < V; ++v) {
+        d[v] += k * a[v];
+        s[m] += uu[v] * a[v];
+      }
+    }
+  }
+  for (int v = 0; v < V; ++v) {
+    Simd::store(du + o + v * L, d[v]);
+  }
+}
+
+template <int bytes, int V, typename acc_t>
+GATESHIFT_ALWAYS_INLINE void correlate_backward_shaped(
+    const acc_t* da, int64_t Wp, int64_t n, const acc_t* kernel_flipped, const acc_t* u, acc_t* du, acc_t* dkf) {
+  using Simd = SimdOf<acc_t, bytes>;
+  using vec = typename Simd::type;
+  constexpr int64_t strip = int64_t(Simd::kLanes) * V;
+  vec s[9];
+  for (auto& v : s) {
+    v = Simd::splat(acc_t(0));
+  }
+  int64_t o = 0;
+  for (; o + strip <= n; o += strip) {
+    correlate_backward_strip<Simd, V>(da, Wp, kernel_flipped, u, du, s, o);
+  }
+  for (; o < n; o += Simd::kLanes) {
+    correlate_backward_strip<Simd, 1>(da, Wp, kernel_flipped, u, du, s, o);
+  }
+  for (int m = 0; m < 9; ++m) {
+    acc_t sum = 0;
+    for (int lane = 0; lane < Simd::kLanes; ++lane) {
+      sum += s[m][lane];
+    }
+    dkf[m] += sum;
+  }
+}
+
+// du[o] += the transposed convolution of da, dkf[m] += the weight gradient (the
+// note at the top) for one channel and da frame. u must be zero on the junk
+// columns; n a multiple of 16.
+template <typename acc_t>
+GATESHIFT_ALWAYS_INLINE void correlate_backward(
+    VectorShape shape, const acc_t* da, int64_t Wp, int64_t n, const acc_t* kernel_flipped, const acc_t* u,
+    acc_t* du, acc_t* dkf) {
+  switch (shape) {
+    case VectorShape::k512x32:  // 9 sums, 3 x 4 strip vectors, 1 weight: 22 of 32 registers
+      correlate_backward_shaped<64, 4>(da, Wp, n, kernel_flipped, u, du, dkf);
+      break;
+    case VectorShape::k256x16:  // 9 sums, 3 x 2, 1: 16 of 16
+      correlate_backward_shaped<32, 2>(da, Wp, n, kernel_flipped, u, du, dkf);
+      break;
+    default:
+      correlate_backward_shaped<16, 4>(da, Wp, n, kernel_flipped, u, du, dkf);
       break;
   }
 }
