@@ -360,13 +360,15 @@ def test_roofline_reports_the_useful_flop_rate_against_sgemm(tmp_path, capsys):
     out_json = tmp_path / "r.json"
     assert cli.main([*TINY, "--impls", "eager,fused", "--roofline", "--json", str(out_json)]) == 0
     table = capsys.readouterr().out
-    assert "fwd % sgemm" in table and "fwd+bwd % sgemm" in table and "sgemm" in table.splitlines()[1]
+    assert "fwd % sgemm" in table and "fwd+bwd % sgemm" in table and "infer % sgemm" in table
+    assert "sgemm" in table.splitlines()[1]
     data = json.loads(out_json.read_text())
     rate = data["meta"]["matmul_GFLOPs"] * 1e9
     fused = data["records"][1]
     numel = 1 * 3 * 8 * 5 * 6
     assert fused["matmul_frac"] == pytest.approx(54 * numel / (fused["fwd_ms"] / 1e3) / rate)
     assert fused["matmul_frac_fwd_bwd"] == pytest.approx(162 * numel / (fused["fwd_bwd_ms"] / 1e3) / rate)
+    assert fused["matmul_frac_infer"] == pytest.approx(54 * numel / (fused["infer_ms"] / 1e3) / rate)
 
 
 def test_columns_nothing_measured_are_left_out(capsys):

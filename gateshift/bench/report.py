@@ -38,6 +38,7 @@ TABLE_COLUMNS = [
     ("temporal_share_infer", "temporal % infer", "{:.0%}"),
     ("matmul_frac", "fwd % sgemm", "{:.0%}"),
     ("matmul_frac_fwd_bwd", "fwd+bwd % sgemm", "{:.0%}"),
+    ("matmul_frac_infer", "infer % sgemm", "{:.0%}"),
     ("max_abs_err", "max err", "{:.1e}"),
 ]
 

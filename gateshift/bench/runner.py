@@ -53,6 +53,7 @@ class Record:
     # forward, 162 forward+backward) over the device's matrix-product rate, same run.
     matmul_frac: float = math.nan
     matmul_frac_fwd_bwd: float = math.nan
+    matmul_frac_infer: float = math.nan  # the eval-mode inference pass's (54 FLOP per element)
 
     @property
     def saved_mb(self) -> float:
@@ -180,6 +181,7 @@ def benchmark_workload(
             fwd_bwd_flop = sum(w.flop_per_element) * x.numel()
             records[-1].matmul_frac = fwd_flop / (fwd[impl].median_ms / 1e3) / matmul_rate
             records[-1].matmul_frac_fwd_bwd = fwd_bwd_flop / (fwd_bwd[impl].median_ms / 1e3) / matmul_rate
+            records[-1].matmul_frac_infer = fwd_flop / (infer[impl].median_ms / 1e3) / matmul_rate
     by_impl = {r.impl: r for r in records}
     for r in records:
         if r.impl == "baseline":  # another network: its time is the temporal modules' baseline, not a rival's
