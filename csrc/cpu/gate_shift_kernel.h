@@ -23,10 +23,11 @@
 // in an order fixed by the shape alone: results do not depend on the thread count.
 // The parameter gradients are summed per group of frames into a workspace and
 // then over groups in order, so they are bitwise reproducible. A group's length
-// depends only on the shape: as few frames (of any clips) as keep the workspace
-// within a tenth of x, or one group's 29 P + 2 floats when x is smaller than ten
-// of them. Runs of frames are whole groups, so each group has one owner task
-// whatever the thread count.
+// depends only on the shape: at least as many frames (of any clips) as keep the
+// workspace within a tenth of x (or one group's 29 P + 2 floats when x is smaller
+// than ten of them), then the fewest that divide a clip or are whole clips
+// (make_problem). Runs of frames are whole groups, so each group has one owner
+// task whatever the thread count.
 
 #pragma once
 
