@@ -34,7 +34,10 @@ class GatedClipFusion(nn.Module):
     (``Linear(inner_dim, dim, bias=False)``: W_z), ``gate_fc1`` (``Linear(num_clips,
     gate_hidden)``), ``gate_fc2`` (``Linear(gate_hidden, num_clips)``), ``classifier``
     (``Linear(dim, num_classes)``). ``inner_dim`` defaults to ``dim // 2`` (at least 1), as
-    the non-local blocks the paper follows halve it; ``gate_hidden`` to ``num_clips``.
+    the non-local blocks the paper follows halve it; ``gate_hidden`` to ``num_clips``. For
+    localisation, give the gate a few units per clip (``gate_hidden=4 * num_clips``, say):
+    it mixes the clips, and on the synthetic task of ``tests/test_clip_fusion.py`` one unit
+    per clip now and then left a clip position without one.
     """
 
     def __init__(self, dim: int, num_clips: int, num_classes: int, inner_dim: int | None = None,
