@@ -1,6 +1,6 @@
 """Markdown summary of gateshift-bench JSON files (the README's sweep tables).
 
-    python benchmarks/summarize.py bench-results/cpu-bn-inception.json [...]
+    python benchmarks/summarize.py benchmarks/results/cpu-bn-inception.json [...]
 
 One row per case: forward+backward medians of each implementation, the fused
 op's speed-ups, and what each keeps for backward relative to its input
