@@ -80,12 +80,16 @@ def test_cuda_without_a_gpu_is_an_error(capsys):
     assert "torch.cuda.is_available() is False" in capsys.readouterr().err
 
 
+def refuse_non_json(name):
+    raise ValueError(f"{name} is not JSON")
+
+
 def test_json_and_csv_records(tmp_path, capsys):
     out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
     assert cli.main([*TINY, "--impls", "eager,fused", "--json", str(out_json), "--csv", str(out_csv)]) == 0
     table = capsys.readouterr().out
     assert "fwd+bwd ms" in table and "fused" in table and "eager" in table
-    data = json.loads(out_json.read_text())
+    data = json.loads(out_json.read_text(), parse_constant=refuse_non_json)  # strict JSON: no NaN
     assert data["meta"]["copy_bandwidth_GBps"] > 0 and data["meta"]["command"].startswith("gateshift-bench")
     records = data["records"]
     assert [r["impl"] for r in records] == ["eager", "fused"]

@@ -66,9 +66,17 @@ def format_table(records: Sequence[Record]) -> str:
     return "\n".join(lines)
 
 
+def _nan_to_null(value):
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def write_json(path: str, records: Sequence[Record], meta: dict) -> None:
+    # Strict JSON: a figure that does not apply (NaN in the record) is written as null,
+    # as NaN is no JSON value and strict parsers (jq, JavaScript's JSON.parse) refuse it.
+    rows = [{k: _nan_to_null(v) for k, v in dataclasses.asdict(r).items()} for r in records]
     with open(path, "w") as f:
-        json.dump({"meta": meta, "records": [dataclasses.asdict(r) for r in records]}, f, indent=2)
+        json.dump({"meta": {k: _nan_to_null(v) for k, v in meta.items()}, "records": rows}, f, indent=2,
+                  allow_nan=False)
 
 
 def write_csv(path: str, records: Sequence[Record]) -> None:
@@ -128,7 +136,9 @@ def markdown_summary(paths: Sequence[str]) -> str:
     for path in paths:
         with open(path) as f:
             data = json.load(f)
-        lines += _markdown_table(data["meta"], data["records"])
+        # null (or NaN, in files of older versions) is a figure that does not apply.
+        records = [{k: math.nan if v is None else v for k, v in r.items()} for r in data["records"]]
+        lines += _markdown_table(data["meta"], records)
         lines.append("")
     return "\n".join(lines)
 
