@@ -7,6 +7,7 @@ GPU needed); otherwise the CPU kernels alone. Environment:
 
     GATESHIFT_FORCE_CUDA=1   a CUDA build is required: fail if it cannot be done
     GATESHIFT_FORCE_CPU=1    skip CUDA even when it could be built
+    GATESHIFT_CPU_NO_AVX512=1  x86-64 CPU kernels for AVX2 and baseline only (no AVX-512 clone)
     TORCH_CUDA_ARCH_LIST     GPU architectures (default "8.0;8.6;8.9;9.0+PTX")
     MAX_JOBS                 parallel compile jobs (default: 2)
     CUDA_HOME                the CUDA toolkit (default: the one nvcc on PATH runs from)
@@ -113,6 +114,8 @@ def make_extension():
     # cross a call, so GCC's notes that their calling convention differs between the
     # target clones do not apply.
     cxx_flags = ["-O3", "-fopenmp", "-Wall", "-Wno-unknown-pragmas", "-Wno-psabi"]
+    if env_flag("GATESHIFT_CPU_NO_AVX512"):
+        cxx_flags.append("-DGATESHIFT_CPU_NO_AVX512")
     link_flags = ["-fopenmp"]
     cpp_sources = sources("*.cpp") + shared_sources() + sources(os.path.join("cpu", "*.cpp"))
     include_dirs = [os.path.join(ROOT, CSRC)]

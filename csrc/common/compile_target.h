@@ -52,10 +52,16 @@ using device_ptr = T*;
 // CPU kernels: compiled for AVX-512, AVX2 and baseline x86-64, the best one picked
 // at load time (GCC function multiversioning), so the package runs everywhere
 // without being built with -march=native. Elsewhere (other compilers, aarch64)
-// the compiler's own target.
+// the compiler's own target. GATESHIFT_CPU_NO_AVX512 (setup.py's environment
+// variable of that name) leaves the AVX-512 clone out: for CPUs that slow their
+// clock under AVX-512, and to measure the AVX2 code on an AVX-512 machine.
 #if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__) && defined(__x86_64__) && defined(__linux__)
+#if defined(GATESHIFT_CPU_NO_AVX512)
+#define GATESHIFT_CPU_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
 #define GATESHIFT_CPU_MULTIVERSION \
   __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
 #else
 #define GATESHIFT_CPU_MULTIVERSION
 #endif
