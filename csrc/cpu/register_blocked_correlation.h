@@ -143,12 +143,13 @@ enum class VectorShape { k512x32, k256x16, k128x32 };
 inline VectorShape cpu_vector_shape() {
 #if defined(__x86_64__) && defined(__GNUC__)
 #if defined(GATESHIFT_CPU_NO_AVX512)  // no AVX-512 clone was built (compile_target.h)
-  static const VectorShape shape = __builtin_cpu_supports("avx2") ? VectorShape::k256x16 : VectorShape::k128x32;
+  static const bool avx512 = false;
 #else
-  static const VectorShape shape = __builtin_cpu_supports("avx512f")
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+#endif
+  static const VectorShape shape = avx512
       ? VectorShape::k512x32
       : (__builtin_cpu_supports("avx2") ? VectorShape::k256x16 : VectorShape::k128x32);
-#endif
   return shape;
 #else
   return VectorShape::k128x32;
