@@ -181,10 +181,10 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads, kForwardMinBlocks<scalar_t>)
     gate_shift_forward_kernel(const GateShiftForwardKernelParams<scalar_t> p) {
   using acc_t = acc_type<scalar_t>;
   GATESHIFT_DYNAMIC_SHARED(acc_t, shared);
-  const device_ptr<acc_t> u_s = shared;                                    // [kForwardChunk][kHaloPixels]
-  const device_ptr<acc_t> w_s = u_s + kForwardChunk * kHaloPixels;         // [kForwardChunk][kWeightStride]
-  const device_ptr<acc_t> part_s = w_s + kForwardChunk * kWeightStride;    // [kSlices][2][kTilePixels]
-  const device_ptr<acc_t> gate_s = part_s + kSlices * 2 * kTilePixels;     // [3][2][kTilePixels]
+  const device_ptr<acc_t> u_s = shared;                                    // [kForwardChunk][kHaloH][kURowStride]
+  const device_ptr<acc_t> w_s = u_s + kForwardChunk * kUChannelStride;     // [kForwardChunk][kWeightStride]
+  const device_ptr<acc_t> part_s = w_s + kForwardChunk * kWeightStride;    // [2][kSlices][kPartStride]
+  const device_ptr<acc_t> gate_s = part_s + kSlices * 2 * kPartStride;     // [3][2][kTilePixels]
   const device_ptr<acc_t> edge_s = gate_s + 3 * 2 * kTilePixels;           // [2 groups][2 clip ends]
 
   const GateShiftSizes& n = p.n;
@@ -233,7 +233,10 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads, kForwardMinBlocks<scalar_t>)
 
 
   // Gate-conv role: a strip of kStrip pixels of one tile row, and a slice of the channels.
-  const int lane = tid % kPixelLanes, slice = tid / kPixelLanes;
+  // A warp takes 4 slices of half the tile's rows (launch_config.h: conflict-free reads).
+  const int warp_id = tid / 32, warp_lane = tid % 32;
+  const int lane = (warp_id % 2) * kLanesPerWarp + warp_lane % kLanesPerWarp;
+  const int slice = (warp_id / 2) * kSlicesPerWarp + warp_lane / kLanesPerWarp;
   const int row = lane / (kTileW / kStrip), col0 = (lane % (kTileW / kStrip)) * kStrip;
 
   // acc[m][k][q]: gate frame s - 1 + m, group k, pixel q of the strip (input frame s).
@@ -252,7 +255,7 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads, kForwardMinBlocks<scalar_t>)
     for (int k = 0; k < 2; ++k)
 #pragma unroll
       for (int q = 0; q < kStrip; ++q)
-        part_s[(slice * 2 + k) * kTilePixels + row * kTileW + col0 + q] = acc_frame[k][q];
+        part_s[(k * kSlices + slice) * kPartStride + row * kTileW + col0 + q] = acc_frame[k][q];
     __syncthreads();
     if (tid < 2 * kTilePixels) {
       const int k = tid / kTilePixels, pix = tid % kTilePixels;
@@ -264,7 +267,7 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads, kForwardMinBlocks<scalar_t>)
         a += edge_s[k * 2 + 1];
       }
       for (int sl = 0; sl < kSlices; ++sl) {
-        a += part_s[(sl * 2 + k) * kTilePixels + pix];
+        a += part_s[(k * kSlices + sl) * kPartStride + pix];
       }
       const acc_t g = device_tanh(a);
       gate_s[((tg % 3) * 2 + k) * kTilePixels + pix] = g;
@@ -369,21 +372,21 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads, kForwardMinBlocks<scalar_t>)
             const acc_t xv = static_cast<acc_t>(p.x.plane(bw.b, s, c)[h * n.W + w]);
             v = affine ? relu(p.scale[c] * xv + p.shift[c]) : xv;
           }
-          u_s[e] = v;
+          u_s[cc * kUChannelStride + (hp / kHaloW) * kURowStride + hp % kHaloW] = v;
         }
         for (int e = tid; e < chunk * 27; e += kThreads) {
           w_s[(e / 27) * kWeightStride + e % 27] = static_cast<acc_t>(p.weight[c0 * 27 + e]);
         }
         __syncthreads();
         for (int cc = slice; cc < chunk; cc += kSlices) {
-          device_ptr<const acc_t> u = u_s + cc * kHaloPixels + row * kHaloW + col0;
+          device_ptr<const acc_t> u = u_s + cc * kUChannelStride + row * kURowStride + col0;
           device_ptr<const acc_t> wt = w_s + cc * kWeightStride;
 #pragma unroll
           for (int j = 0; j < 3; ++j) {
             acc_t r[kStrip + 2];
 #pragma unroll
             for (int q = 0; q < kStrip + 2; ++q) {
-              r[q] = u[j * kHaloW + q];
+              r[q] = u[j * kURowStride + q];
             }
 #pragma unroll
             for (int l = 0; l < 3; ++l) {

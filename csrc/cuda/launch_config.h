@@ -23,11 +23,27 @@ constexpr int kHaloPixels = kHaloH * kHaloW;
 constexpr int kThreads = 256;
 
 // Forward: 16 pixel lanes (each a strip of 4 pixels of a tile row) x 16 channel slices.
+// A warp holds 4 slices x 8 lanes: 4 channels x 4 tile rows x 2 strips.
 constexpr int kStrip = 4;
 constexpr int kPixelLanes = kTilePixels / kStrip;
 constexpr int kSlices = kThreads / kPixelLanes;
+constexpr int kSlicesPerWarp = 4;
+constexpr int kLanesPerWarp = 32 / kSlicesPerWarp;
 constexpr int kForwardChunk = 32;  // channels of u staged in shared memory at once
 constexpr int kWeightStride = 28;  // 27 taps, padded
+// Layout of the staged u: halo rows kURowStride apart, channels kUChannelStride apart.
+// A warp's read of one tap, 4 channels x 4 rows x 2 strips (4 apart), then falls in 32
+// different banks for each of the three row taps: row stride 11 and channel stride
+// 120 = 24 (mod 32) is the smallest such layout (the plain 10 and 100 took 1.7
+// wavefronts a read).
+constexpr int kURowStride = 11;
+constexpr int kUChannelStride = 120;
+static_assert(kUChannelStride >= kHaloH * kURowStride, "a channel's halo rows must fit its stride");
+static_assert(kTileW / kStrip == 2 && kPixelLanes == 2 * kLanesPerWarp && kSlices % kSlicesPerWarp == 0,
+              "the strides above were chosen for two strips a row and a warp on half the tile's rows");
+// The slices' partial gate sums, kPartStride apart (65 = 1 mod 32): a warp's 4 slices
+// store their strips (at columns 0 and 4) into 32 different banks.
+constexpr int kPartStride = kTilePixels + 1;
 
 // Backward, gradient of the gates (da): 128 halo-pixel lanes x 2 channel slices.
 constexpr int kDaLanes = 128;
@@ -92,9 +108,9 @@ inline LaunchConfig make_launch_config(
   c.blocks = B * c.chunks * c.tiles();
   c.backward_blocks = clip_groups * c.chunks * c.tiles();
   c.forward_shared = acc_bytes *
-      (kForwardChunk * kHaloPixels          // u of a channel chunk, tile + halo
+      (kForwardChunk * kUChannelStride      // u of a channel chunk, tile + halo
        + kForwardChunk * kWeightStride      // its gating weights
-       + kSlices * 2 * kTilePixels          // per-slice partial gate sums
+       + kSlices * 2 * kPartStride          // per-slice partial gate sums
        + 3 * 2 * kTilePixels                // finished gates, a ring of three frames
        + 4);                                // the zero padding's terms at the clip ends
   c.backward_shared = acc_bytes *
