@@ -226,6 +226,28 @@ def test_launch_records_give_each_kernels_grid_barriers_and_shuffles(gen):
     assert others[1]["shared_bytes"] == 2 * 256 * 8
 
 
+@pytest.mark.parametrize(
+    "num_sms,size,clips,runs",
+    [
+        # 14x14 planes (4 tiles): 8 blocks a run of frames, 18 block slots. Two runs of
+        # 4 frames fill one wave; three (the "two blocks per SM" rule this replaced)
+        # take two waves and restage more frames around the cuts.
+        (9, 14, 2, 2),
+        (16, 7, 1, 8),  # one tile of one clip, many SMs: single frames
+        (1, 7, 2, 1),  # few SMs: whole clips
+    ],
+)
+def test_clips_are_cut_into_the_runs_of_frames_the_cost_estimate_prefers(num_sms, size, clips, runs, gen):
+    T, C = 8, 4
+    x = torch.randn(clips * T, C, size, size, generator=gen, dtype=torch.float64)
+    weight = torch.randn(2, C // 2, 3, 3, 3, generator=gen, dtype=torch.float64)
+    with cuda_emulator.num_sms(num_sms), cuda_emulator.record_launches() as launches:
+        cuda_emulator.gate_shift(x, weight, num_segments=T)
+    tiles = (-(-size // 8)) ** 2
+    assert launches[0]["kernel"].startswith("gate_shift_forward_kernel")
+    assert launches[0]["blocks"] == clips * runs * tiles
+
+
 # ---------------------------------------------------------------------------
 # Access counting: requests, sectors and wavefronts as a GPU issues them
 # ---------------------------------------------------------------------------

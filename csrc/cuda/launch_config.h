@@ -75,6 +75,33 @@ struct LaunchConfig {
   }
 };
 
+// Input frames a block of the forward stages for its run [t0, t1) of a clip of T
+// frames: the run and two on either side (the gates next to the run need them).
+inline int64_t staged_frames(int64_t t0, int64_t t1, int64_t T) {
+  return std::min(t1 + 2, T) - std::max<int64_t>(t0 - 2, 0);
+}
+
+// The forward's time, in frames staged by one block slot (two per SM, the kernels'
+// register budget), when each clip is cut into `chunks` runs of frames and
+// `per_chunk` blocks take each run: the larger of a latency view (each wave of
+// blocks lasts as long as its longest block) and a throughput view (every staged
+// frame, spread over all slots). Cutting finer fills more slots but restages the
+// frames around each cut: 14 x 14 planes (4 tiles) of 32 clips of 8 frames on 132
+// SMs take 2 runs (256 blocks, one wave), not 3 (384 blocks, two waves, and 2x x's
+// frames staged instead of 1.5x).
+inline int64_t chunk_cost(int64_t T, int64_t chunks, int64_t per_chunk, int64_t num_sms) {
+  const int64_t frames = (T + chunks - 1) / chunks;
+  const int64_t slots = 2 * std::max<int64_t>(num_sms, 1);
+  int64_t longest = 0, total = 0, runs = 0;
+  for (int64_t t0 = 0; t0 < T; t0 += frames, ++runs) {
+    const int64_t staged = staged_frames(t0, std::min(t0 + frames, T), T);
+    longest = std::max(longest, staged);
+    total += staged;
+  }
+  const int64_t waves = (per_chunk * runs + slots - 1) / slots;
+  return std::max(waves * longest * slots, total * per_chunk);
+}
+
 // The sizes of x (B, T, C, H, W) with P gated channels; acc_bytes: sizeof the
 // accumulation type (4 for float and half types, 8 for double), item_bytes: of x's.
 // num_sms: multiprocessors of the device; the emulator passes its own count.
@@ -96,13 +123,18 @@ inline LaunchConfig make_launch_config(
   c.clips_per_block = std::max<int64_t>(1, (clip_rows + max_rows - 1) / max_rows);
   const int64_t clip_groups = (B + c.clips_per_block - 1) / c.clips_per_block;
   // Late layers (7 x 7 planes: one tile) would leave a grid of B blocks, too few
-  // to fill the device: cut clips into runs of frames until there are about two
-  // blocks per multiprocessor. A run recomputes the gates of the frames on either
-  // side of it, so whole clips are kept whenever the grid is large enough.
+  // to fill the device: clips are cut into runs of frames, as many as an estimate of
+  // the forward's time prefers (chunk_cost), within what the partials allow.
   const int64_t per_chunk = std::max<int64_t>(1, clip_groups * c.tiles());
-  const int64_t wanted = (2 * std::max<int64_t>(num_sms, 1) + per_chunk - 1) / per_chunk;
-  const int64_t chunks =
-      std::clamp<int64_t>(std::min(wanted, max_rows / per_chunk), 1, std::max<int64_t>(T, 1));
+  const int64_t max_chunks = std::clamp<int64_t>(max_rows / per_chunk, 1, std::max<int64_t>(T, 1));
+  int64_t chunks = 1;
+  for (int64_t candidate = 2, best = chunk_cost(T, 1, per_chunk, num_sms); candidate <= max_chunks; ++candidate) {
+    const int64_t cost = chunk_cost(T, candidate, per_chunk, num_sms);
+    if (cost <= best) {  // a tie goes to more blocks: more warps to hide latency
+      best = cost;
+      chunks = candidate;
+    }
+  }
   c.frames_per_chunk = (T + chunks - 1) / chunks;
   c.chunks = (T + c.frames_per_chunk - 1) / std::max<int64_t>(c.frames_per_chunk, 1);
   c.blocks = B * c.chunks * c.tiles();
