@@ -75,23 +75,27 @@ struct LaunchConfig {
   }
 };
 
+// Blocks the GPU holds at once: two per SM, the gate-shift kernels' register budget.
+inline int64_t block_slots(int64_t num_sms) {
+  return 2 * std::max<int64_t>(num_sms, 1);
+}
+
 // Input frames a block of the forward stages for its run [t0, t1) of a clip of T
 // frames: the run and two on either side (the gates next to the run need them).
 inline int64_t staged_frames(int64_t t0, int64_t t1, int64_t T) {
   return std::min(t1 + 2, T) - std::max<int64_t>(t0 - 2, 0);
 }
 
-// The forward's time, in frames staged by one block slot (two per SM, the kernels'
-// register budget), when each clip is cut into `chunks` runs of frames and
-// `per_chunk` blocks take each run: the larger of a latency view (each wave of
-// blocks lasts as long as its longest block) and a throughput view (every staged
-// frame, spread over all slots). Cutting finer fills more slots but restages the
+// The forward's time, in frames staged by one block slot (block_slots), when each
+// clip is cut into `chunks` runs of frames and `per_chunk` blocks take each run: the
+// larger of a latency view (each wave of blocks lasts as long as its longest block)
+// and a throughput view (every staged frame, spread over all slots). Cutting finer fills more slots but restages the
 // frames around each cut: 14 x 14 planes (4 tiles) of 32 clips of 8 frames on 132
 // SMs take 2 runs (256 blocks, one wave), not 3 (384 blocks, two waves, and 2x x's
 // frames staged instead of 1.5x).
 inline int64_t chunk_cost(int64_t T, int64_t chunks, int64_t per_chunk, int64_t num_sms) {
   const int64_t frames = (T + chunks - 1) / chunks;
-  const int64_t slots = 2 * std::max<int64_t>(num_sms, 1);
+  const int64_t slots = block_slots(num_sms);
   int64_t longest = 0, total = 0, runs = 0;
   for (int64_t t0 = 0; t0 < T; t0 += frames, ++runs) {
     const int64_t staged = staged_frames(t0, std::min(t0 + frames, T), T);
@@ -127,8 +131,12 @@ inline LaunchConfig make_launch_config(
   // the forward's time prefers (chunk_cost), within what the partials allow.
   const int64_t per_chunk = std::max<int64_t>(1, clip_groups * c.tiles());
   const int64_t max_chunks = std::clamp<int64_t>(max_rows / per_chunk, 1, std::max<int64_t>(T, 1));
+  // Past the first count that fills every block slot, cutting finer only adds waves and
+  // restaged frames: the search stops there (and so stays short for long clips).
+  const int64_t slots = block_slots(num_sms);
   int64_t chunks = 1;
-  for (int64_t candidate = 2, best = chunk_cost(T, 1, per_chunk, num_sms); candidate <= max_chunks; ++candidate) {
+  for (int64_t candidate = 2, best = chunk_cost(T, 1, per_chunk, num_sms);
+       candidate <= max_chunks && per_chunk * (candidate - 1) < slots; ++candidate) {
     const int64_t cost = chunk_cost(T, candidate, per_chunk, num_sms);
     if (cost <= best) {  // a tie goes to more blocks: more warps to hide latency
       best = cost;
