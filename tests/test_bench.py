@@ -3,6 +3,7 @@ every implementation a benchmark times computes what the reference computes."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import json
@@ -162,14 +163,26 @@ def test_network_case_runs_the_published_network_ours_and_the_baseline():
     # 64x64 planes and 4 frames: with 2 frames of 32x32 the last stage's BatchNorm statistics
     # come from 1x1 maps of a few frames, and float32 errors of either network reach 5e-3.
     w = workloads.network_workload("resnet50-gsf", clips=1, frames=4, gen=gen, size=64)
+    input_draw = gen.get_state()  # the case's input is its first draw
     records = runner.benchmark_workload(
         w, torch.float32, torch.device("cpu"), ["eager", "fused"], warmup=1, repeat=2, bandwidth=1e10, gen=gen
     )
     assert [r.impl for r in records] == ["eager", "fused", "baseline"]
     assert all(r.op == "resnet50-gsf" and r.shape == "1x4x3x64x64" for r in records)
     eager, fused, baseline = records
-    # Outputs are O(1-10) here; float32 differences up to 3e-4 were seen over 12 seeds.
-    assert fused.max_abs_err < 1e-3 and math.isnan(baseline.max_abs_err)
+    assert math.isnan(baseline.max_abs_err)
+    # Both float32 networks carry their own rounding noise (outputs O(1-10); they were 1.2e-3
+    # apart once): ours is judged against the published network in float64 on the same
+    # input, beside the published float32 one (ratio 0.93-1.40 over 8 seeds).
+    x = torch.randn(w.input_shape, generator=torch.Generator().set_state(input_draw))
+    with torch.no_grad():
+        truth = copy.deepcopy(w.published).double().eval()(x.double())
+        published32 = copy.deepcopy(w.published).eval()(x)
+        fused32 = copy.deepcopy(w.fused).eval()(x)
+    published_err = (published32.double() - truth).abs().max().item()
+    assert (fused32.double() - truth).abs().max().item() <= 3 * published_err
+    # The bench's figure is the two float32 networks' difference on that input.
+    assert fused.max_abs_err == pytest.approx((fused32 - published32).abs().max().item(), rel=1e-3)
     assert fused.saved_bytes < eager.saved_bytes
     for r in (eager, fused):  # the share of the step the 16 GSFs take, measured against the baseline
         assert r.temporal_share == pytest.approx(1 - baseline.fwd_bwd_ms / r.fwd_bwd_ms)
