@@ -215,6 +215,11 @@ def test_gcf_net_att_picks_out_the_informative_clips(gen):
     v, y, informative = videos(1000)
     fused, averaged, att = evaluate(net, per_clip, v, y)
     auc = roc_auc(att, informative)
-    # Measured over 40 seeds: AUC 0.946-0.981; accuracy fused 0.924-0.959, averaged 0.750-0.822.
-    assert auc > 0.9, (auc, att[informative].mean().item(), att[~informative].mean().item())
+    # Measured over 100 seeds: AUC 0.944-0.981 in 97 runs; accuracy fused 0.905-0.972,
+    # averaged 0.735-0.823. The other 3 (and 1 CI run) stalled on a plateau at AUC 0.77-0.88,
+    # the gate half-using the action feature (2000 steps lift one from 0.82 to 0.84). A
+    # wider gate stalls too (8 units per clip: 1 run in 200, 16: 3 in 200, AUC 0.78-0.80),
+    # a learning rate of 1e-2 more often (17 in 100, down to 0.74). So the bound is 0.7:
+    # far above chance (0.5), below every stall seen at this setting.
+    assert auc > 0.7, (auc, att[informative].mean().item(), att[~informative].mean().item())
     assert fused > averaged + 0.08, (fused, averaged)
