@@ -140,7 +140,7 @@ GATESHIFT_ALWAYS_INLINE void correlate_channels_shaped(
 // Which vector shape this CPU's registers suit (see the note at the top).
 enum class VectorShape { k512x32, k256x16, k128x32 };
 
-inline VectorShape cpu_vector_shape() {
+inline VectorShape native_vector_shape() {
 #if defined(__x86_64__) && defined(__GNUC__)
 #if defined(GATESHIFT_CPU_NO_AVX512)  // no AVX-512 clone was built (compile_target.h)
   static const bool avx512 = false;
@@ -154,6 +154,17 @@ inline VectorShape cpu_vector_shape() {
 #else
   return VectorShape::k128x32;
 #endif
+}
+
+// Test-only: the shape the kernels use instead of native_vector_shape(), -1 for none.
+// Set by gateshift::_set_cpu_vector_bits (gate_shift.cpp), so that one machine's tests
+// run every shape's loops (the vector types are the compiler's: a shape wider than the
+// CPU's registers compiles to several narrower instructions, slower but exact).
+inline std::atomic<int> vector_shape_override{-1};
+
+inline VectorShape cpu_vector_shape() {
+  const int forced = vector_shape_override.load(std::memory_order_relaxed);
+  return forced < 0 ? native_vector_shape() : static_cast<VectorShape>(forced);
 }
 
 // acc_m[o] += the chunk's correlation (the note at the top), for the NT targets m:
