@@ -62,7 +62,6 @@ class GateShiftWithBatchStats(torch.autograd.Function):
         ctx.channels = channels
         ctx.has_bias = bias is not None
         ctx.bn_bias_dtype = None if bn_bias is None else bn_bias.dtype
-        ctx.count = x5.shape[0] * x5.shape[1] * x5.shape[3] * x5.shape[4]
         return out, mean, var
 
     @staticmethod
@@ -85,24 +84,14 @@ class GateShiftWithBatchStats(torch.autograd.Function):
         g_invstd = g_scale_total if bn_weight is None else g_scale_total * bn_weight
         g_var = -0.5 * g_invstd * invstd.pow(3)
         g_mean = -g_shift * (invstd if bn_weight is None else invstd * bn_weight)
-        # The statistics' gradient, d/dx of (mean, var) over the count of values per
-        # channel: g_mean / n + 2 g_var (x - mean) / n.
-        slope = (2 * g_var / ctx.count).view(p, 1, 1)
         grad_x5 = None
         if ctx.needs_input_grad[0]:
-            grad_x5 = grad_x.to(x5.dtype) if grad_x.dtype != x5.dtype else grad_x
-            gated, x_gated = grad_x5[:, :, :p], x5[:, :, :p]
-            if x5.dtype == mean.dtype:
-                # float32/float64: slope * x + offset, two in-place passes and no temporary.
-                # Rounding slope * x cancels against slope * mean only to x's own precision.
-                offset = (g_mean / ctx.count).view(p, 1, 1) - slope * mean.view(p, 1, 1)
-                gated.addcmul_(x_gated, slope).add_(offset)
-            else:
-                # Half types: in float32 around the mean and rounded once, since rounding
-                # grad + slope * x to half precision before subtracting slope * mean would
-                # cancel away the digits that matter.
-                stats = (x_gated.to(mean.dtype) - mean.view(p, 1, 1)) * slope + (g_mean / ctx.count).view(p, 1, 1)
-                gated.copy_(gated.to(mean.dtype) + stats)
+            # grad_x plus the statistics' gradient, g_mean / n + 2 g_var (x - mean) / n, in
+            # one pass of the batch_stats_backward op: in the accumulation dtype around the
+            # mean, rounded once to x's dtype (rounding grad + slope * x to half precision
+            # before subtracting slope * mean would cancel away the digits that matter).
+            grad_in = grad_x.to(x5.dtype) if grad_x.dtype != x5.dtype else grad_x  # autocast
+            grad_x5 = ops.batch_stats_backward(g_mean, g_var, x5, mean, p, grad_in)
         g_bn_weight = None if bn_weight is None else (g_scale_total * invstd).to(bn_weight.dtype)
         g_bn_bias = None if ctx.bn_bias_dtype is None else g_shift.to(ctx.bn_bias_dtype)
         return (

@@ -324,7 +324,7 @@ RAW_ARGUMENTS = {
                                  "channels", "interleaved"),
     "temporal_shift": ("x", "fold", "reverse"),
     "batch_stats": ("x", "channels"),
-    "batch_stats_backward": ("grad_mean", "grad_var", "x", "mean", "channels"),
+    "batch_stats_backward": ("grad_mean", "grad_var", "x", "mean", "channels", "grad_in"),
 }
 
 
@@ -343,6 +343,7 @@ def raw_arguments(gen, device="cpu") -> dict:
         grad_mean=torch.randn(8, generator=gen),
         grad_var=torch.randn(8, generator=gen),
         mean=torch.randn(8, generator=gen),
+        grad_in=torch.randn(x.shape, generator=gen),
         **op_params("gate_shift_fuse", case, gen, dtype=torch.float32),
     )
     return dict({name: t.to(device) for name, t in tensors.items()}, channels=8, interleaved=True, fold=2,

@@ -49,6 +49,15 @@ def test_matches_var_mean(impl, shape, channels, dtype, gen):
     rtol = GRAD_RTOL[dtype]
     torch.testing.assert_close(grad.cpu().double(), expected, rtol=rtol, atol=rtol * expected.abs().max().item())
 
+    # With grad_in, the rest of x's gradient: added before the one rounding to x's dtype;
+    # the channels without statistics get grad_in as it is.
+    grad_in = (torch.randn(shape, generator=gen, dtype=torch.float64) * expected.abs().max()).to(dtype)
+    summed = impl.ops.batch_stats_backward(impl.to(gm), impl.to(gv), impl.to(x), mean, channels, impl.to(grad_in))
+    assert summed.dtype == dtype and summed.shape == x.shape
+    expected = expected + grad_in.double()
+    torch.testing.assert_close(summed.cpu().double(), expected, rtol=rtol, atol=rtol * expected.abs().max().item())
+    assert torch.equal(summed[:, :, channels:].cpu(), grad_in[:, :, channels:])
+
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("value", [0.1, -3.7, 1e4])
@@ -116,6 +125,21 @@ def test_gradient_is_the_adjoint(impl, gen):
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_grad_in_in_any_layout(impl, gen):
+    # grad_in as a channels_last copy and as a view of every other frame: the op reads
+    # them where they are (or copies them to contiguous planes), never as if contiguous.
+    x = torch.randn(2, 3, 8, 5, 6, generator=gen, dtype=torch.float64)
+    gm, gv = torch.randn(6, generator=gen, dtype=torch.float64), torch.randn(6, generator=gen, dtype=torch.float64)
+    base = torch.randn(2, 6, 8, 5, 6, generator=gen, dtype=torch.float64)
+    mean, _ = impl.batch_stats(impl.to(x), 6)
+    stats = impl.ops.batch_stats_backward(impl.to(gm), impl.to(gv), impl.to(x), mean, 6).cpu()
+    for grad_in in (base[:, ::2], base[:, :3].contiguous(memory_format=torch.channels_last_3d)):
+        assert not grad_in.is_contiguous()
+        summed = impl.ops.batch_stats_backward(impl.to(gm), impl.to(gv), impl.to(x), mean, 6, impl.to(grad_in))
+        torch.testing.assert_close(summed.cpu(), stats + grad_in, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_empty_input_gives_nan_like_var_mean(impl):
     mean, var = impl.batch_stats(impl.to(torch.empty(0, 3, 4, 2, 2)), 4)
     assert mean.shape == var.shape == (4,)
@@ -131,6 +155,8 @@ def test_opcheck(impl, channels, requires_grad, gen):
     mean, _ = impl.batch_stats(x5.detach(), channels)
     gm, gv = impl.to(torch.randn(channels, generator=gen)), impl.to(torch.randn(channels, generator=gen))
     opcheck(impl, "batch_stats_backward", (gm, gv, x5.detach(), mean, channels))
+    grad_in = impl.to(torch.randn(x5.shape, generator=gen))
+    opcheck(impl, "batch_stats_backward", (gm, gv, x5.detach(), mean, channels, grad_in))
 
 
 @pytest.mark.cuda

@@ -216,6 +216,10 @@ OTHER_OPS_ERRORS = [
     ("batch_stats_backward", "channels = 9 > C", "channels", lambda a: 9,
      ValueError, r"channels must be in \[1, C = 8\], got 9"),
     ("batch_stats_backward", "x must be a 5-D", "x", lambda a: a["x"][0], ValueError, r"x must be a 5-D"),
+    ("batch_stats_backward", "grad_in must have the shape of x", "grad_in", lambda a: a["grad_in"][:, :2],
+     ValueError, r"grad_in must have the shape of x \[2, 4, 8, 5, 5\], got \[2, 2, 8, 5, 5\]"),
+    ("batch_stats_backward", "grad_in must have the dtype of x", "grad_in", lambda a: a["grad_in"].double(),
+     TypeError, r"grad_in must have the dtype of x \(Float\), got Double"),
 ]
 
 

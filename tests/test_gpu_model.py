@@ -110,10 +110,9 @@ def test_a_whole_run_writes_labelled_records_with_floors_and_ratios(tmp_path, ca
         assert r["floor_us"] == pytest.approx(floor / gpu_model.GPUS["a100"].dram_bytes_per_s * 1e6, abs=1e-3)
         assert r["modeled_us"] == pytest.approx(sum(m["modeled_us"] for m in r["launches"]), abs=1e-2)
         assert r["ratio"] == pytest.approx(r["modeled_us"] / r["floor_us"], rel=1e-2)
-        for m in r["launches"]:
-            if not m.get("pytorch"):  # the sample's counts, and the grid's bytes scaled from them
-                assert m["unique_global_bytes"] > 0 and m["global_sectors"] > 0, m
-                assert m["unique_bytes"] >= m["unique_global_bytes"] and m["l2_bytes"] >= m["unique_bytes"], m
+        for m in r["launches"]:  # the sample's counts, and the grid's bytes scaled from them
+            assert m["unique_global_bytes"] > 0 and m["global_sectors"] > 0, m
+            assert m["unique_bytes"] >= m["unique_global_bytes"] and m["l2_bytes"] >= m["unique_bytes"], m
     # A model cannot beat the bytes it must move: every ratio is at least ~1.
     assert min(r["ratio"] for r in records) > 0.9
 

@@ -49,26 +49,38 @@ GATESHIFT_CPU_MULTIVERSION void batch_stats_channels(PlaneTensor<const scalar_t>
   }
 }
 
-// grad_x = grad_mean / N + grad_var * 2 (x - mean) / N on counted channels, else 0,
-// for planes [plane_begin, plane_end) of the (B, T, C) planes.
+// grad_x = grad_in + grad_mean / N + grad_var * 2 (x - mean) / N on counted channels,
+// grad_in on the others (grad_in = 0 where there is none, null), for planes
+// [plane_begin, plane_end) of the (B, T, C) planes.
 template <typename scalar_t>
 void batch_stats_backward_planes(
-    PlaneTensor<const scalar_t> x, PlaneTensor<scalar_t> grad_x, const PlaneGrid& n, int64_t channels, int64_t count,
-    const acc_type<scalar_t>* grad_mean, const acc_type<scalar_t>* grad_var, const acc_type<scalar_t>* mean,
-    int64_t plane_begin, int64_t plane_end) {
+    PlaneTensor<const scalar_t> x, const PlaneTensor<const scalar_t>* grad_in, PlaneTensor<scalar_t> grad_x,
+    const PlaneGrid& n, int64_t channels, int64_t count, const acc_type<scalar_t>* grad_mean,
+    const acc_type<scalar_t>* grad_var, const acc_type<scalar_t>* mean, int64_t plane_begin, int64_t plane_end) {
   using acc_t = acc_type<scalar_t>;
   const acc_t inv_count = acc_t(1) / static_cast<acc_t>(count);
   for (int64_t plane = plane_begin; plane < plane_end; ++plane) {
     const int64_t c = plane % n.C, t = (plane / n.C) % n.T, b = plane / (n.C * n.T);
     const scalar_t* xc = x.plane(b, t, c);
+    const scalar_t* gi = grad_in != nullptr ? grad_in->plane(b, t, c) : nullptr;
     scalar_t* gc = grad_x.plane(b, t, c);
-    const bool counted = c < channels;
-    const acc_t slope = counted ? acc_t(2) * grad_var[c] * inv_count : acc_t(0);
-    const acc_t m = counted ? mean[c] : acc_t(0);
-    const acc_t offset = counted ? grad_mean[c] * inv_count : acc_t(0);
+    if (c >= channels) {  // no statistics: grad_in as it is
+      for (int64_t i = 0; i < n.HW; ++i) {
+        gc[i] = gi != nullptr ? gi[i] : scalar_t(0);
+      }
+      continue;
+    }
+    const acc_t slope = acc_t(2) * grad_var[c] * inv_count, m = mean[c], offset = grad_mean[c] * inv_count;
+    if (gi != nullptr) {
 #pragma omp simd
-    for (int64_t i = 0; i < n.HW; ++i) {
-      gc[i] = static_cast<scalar_t>(slope * (static_cast<acc_t>(xc[i]) - m) + offset);
+      for (int64_t i = 0; i < n.HW; ++i) {
+        gc[i] = static_cast<scalar_t>(static_cast<acc_t>(gi[i]) + (slope * (static_cast<acc_t>(xc[i]) - m) + offset));
+      }
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < n.HW; ++i) {
+        gc[i] = static_cast<scalar_t>(slope * (static_cast<acc_t>(xc[i]) - m) + offset);
+      }
     }
   }
 }

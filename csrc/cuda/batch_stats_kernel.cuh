@@ -115,17 +115,19 @@ template <typename scalar_t>
 struct BatchStatsBackwardKernelParams {
   using acc_t = acc_type<scalar_t>;
   DevicePlanes<const scalar_t> x;
+  DevicePlanes<const scalar_t> grad_in;  // the same, where has_grad_in
   DevicePlanes<scalar_t> grad_x;  // (B, T, C, H, W), contiguous planes
   PlaneGrid n;
+  bool has_grad_in;
   int64_t channels, count;
   device_ptr<const acc_t> grad_mean;
   device_ptr<const acc_t> grad_var;
   device_ptr<const acc_t> mean;
 };
 
-// grad_x = grad_mean / N + grad_var * 2 (x - mean) / N on the first `channels`
-// channels, zero on the others; kElementsPerThread elements per thread, a grid
-// apart (element_cursor.cuh).
+// grad_x = grad_in + grad_mean / N + grad_var * 2 (x - mean) / N on the first
+// `channels` channels, grad_in on the others (grad_in = 0 without has_grad_in);
+// kElementsPerThread elements per thread, a grid apart (element_cursor.cuh).
 template <typename scalar_t>
 GATESHIFT_GLOBAL void __launch_bounds__(kStatsThreads)
     batch_stats_backward_kernel(const BatchStatsBackwardKernelParams<scalar_t> p) {
@@ -144,6 +146,9 @@ GATESHIFT_GLOBAL void __launch_bounds__(kStatsThreads)
     if (at.c < p.channels) {
       const acc_t xv = static_cast<acc_t>(p.x.plane(at.b, at.t, at.c)[at.i]);
       g = acc_t(2) * p.grad_var[at.c] * inv_count * (xv - p.mean[at.c]) + p.grad_mean[at.c] * inv_count;
+    }
+    if (p.has_grad_in) {
+      g = static_cast<acc_t>(p.grad_in.plane(at.b, at.t, at.c)[at.i]) + g;
     }
     p.grad_x.plane(at.b, at.t, at.c)[at.i] = static_cast<scalar_t>(g);
   }

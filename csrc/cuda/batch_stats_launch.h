@@ -40,6 +40,10 @@ void launch(Device& device, const BatchStatsBackwardParams& s) {
   BatchStatsBackwardKernelParams<scalar_t> p;
   p.x = device_planes<const scalar_t>(x);
   p.grad_x = device_planes<scalar_t>(s.grad_x);
+  p.has_grad_in = s.grad_in.defined();
+  if (p.has_grad_in) {
+    p.grad_in = device_planes<const scalar_t>(s.grad_in);
+  }
   p.n = plane_grid(x);
   p.channels = s.channels;
   p.count = s.count;

@@ -28,6 +28,7 @@ struct BatchStatsParams {
 struct BatchStatsBackwardParams {
   at::Tensor x;                          // (B, T, C, H, W), contiguous planes
   at::Tensor grad_mean, grad_var, mean;  // (channels), contiguous, accumulation dtype
+  at::Tensor grad_in;                    // x's sizes, contiguous planes; undefined: none
   int64_t channels;
   int64_t count;                         // elements per channel, B * T * H * W
   at::Tensor grad_x;                     // x's sizes, output_strides(x)
@@ -67,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor> batch_stats(const at::Tensor& x, int64_t chan
 template <class Backend>
 at::Tensor batch_stats_backward(
     const at::Tensor& grad_mean, const at::Tensor& grad_var, const at::Tensor& x, const at::Tensor& mean,
-    int64_t channels) {
+    int64_t channels, const std::optional<at::Tensor>& grad_in) {
   constexpr const char* op = "batch_stats_backward";
   Backend backend(op, x);
   check_batch_stats_args(op, x, channels);
@@ -80,6 +81,10 @@ at::Tensor batch_stats_backward(
   p.grad_mean = contiguous(backend.input(grad_mean));
   p.grad_var = contiguous(backend.input(grad_var));
   p.mean = contiguous(backend.input(mean));
+  if (grad_in.has_value()) {
+    check_like_x(op, "grad_in", *grad_in, x);
+    p.grad_in = with_contiguous_planes(backend.input(*grad_in));
+  }
   p.channels = channels;
   p.count = x.size(0) * x.size(1) * x.size(3) * x.size(4);
   p.grad_x = empty_output_like(backend, p.x);

@@ -44,11 +44,14 @@
 // Per-channel batch statistics of the first `channels` channels over (B, T, H, W):
 // mean and biased variance in the accumulation dtype (the GSM/GSF modules'
 // training-mode BatchNorm folds them into bn_scale/bn_shift), and their gradient:
-// grad_mean / N + grad_var * 2 (x - mean) / N for those channels, zero for the rest.
+// grad_mean / N + grad_var * 2 (x - mean) / N for those channels, zero for the rest,
+// plus grad_in where given (the rest of x's gradient, added before the one rounding
+// to x's dtype: the training node's whole grad_x in one pass).
 #define GATESHIFT_BATCH_STATS_OPS(X)                                                  \
   X(batch_stats, "batch_stats(Tensor x, int channels) -> (Tensor mean, Tensor var)") \
   X(batch_stats_backward,                                                            \
-    "batch_stats_backward(Tensor grad_mean, Tensor grad_var, Tensor x, Tensor mean, int channels) -> Tensor grad_x")
+    "batch_stats_backward(Tensor grad_mean, Tensor grad_var, Tensor x, Tensor mean, int channels, "  \
+    "Tensor? grad_in=None) -> Tensor grad_x")
 
 #define GATESHIFT_FOR_EACH_OP(X)   \
   GATESHIFT_GATE_SHIFT_OPS(X)      \

@@ -32,9 +32,10 @@ loads in flight), launch overhead and arithmetic; it is a model, a lower bound b
 construction, and never a measurement. ``ratio`` is the modeled time over the case's
 floor: DESIGN.md section 3's bytes per element at the GPU's DRAM bandwidth.
 
-The training cases' backward also runs PyTorch's own element-wise passes (the batch
-statistics' gradient, gateshift._training_node); they are modeled as streaming passes
-at DRAM bandwidth from the bytes they read and write.
+The training cases run the module's training node (gateshift._training_node): forward,
+the batch statistics and the op; backward, the op's backward and the batch statistics'
+backward, which adds their gradient to the op's grad_x. Each is a kernel of ours, counted
+as above.
 """
 
 from __future__ import annotations
@@ -190,12 +191,6 @@ def model_launch(gpu: GPU, launch: dict, regs: int) -> dict:
     )
 
 
-def streaming_pass(gpu: GPU, name: str, bytes_moved: float) -> dict:
-    """A PyTorch element-wise pass, modeled as streaming its bytes at DRAM bandwidth."""
-    return dict(kernel=name, pytorch=True, dram_bytes=round(bytes_moved),
-                modeled_us=round(bytes_moved / gpu.dram_bytes_per_s * 1e6, 3), bound="dram")
-
-
 def _inputs(shape: Shape, dtype: torch.dtype, gen: torch.Generator) -> dict:
     """Random inputs of one case (values do not change the counts, but NaN-free inputs
     keep every branch of the kernels as in real use)."""
@@ -216,19 +211,6 @@ def _counted(run: Callable[[], object], sample_blocks: int) -> tuple[list[dict],
     return launches, result
 
 
-def _stats_gradient_passes(gpu: GPU, numel: int, dtype: torch.dtype) -> list[dict]:
-    """The training node's statistics gradient on grad_x (gateshift._training_node): two
-    in-place passes in fp32 (addcmul_ with x, add_); in 16-bit dtypes, six passes in float32."""
-    if dtype in (torch.float32, torch.float64):
-        e = torch.tensor([], dtype=dtype).element_size()
-        return [streaming_pass(gpu, "addcmul_ (statistics' gradient)", 3 * e * numel),
-                streaming_pass(gpu, "add_ (statistics' gradient)", 2 * e * numel)]
-    return [streaming_pass(gpu, "x.to(float32)", 6 * numel), streaming_pass(gpu, "- mean", 8 * numel),
-            streaming_pass(gpu, "* slope", 8 * numel), streaming_pass(gpu, "+ offset", 8 * numel),
-            streaming_pass(gpu, "grad_x.to(float32) + stats", 14 * numel),
-            streaming_pass(gpu, "grad_x.copy_", 6 * numel)]
-
-
 def model_op(gpu: GPU, op: str, shape: Shape, dtype: torch.dtype, sample_blocks: int = DEFAULT_SAMPLE_BLOCKS,
              seed: int = 0) -> list[dict]:
     """The cases of one op at one shape and dtype: forward and backward of the op (BN
@@ -244,7 +226,7 @@ def model_op(gpu: GPU, op: str, shape: Shape, dtype: torch.dtype, sample_blocks:
         cases[("op", "forward")], cases[("op", "backward")] = fwd, bwd
     else:
         fuse = op == "gsf"
-        stats, _ = _counted(lambda: ops.batch_stats(t["x"], C), sample_blocks)
+        stats, (mean, _) = _counted(lambda: ops.batch_stats(t["x"], C), sample_blocks)
         if fuse:
             fwd, (out, gates, fusion) = _counted(lambda: ops.gate_shift_fuse_forward(
                 t["x"], t["weight"], t["bias"], t["scale"], t["shift"], t["fuse_weight"], t["fuse_bias"], C, True),
@@ -257,9 +239,14 @@ def model_op(gpu: GPU, op: str, shape: Shape, dtype: torch.dtype, sample_blocks:
                 t["x"], t["weight"], t["bias"], t["scale"], t["shift"], C, True), sample_blocks)
             bwd, _ = _counted(lambda: ops.gate_shift_backward(
                 t["grad_out"], t["x"], gates, t["weight"], t["scale"], t["shift"], C, True), sample_blocks)
+        # The training node adds the statistics' gradient to the op's grad_x in one pass
+        # (gateshift._training_node).
+        grad_stats = torch.randn(2, C, generator=gen).to(mean.dtype)
+        stats_bwd, _ = _counted(lambda: ops.batch_stats_backward(
+            grad_stats[0], grad_stats[1], t["x"], mean, C, t["grad_out"]), sample_blocks)
         cases[("op", "forward")], cases[("op", "backward")] = fwd, bwd
         cases[("module-train", "forward")] = stats + fwd
-        cases[("module-train", "backward")] = bwd + ["stats-gradient"]
+        cases[("module-train", "backward")] = bwd + stats_bwd
 
     regs = registers(gpu)
     item = torch.tensor([], dtype=dtype).element_size()
@@ -267,10 +254,7 @@ def model_op(gpu: GPU, op: str, shape: Shape, dtype: torch.dtype, sample_blocks:
     for (case, direction), launches in cases.items():
         modeled = []
         for launch in launches:
-            if launch == "stats-gradient":
-                modeled += _stats_gradient_passes(gpu, shape.numel, dtype)
-            else:
-                modeled.append(model_launch(gpu, launch, regs[kernel_key(launch["kernel"])]))
+            modeled.append(model_launch(gpu, launch, regs[kernel_key(launch["kernel"])]))
         per_element = FLOOR_BYTES[(op, case)][0 if direction == "forward" else 1] * item / 4
         floor_us = per_element * shape.numel / gpu.dram_bytes_per_s * 1e6
         total = sum(m["modeled_us"] for m in modeled)
@@ -293,10 +277,6 @@ def format_table(records: Sequence[dict]) -> str:
                      f"{r['dtype']}  on {r['gpu']}: modeled {r['modeled_us']:.1f} us, floor {r['floor_us']:.1f} us, "
                      f"ratio {r['ratio']:.2f}")
         for m in r["launches"]:
-            if m.get("pytorch"):
-                lines.append(f"  {m['kernel']:<44} PyTorch pass  dram {m['dram_bytes'] / 1e6:8.2f} MB"
-                             f"  {m['modeled_us']:8.1f} us  (dram)")
-                continue
             lines.append(
                 f"  {m['kernel']:<44} {m['blocks']:>6} blocks x {m['threads']}, {m['registers']} regs, "
                 f"{m['resident_blocks_per_sm']}/SM, {m['waves']} wave(s)  dram {m['dram_bytes'] / 1e6:8.2f} MB  "
