@@ -15,7 +15,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import implementations
+from helpers import implementations, low_precision_reference
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -141,7 +141,8 @@ def check_property(pr, impl, fused_fn, reference_fn, fuse: bool):
     else:
         out = call(fused_fn, tensors, kwargs, pr, dtype, device=impl.device)
         assert out.dtype == dtype and out.shape == exact.shape and out.device.type == impl.device
-        low = call(reference_fn, tensors, ref_kwargs, dict(pr, layout="TSN"), dtype, float32_affine=False)
+        with low_precision_reference():  # oneDNN's, with an odd channel count per group, can be NaN
+            low = call(reference_fn, tensors, ref_kwargs, dict(pr, layout="TSN"), dtype, float32_affine=False)
         c = compare_to_reference(out, exact, low)
         assert c.ok, f"{dtype}: error {c.error:.3g} > bound {c.bound:.3g}"
 
