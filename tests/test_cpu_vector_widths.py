@@ -81,8 +81,9 @@ def test_out_and_grad_x_have_the_same_bits_in_every_width(op, cpu_vector_bits, g
         for name, a, b in zip(NAMES, results[bits], results[WIDTHS[0]]):
             if name in ("out", "x"):
                 torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"{name}: {bits} vs {WIDTHS[0]} bits")
-            else:
-                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"{name}: {bits} vs {WIDTHS[0]} bits")
+            else:  # sums of thousands of products, regrouped: to their largest element's 1e-5
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * b.abs().max().item(),
+                                           msg=f"{name}: {bits} vs {WIDTHS[0]} bits")
         # The switch took effect: the weight gradient's lane-by-lane sums regrouped (most
         # of its 648 elements differ in their last bits; measured 516 and 521 of them).
         assert (results[bits][2] != results[WIDTHS[0]][2]).any(), f"{bits}-bit vectors ran as {WIDTHS[0]}-bit ones"
