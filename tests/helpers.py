@@ -146,6 +146,25 @@ def run_with_grads(fn, case: Case, inputs, grad_out):
     return out.detach(), list(grads)
 
 
+def forward_and_backward(library, op: str, case: Case, inputs, grad_out) -> list:
+    """[out, *gradients] of ``op`` of ``library`` on fuse_inputs' ``inputs`` (GSM: the first five)."""
+    out, grads = run_with_grads(getattr(library, op), case, inputs if op == "gate_shift_fuse" else inputs[:5], grad_out)
+    return [out, *grads]
+
+
+def restored_after_test(setter):
+    """The body of a fixture around a test-only setting op (``setter(value)`` returns the
+    previous value): yields a function that sets it; the first value is put back after."""
+    previous = []
+
+    def set_value(value: int) -> None:
+        previous.append(setter(value))
+
+    yield set_value
+    if previous:
+        setter(previous[0])
+
+
 def assert_close_to_reference(actual, expected64, low_precision_ref=None, *, what=""):
     """Assert gateshift.testing.compare's rule: plain tolerances for float32/float64,
     at most twice the reference's own error in bfloat16/float16."""

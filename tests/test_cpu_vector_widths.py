@@ -15,7 +15,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import Case, assert_close_to_reference, fuse_inputs, op_kwargs, run_with_grads
+from helpers import (
+    Case,
+    assert_close_to_reference,
+    forward_and_backward,
+    fuse_inputs,
+    op_kwargs,
+    restored_after_test,
+)
 
 import gateshift
 from gateshift import reference
@@ -28,20 +35,7 @@ NAMES = ("out", "x", "weight", "bias", "bn_scale", "bn_shift", "fuse_weight", "f
 @pytest.fixture
 def cpu_vector_bits():
     """Sets the vector width of the CPU loops (0: this CPU's own) for one test."""
-    previous = []
-
-    def set_bits(bits: int) -> None:
-        previous.append(torch.ops.gateshift._set_cpu_vector_bits(bits))
-
-    yield set_bits
-    if previous:
-        torch.ops.gateshift._set_cpu_vector_bits(previous[0])
-
-
-def forward_and_backward(library, op: str, case: Case, inputs, grad_out) -> list:
-    """[out, *gradients] of ``op`` of ``library`` (GSM takes the first five inputs)."""
-    out, grads = run_with_grads(getattr(library, op), case, inputs if op == "gate_shift_fuse" else inputs[:5], grad_out)
-    return [out, *grads]
+    yield from restored_after_test(torch.ops.gateshift._set_cpu_vector_bits)
 
 
 # W 29 and 3: padded rows of 31 and 5, so the flat loop ends inside a strip and, for the

@@ -19,7 +19,7 @@ import sys
 
 import pytest
 import torch
-from helpers import Case, assert_close_to_reference, fuse_inputs, run_with_grads
+from helpers import Case, assert_close_to_reference, forward_and_backward, fuse_inputs, restored_after_test
 
 import gateshift
 from gateshift import reference
@@ -29,21 +29,7 @@ from gateshift.testing import cuda_emulator
 @pytest.fixture
 def cpu_scratch_limit():
     """Sets the bytes of scratch a CPU thread may hold (0: the default rule) for one test."""
-    previous = []
-
-    def set_limit(nbytes: int) -> None:
-        previous.append(torch.ops.gateshift._set_cpu_scratch_limit(nbytes))
-
-    yield set_limit
-    if previous:
-        torch.ops.gateshift._set_cpu_scratch_limit(previous[0])
-
-
-def forward_and_backward(library, op: str, case: Case, inputs, grad_out):
-    """[out, *gradients] of ``op`` of ``library`` on fuse_inputs' ``inputs`` (GSM: the first five)."""
-    fn = getattr(library, op)
-    out, grads = run_with_grads(fn, case, inputs if op == "gate_shift_fuse" else inputs[:5], grad_out)
-    return [out, *grads]
+    yield from restored_after_test(torch.ops.gateshift._set_cpu_scratch_limit)
 
 
 # Limits from a single scratch float per plane (1 x 1 tiles) to row bands and squares.
