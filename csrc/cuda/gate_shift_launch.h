@@ -22,8 +22,7 @@ namespace gateshift::cuda {
 template <class Device, typename scalar_t>
 LaunchConfig gate_shift_launch_config(Device& device, const GateShiftSizes& n, const char* op) {
   const LaunchConfig config = make_launch_config(
-      n.B, n.T, n.C, n.H, n.W, n.P, device.num_sms(), sizeof(acc_type<scalar_t>), sizeof(scalar_t),
-      device.min_partials_bytes());
+      n.B, n.T, n.C, n.H, n.W, n.P, device.num_sms(), sizeof(acc_type<scalar_t>), device.min_partials_bytes());
   check_grid(config.blocks, op);
   return config;
 }

@@ -107,21 +107,24 @@ inline int64_t chunk_cost(int64_t T, int64_t chunks, int64_t per_chunk, int64_t 
 }
 
 // The sizes of x (B, T, C, H, W) with P gated channels; acc_bytes: sizeof the
-// accumulation type (4 for float and half types, 8 for double), item_bytes: of x's.
+// accumulation type (4 for float and half types, 8 for double).
 // num_sms: multiprocessors of the device; the emulator passes its own count.
 // min_partials_bytes: the partials may always take this much (2 MB on a GPU; tests of
 // the emulator lower it to make blocks take several clips on small problems).
 inline LaunchConfig make_launch_config(
     int64_t B, int64_t T, int64_t C, int64_t H, int64_t W, int64_t P, int64_t num_sms, std::size_t acc_bytes,
-    std::size_t item_bytes, int64_t min_partials_bytes) {
+    int64_t min_partials_bytes) {
   LaunchConfig c{};
   c.tiles_h = (H + kTileH - 1) / kTileH;
   c.tiles_w = (W + kTileW - 1) / kTileW;
   // The backward's partials, one PartialsLayout row per block, may take half of x
   // (or min_partials_bytes): when clips are many and small (1 x 1 planes, say), a
-  // block takes several, and runs of frames are cut no finer than that allows.
+  // block takes several, and runs of frames are cut no finer than that allows. x is
+  // counted in the partials' own type, so that a half-precision x gets the grid of a
+  // float one (its 7 x 7 planes were cut into half as many runs, leaving half the SMs
+  // idle) for partials of at most x's own bytes.
   const int64_t row_bytes = PartialsLayout{P}.size() * static_cast<int64_t>(acc_bytes);
-  const int64_t x_bytes = B * T * C * H * W * static_cast<int64_t>(item_bytes);
+  const int64_t x_bytes = B * T * C * H * W * static_cast<int64_t>(acc_bytes);
   const int64_t max_rows = std::max<int64_t>(1, std::max<int64_t>(x_bytes / 2, min_partials_bytes) / row_bytes);
   const int64_t clip_rows = std::max<int64_t>(1, B) * c.tiles();
   c.clips_per_block = std::max<int64_t>(1, (clip_rows + max_rows - 1) / max_rows);
