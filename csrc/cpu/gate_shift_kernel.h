@@ -35,8 +35,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <new>
 #include <cstdint>
+#include <new>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -60,40 +61,42 @@ GATESHIFT_ALWAYS_INLINE acc_t relu(acc_t v) {
   return v < acc_t(0) ? acc_t(0) : v;  // keeps NaN, as torch.relu does
 }
 
-// Row copies between a dense H x W plane and rows `stride` apart. Elementwise
-// work runs in flat loops over dense planes (row loops of a few elements would
-// spend their time in scalar remainders); only these copies see the row stride.
+// Rows between a dense H x W plane and rows `stride` apart. Elementwise work runs
+// in flat loops over dense planes (row loops of a few elements would spend their
+// time in scalar remainders); only these row loops see the row stride.
 //
-// A row is copied in vectors, the last one ending at the row's end (overlapping the
-// one before; the copies never overlap each other, so rewriting a few elements with
-// the same values is harmless), and never past it: the padded planes' border stays
-// zero. GCC turned the plain element loop into a memmove call per row, which took
-// 20% of the forward (a call per 28-float row of every channel of every frame).
-template <typename T, int bytes>
-GATESHIFT_ALWAYS_INLINE void copy_row_in_vectors(const T* __restrict src, T* __restrict dst, int64_t n) {
+// A row is mapped in vectors, the last one ending at the row's end (overlapping the
+// one before: source and destination never overlap, and f is elementwise, so the
+// few elements written twice get the same value twice), and never past it: the
+// padded planes' border stays zero. GCC turned the plain element loop of a copy
+// into a memmove call per row (10% of a forward's samples at 28x28: a call per row
+// of every channel of every frame).
+template <typename T, int bytes, typename F>
+GATESHIFT_ALWAYS_INLINE void map_row_in_vectors(const T* __restrict src, T* __restrict dst, int64_t n, F&& f) {
   using Simd = SimdOf<T, bytes>;
   constexpr int L = Simd::kLanes;
   int64_t i = 0;
   for (; i + L <= n; i += L) {
-    Simd::store(dst + i, Simd::load(src + i));
-    std::atomic_signal_fence(std::memory_order_seq_cst);  // keeps GCC from making it a memmove call again
+    Simd::store(dst + i, f(Simd::load(src + i)));
+    std::atomic_signal_fence(std::memory_order_seq_cst);  // keeps GCC from making a copy a memmove call again
   }
   if (i < n) {
-    Simd::store(dst + n - L, Simd::load(src + n - L));
+    Simd::store(dst + n - L, f(Simd::load(src + n - L)));
   }
 }
 
-template <typename T>
-GATESHIFT_ALWAYS_INLINE void copy_row(const T* __restrict src, T* __restrict dst, int64_t n) {
+// dst[i] = f(src[i]) for i < n; f takes a T or a vector of T (SimdOf).
+template <typename T, typename F>
+GATESHIFT_ALWAYS_INLINE void map_row(const T* __restrict src, T* __restrict dst, int64_t n, F&& f) {
   if (n >= 64 / int64_t(sizeof(T))) {
-    copy_row_in_vectors<T, 64>(src, dst, n);
+    map_row_in_vectors<T, 64>(src, dst, n, f);
   } else if (n >= 32 / int64_t(sizeof(T))) {
-    copy_row_in_vectors<T, 32>(src, dst, n);
+    map_row_in_vectors<T, 32>(src, dst, n, f);
   } else if (n >= 16 / int64_t(sizeof(T))) {
-    copy_row_in_vectors<T, 16>(src, dst, n);
+    map_row_in_vectors<T, 16>(src, dst, n, f);
   } else {
     for (int64_t i = 0; i < n; ++i) {
-      dst[i] = src[i];
+      dst[i] = f(src[i]);
       std::atomic_signal_fence(std::memory_order_seq_cst);
     }
   }
@@ -102,14 +105,14 @@ GATESHIFT_ALWAYS_INLINE void copy_row(const T* __restrict src, T* __restrict dst
 template <typename T>
 GATESHIFT_ALWAYS_INLINE void scatter_rows(const T* __restrict dense, int64_t H, int64_t W, T* __restrict rows, int64_t stride) {
   for (int64_t h = 0; h < H; ++h) {
-    copy_row(dense + h * W, rows + h * stride, W);
+    map_row(dense + h * W, rows + h * stride, W, [](auto v) GATESHIFT_INLINE_LAMBDA { return v; });
   }
 }
 
 template <typename T>
 GATESHIFT_ALWAYS_INLINE void gather_rows(const T* __restrict rows, int64_t stride, int64_t H, int64_t W, T* __restrict dense) {
   for (int64_t h = 0; h < H; ++h) {
-    copy_row(rows + h * stride, dense + h * W, W);
+    map_row(rows + h * stride, dense + h * W, W, [](auto v) GATESHIFT_INLINE_LAMBDA { return v; });
   }
 }
 
@@ -253,18 +256,70 @@ struct Scratch {
   }
 };
 
-// The dense values over a tile's halo, into the zero-padded plane `padded` of the
-// tile (rows Wp apart): the positions outside the (H, W) plane stay zero. A whole
-// plane's border is never written; a tile's is cleared, as the last tile's halo may
-// have been there.
+// The gate input of one channel over the rectangle `r` of its plane x (width W):
+// u = relu(sc * x + sh), or x itself without the BN affine, into rows `stride`
+// apart in acc_t. A float or double x goes straight into the rows; a half-precision
+// one through a flat loop into `dense` (H x W, scratch) and scatter_rows, where the
+// compiler vectorises the conversion.
+template <typename scalar_t, typename acc_t>
+GATESHIFT_ALWAYS_INLINE void gate_input_rows(
+    const scalar_t* __restrict x, int64_t W, int64_t r0, int64_t c0, int64_t rows, int64_t cols, bool affine, acc_t sc,
+    acc_t sh, acc_t* __restrict dense, acc_t* __restrict dst, int64_t stride) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    const auto affine_relu = [sc, sh](auto v) GATESHIFT_INLINE_LAMBDA {
+      using value_t = decltype(v);
+      const value_t y = sc * v + sh;
+      if constexpr (std::is_floating_point_v<value_t>) {
+        return relu(y);
+      } else {  // a vector: clear the lanes below zero (NaN is not below zero, and stays)
+        using bits_t = std::conditional_t<sizeof(acc_t) == 8, int64_t, int32_t>;
+        typedef bits_t bits __attribute__((vector_size(sizeof(value_t))));
+        return reinterpret_cast<value_t>(reinterpret_cast<bits>(y) & ~reinterpret_cast<bits>(y < acc_t(0)));
+      }
+    };
+    for (int64_t i = 0; i < rows; ++i) {
+      const acc_t* src = x + (r0 + i) * W + c0;
+      if (affine) {
+        map_row(src, dst + i * stride, cols, affine_relu);
+      } else {
+        map_row(src, dst + i * stride, cols, [](auto v) GATESHIFT_INLINE_LAMBDA { return v; });
+      }
+    }
+  } else {
+    for_each_run(Rect{r0, c0, rows, cols}, W, [&](int64_t at, int64_t d, int64_t len) GATESHIFT_INLINE_LAMBDA {
+      if (affine) {
+#pragma omp simd
+        for (int64_t i = 0; i < len; ++i) {
+          dense[d + i] = relu(sc * static_cast<acc_t>(x[at + i]) + sh);
+        }
+      } else {
+#pragma omp simd
+        for (int64_t i = 0; i < len; ++i) {
+          dense[d + i] = static_cast<acc_t>(x[at + i]);
+        }
+      }
+    });
+    scatter_rows(dense, rows, cols, dst, stride);
+  }
+}
+
+// Where the tile's halo starts in the zero-padded plane `padded` of the tile (rows
+// Wp apart), made ready for the halo's values: the positions outside the (H, W)
+// plane stay zero. A whole plane's border is never written; a tile's is cleared, as
+// the last tile's halo may have been there.
 template <typename acc_t>
-GATESHIFT_ALWAYS_INLINE void place_padded(
-    const acc_t* dense, const TileGeometry& box, int64_t Wp, acc_t* padded, const Scratch<acc_t>& scratch) {
+GATESHIFT_ALWAYS_INLINE acc_t* padded_halo(const TileGeometry& box, int64_t Wp, acc_t* padded, const Scratch<acc_t>& scratch) {
   if (!box.whole) {
     std::fill(padded, padded + scratch.plane_size, acc_t(0));
   }
-  acc_t* at = padded + (box.halo.r0 - box.own.r0 + 1) * Wp + (box.halo.c0 - box.own.c0 + 1);
-  scatter_rows(dense, box.halo.rows, box.halo.cols, at, Wp);
+  return padded + (box.halo.r0 - box.own.r0 + 1) * Wp + (box.halo.c0 - box.own.c0 + 1);
+}
+
+// The dense values over a tile's halo, into the zero-padded plane `padded`.
+template <typename acc_t>
+GATESHIFT_ALWAYS_INLINE void place_padded(
+    const acc_t* dense, const TileGeometry& box, int64_t Wp, acc_t* padded, const Scratch<acc_t>& scratch) {
+  scatter_rows(dense, box.halo.rows, box.halo.cols, padded_halo(box, Wp, padded, scratch), Wp);
 }
 
 // --------------------------------------------------------------------------
@@ -296,7 +351,7 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
   for (auto& plane : u_chunk) {   // consecutive (plane_size apart)
     plane = scratch.plane();
   }
-  acc_t* const u_dense = scratch.plane();  // one channel's, dense, before it is padded
+  acc_t* const u_dense = scratch.plane();  // one channel's, dense, before it is padded (half types)
   acc_t* acc[3][2];                  // gate accumulators (strided), by frame % 3 and group
   acc_t* gate[3][2];                 // finished gates (dense tile), by frame % 3 and group
   for (int r = 0; r < 3; ++r) {
@@ -416,20 +471,9 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
               const scalar_t* xc = p.x_plane(b, s, c);
               const acc_t sc = affine ? p.scale[c] : acc_t(1);
               const acc_t sh = affine ? p.shift[c] : acc_t(0);
-              for_each_run(box.halo, W, [&](int64_t at, int64_t d, int64_t len) GATESHIFT_INLINE_LAMBDA {
-                if (affine) {
-#pragma omp simd
-                  for (int64_t i = 0; i < len; ++i) {
-                    u_dense[d + i] = relu(sc * static_cast<acc_t>(xc[at + i]) + sh);
-                  }
-                } else {
-#pragma omp simd
-                  for (int64_t i = 0; i < len; ++i) {
-                    u_dense[d + i] = static_cast<acc_t>(xc[at + i]);
-                  }
-                }
-              });
-              place_padded(u_dense, box, Wp, u_chunk[j], scratch);
+              const Rect& halo = box.halo;
+              gate_input_rows(xc, W, halo.r0, halo.c0, halo.rows, halo.cols, affine, sc, sh, u_dense,
+                              padded_halo(box, Wp, u_chunk[j], scratch), Wp);
             }
             const acc_t* kernels[3];
             acc_t* targets_of[3] = {nullptr, nullptr, nullptr};
@@ -631,17 +675,10 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
             const int64_t k = c / half, oc = output_channel(c, P, p.interleaved);
             const acc_t sc = affine ? p.scale[c] : acc_t(1);
             const acc_t sh = affine ? p.shift[c] : acc_t(0);
-            for_each_run(own, W, [&](int64_t at, int64_t o, int64_t len) GATESHIFT_INLINE_LAMBDA {
-#pragma omp simd
-              for (int64_t i = 0; i < len; ++i) {
-                const acc_t xv = static_cast<acc_t>(xc[at + i]);
-                u_dense[o + i] = affine ? relu(sc * xv + sh) : xv;
-              }
-            });
             if (!box.whole) {  // a narrower tile than the last leaves junk in the columns past it
               std::fill(u, u + n, acc_t(0));
             }
-            scatter_rows(u_dense, own.rows, own.cols, u, Wp);
+            gate_input_rows(xc, W, own.r0, own.c0, own.rows, own.cols, affine, sc, sh, u_dense, u, Wp);
             std::fill(du, du + n, acc_t(0));
             // Frame tap i of the conv links u at frame t with da at frame t - i + 1.
             for (int i = 0; i < 3; ++i) {
