@@ -30,6 +30,9 @@ def _launch(**counts):
                   sampled_blocks=4, global_requests=0, global_sectors=0, unique_global_bytes=0, shared_requests=0,
                   shared_wavefronts=0, reuse_log2_bytes=[0] * 48)
     launch.update(counts)
+    # Blocks that touch no sector another block touches: the sample's bytes, scaled.
+    launch.setdefault("grid_unique_global_bytes",
+                      round(launch["unique_global_bytes"] * launch["blocks"] / launch["sampled_blocks"]))
     return launch
 
 
@@ -92,6 +95,35 @@ def test_every_emulated_kernel_has_registers_for_every_modeled_gpu(dtype, gen):
         table = gpu_model.registers(gpu)
         for name in names:
             assert gpu_model.kernel_key(name) in table, (gpu.arch, name)
+
+
+def test_the_grids_bytes_count_a_tensor_once_when_blocks_also_read_their_neighbours_data(gen):
+    # GSF's forward on 4 clips of 8 frames, 4 of each launch's blocks sampled. The gate
+    # kernel's blocks read their tiles' halos and the frames around their runs; the
+    # combine kernel's threads read their element's frame and the neighbouring one.
+    # Scaled to the grid, the sample's distinct sectors count those tensors up to twice;
+    # the grid's estimate counts each at most once: x (read), and the outputs, the gates
+    # and the small tables the kernel touches.
+    B, T, C, H, W = 4, 8, 16, 16, 16
+    x = torch.randn(B, T, C, H, W, generator=gen)
+    w, b = torch.randn(2, C // 2, 3, 3, 3, generator=gen), torch.randn(2, generator=gen)
+    fw, fb = torch.randn(2, 2, 3, 3, generator=gen), torch.randn(2, generator=gen)
+    scale, shift = torch.rand(C, generator=gen) + 0.5, torch.randn(C, generator=gen)
+    with cuda_emulator.record_launches(count_accesses=True, sample_blocks=4) as launches:
+        cuda_emulator.ops.gate_shift_fuse_forward(x, w, b, scale, shift, fw, fb, C, True)
+    x_bytes = x.numel() * 4
+    gates = B * T * 2 * H * W * 4
+    tables = B * T * 3 * C * 4 + B * T * 4 * 2 * C * 4  # the fusion table; the 4 tiles' sums
+    by_kernel = {r["kernel"].split("<")[0]: r for r in launches}
+    for kernel, outputs in [("gate_shift_forward_kernel", 0), ("fuse_combine_kernel", x_bytes)]:
+        r = by_kernel[kernel]
+        scaled = r["unique_global_bytes"] * r["blocks"] / r["sampled_blocks"]
+        assert x_bytes + outputs <= r["grid_unique_global_bytes"] <= x_bytes + outputs + gates + tables, r
+        assert scaled > 1.05 * r["grid_unique_global_bytes"], r
+    # Without a sample the estimate is the count itself.
+    with cuda_emulator.record_launches(count_accesses=True) as launches:
+        cuda_emulator.ops.gate_shift_fuse_forward(x, w, b, scale, shift, fw, fb, C, True)
+    assert all(r["grid_unique_global_bytes"] == r["unique_global_bytes"] for r in launches)
 
 
 def test_a_whole_run_writes_labelled_records_with_floors_and_ratios(tmp_path, capsys):

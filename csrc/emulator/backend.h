@@ -70,7 +70,7 @@ class Backend {
     emulation::check_shared_request(shared, /*opt_in=*/shared > 48 * 1024);
     emulation::launch(
         blocks, static_cast<unsigned>(threads), shared, [&] { std::apply(kernel, arguments); },
-        reinterpret_cast<const void*>(kernel));
+        reinterpret_cast<const void*>(kernel), buffers());
     check_margins();
   }
 
@@ -92,6 +92,8 @@ class Backend {
   at::Tensor guarded(at::IntArrayRef sizes, at::IntArrayRef strides, const at::TensorOptions& options, const char* what,
                      int64_t alignment = 0);
   void check_margins() const;
+  // The views of every guarded tensor: what the op's launches may reach.
+  std::vector<ByteRange> buffers() const;
 
   std::vector<Guard> guards_;
 };

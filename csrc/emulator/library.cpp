@@ -116,7 +116,8 @@ at::Tensor Backend::guarded(
 // Starts (true) or stops recording the launches, counting memory accesses when
 // count_sample >= 0 (runtime.h); stopping returns the records, a line each: kernel,
 // blocks, threads, shared bytes, barriers, shuffles, sampled blocks, global requests,
-// global sectors, unique global bytes, shared requests, shared wavefronts (tab-separated),
+// global sectors, unique global bytes, shared requests, shared wavefronts, the grid's
+// estimated unique global bytes (tab-separated),
 // and the counts of re-requested sectors by reuse distance (comma-separated).
 std::string record_launches(bool on, int64_t count_sample) {
   set_recording(on, count_sample);
@@ -127,7 +128,7 @@ std::string record_launches(bool on, int64_t count_sample) {
       for (const int64_t v :
            {r.blocks, static_cast<int64_t>(r.threads), static_cast<int64_t>(r.shared_bytes), r.barriers, r.shuffles,
             r.sampled_blocks, r.global_requests, r.global_sectors, r.unique_global_bytes, r.shared_requests,
-            r.shared_wavefronts}) {
+            r.shared_wavefronts, r.grid_unique_global_bytes}) {
         text += "\t" + std::to_string(v);
       }
       // Then the reuse histogram as one comma-separated field.
@@ -139,6 +140,15 @@ std::string record_launches(bool on, int64_t count_sample) {
     }
   }
   return text;
+}
+
+std::vector<ByteRange> Backend::buffers() const {
+  std::vector<ByteRange> ranges;
+  for (const Guard& g : guards_) {
+    const auto first = reinterpret_cast<uintptr_t>(g.buffer.const_data_ptr()) + static_cast<uintptr_t>(g.margin);
+    ranges.push_back(ByteRange{first, first + static_cast<uintptr_t>(g.view_bytes)});
+  }
+  return ranges;
 }
 
 void Backend::check_margins() const {

@@ -443,6 +443,34 @@ void tally_block(const std::vector<std::vector<Access>>& logs, uintptr_t shared_
   }
 }
 
+// LaunchRecord::grid_unique_global_bytes from the distinct sectors the blocks that ran
+// touched, `scale` times fewer blocks than the grid's.
+int64_t grid_unique_bytes(const std::unordered_set<uintptr_t>& sectors, const std::vector<ByteRange>& buffers,
+                          double scale) {
+  std::vector<ByteRange> sorted = buffers;
+  std::sort(sorted.begin(), sorted.end(), [](const ByteRange& a, const ByteRange& b) { return a.first < b.first; });
+  std::vector<int64_t> in_buffer(sorted.size(), 0);
+  int64_t elsewhere = 0;
+  for (const uintptr_t sector : sectors) {
+    const uintptr_t byte = sector * 32;
+    // The last buffer starting at or before the sector's first byte (buffers do not overlap).
+    auto it = std::upper_bound(sorted.begin(), sorted.end(), byte, [](uintptr_t v, const ByteRange& r) { return v < r.first; });
+    if (it != sorted.begin() && byte < std::prev(it)->last) {
+      ++in_buffer[static_cast<size_t>(std::prev(it) - sorted.begin())];
+    } else if (it != sorted.end() && byte + 32 > it->first) {  // a sector straddling a buffer's start
+      ++in_buffer[static_cast<size_t>(it - sorted.begin())];
+    } else {
+      ++elsewhere;
+    }
+  }
+  double sectors_in_grid = double(elsewhere) * scale;
+  for (size_t i = 0; i < sorted.size(); ++i) {
+    const double own = double((sorted[i].last + 31) / 32 - sorted[i].first / 32);
+    sectors_in_grid += std::min(double(in_buffer[i]) * scale, own);
+  }
+  return 32 * static_cast<int64_t>(std::llround(sectors_in_grid));
+}
+
 thread_local ThreadState* current = nullptr;
 std::mutex launch_mutex;
 
@@ -568,7 +596,7 @@ std::vector<LaunchRecord> recorded_launches() {
 }
 
 void launch(int64_t blocks, unsigned threads, std::size_t shared_bytes, const std::function<void()>& thread_body,
-            const void* kernel) {
+            const void* kernel, const std::vector<ByteRange>& buffers) {
   std::lock_guard<std::mutex> one_launch_at_a_time(launch_mutex);
   LaunchRecord record;
   if (recording) {
@@ -646,6 +674,8 @@ void launch(int64_t blocks, unsigned threads, std::size_t shared_bytes, const st
     }
   }
   record.unique_global_bytes = 32 * static_cast<int64_t>(sectors_touched.size());
+  record.grid_unique_global_bytes = grid_unique_bytes(
+      sectors_touched, buffers, record.sampled_blocks > 0 ? double(blocks) / double(record.sampled_blocks) : 1.0);
   if (recording) {
     records.push_back(std::move(record));
   }

@@ -125,6 +125,12 @@ struct LaunchRecord {
   int64_t global_requests = 0;    // warp-wide global loads and stores
   int64_t global_sectors = 0;     // 32-byte sectors they requested
   int64_t unique_global_bytes = 0;  // 32 x the distinct sectors over the blocks that ran
+  // The distinct bytes of the whole grid, estimated from the blocks that ran: in each of
+  // the launch's buffers (launch()), their distinct sectors scaled to the grid but at
+  // most the buffer's own; elsewhere scaled alone. Scaling alone counts a buffer twice
+  // when each block also reads its neighbours' data (the neighbouring frame of GSF's
+  // combine, the halos of tiles), data that other blocks of the grid touch anyway.
+  int64_t grid_unique_global_bytes = 0;
   int64_t shared_requests = 0;    // warp-wide shared-memory loads and stores
   int64_t shared_wavefronts = 0;
   // Re-requested global sectors by reuse distance: the bytes of the sectors the block
@@ -143,13 +149,19 @@ struct LaunchRecord {
 void set_recording(bool on, int64_t count_sample = -1);
 std::vector<LaunchRecord> recorded_launches();
 
+// A device buffer a launch may reach: bytes [first, last).
+struct ByteRange {
+  uintptr_t first, last;
+};
+
 // Runs `thread_body` as every thread of `blocks` blocks of `threads` threads
 // with `shared_bytes` of dynamic shared memory per block, in the order of the
 // current BlockSchedule. One launch at a time; exceptions thrown by a thread, and
 // writes outside a block's shared memory, are raised here. `kernel`, the kernel
-// function's address, names the launch in the records.
+// function's address, names the launch in the records; `buffers`, the tensors it
+// may reach, bound their estimated grid-wide bytes (grid_unique_global_bytes).
 void launch(int64_t blocks, unsigned threads, std::size_t shared_bytes, const std::function<void()>& thread_body,
-            const void* kernel = nullptr);
+            const void* kernel = nullptr, const std::vector<ByteRange>& buffers = {});
 
 }  // namespace gateshift::emulation
 

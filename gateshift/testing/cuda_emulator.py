@@ -122,7 +122,7 @@ def architecture(sm: int):
 # The fields of a launch record (csrc/emulator/runtime.h, LaunchRecord), after the kernel's name.
 _RECORD_FIELDS = ("blocks", "threads", "shared_bytes", "barriers", "shuffles")
 _COUNT_FIELDS = ("sampled_blocks", "global_requests", "global_sectors", "unique_global_bytes", "shared_requests",
-                 "shared_wavefronts")
+                 "shared_wavefronts", "grid_unique_global_bytes")
 
 
 @contextlib.contextmanager
@@ -136,7 +136,9 @@ def record_launches(count_accesses: bool = False, sample_blocks: int | None = No
     With ``count_accesses=True`` every global and shared memory access of the kernels
     is counted as a GPU issues it, per warp: ``global_requests`` and the 32-byte
     ``global_sectors`` they move, ``unique_global_bytes`` (32 bytes per distinct sector
-    touched: the compulsory DRAM traffic), ``shared_requests`` and their
+    touched: the compulsory DRAM traffic), ``grid_unique_global_bytes`` (the same for the
+    whole grid, estimated from the blocks that ran: per tensor of the op, its sampled
+    distinct sectors scaled to the grid, at most the tensor's own), ``shared_requests`` and their
     ``shared_wavefronts`` (bank conflicts counted exactly), and ``reuse_log2_bytes``: the
     global sectors requested again, by reuse distance within their block (entry 0:
     distance 0; entry k: [2**(k-1), 2**k) bytes of sectors first touched in between, a

@@ -11,10 +11,14 @@ figures::
 
 Per launch, the sampled counts are scaled to the whole grid, and:
 
-* DRAM bytes are the distinct 32-byte sectors touched (compulsory traffic), plus the
-  re-requested sectors that L2 cannot have kept: those whose reuse distance in their
-  block (new bytes touched between the two requests), times the blocks resident on
-  the chip at once, exceeds the L2 (an LRU model);
+* DRAM bytes are the distinct 32-byte sectors the grid touches (compulsory traffic),
+  plus the re-requested sectors that L2 cannot have kept: those whose reuse distance in
+  their block (new bytes touched between the two requests), times the blocks resident
+  on the chip at once, exceeds the L2 (an LRU model). The grid's distinct sectors are
+  estimated per tensor of the op: the sampled blocks' distinct sectors in it, scaled to
+  the grid, but at most the tensor's own (a block that also reads its neighbours' data,
+  a tile's halo or GSF's neighbouring frame, reads sectors that other blocks of the grid
+  touch anyway: scaled alone, they counted twice);
 * L2 -> SM bytes are the 32-byte sectors the warps request, less the re-requests that the
   SM's L1 still holds (the same reuse-distance model, for the SM's resident blocks, in the
   part of the L1/shared array their shared memory leaves). The counts do not tell loads
@@ -171,7 +175,7 @@ def model_launch(gpu: GPU, launch: dict, regs: int) -> dict:
     concurrent = min(blocks, slots)
     l2_misses = sum(count for k, count in enumerate(reuse) if distance(k) * concurrent > gpu.l2_bytes)
     requested = (launch["global_sectors"] - l1_hits) * 32 * scale
-    unique = launch["unique_global_bytes"] * scale
+    unique = launch["grid_unique_global_bytes"]
     dram = unique + l2_misses * 32 * scale
 
     per_block = lambda key: launch[key] / sampled  # noqa: E731
