@@ -259,12 +259,12 @@ struct Scratch {
 // The gate input of one channel over the rectangle `r` of its plane x (width W):
 // u = relu(sc * x + sh), or x itself without the BN affine, into rows `stride`
 // apart in acc_t. A float or double x goes straight into the rows; a half-precision
-// one through a flat loop into `dense` (H x W, scratch) and scatter_rows, where the
+// one through a flat loop into `dense` (a scratch plane) and scatter_rows, where the
 // compiler vectorises the conversion.
 template <typename scalar_t, typename acc_t>
 GATESHIFT_ALWAYS_INLINE void gate_input_rows(
-    const scalar_t* __restrict x, int64_t W, int64_t r0, int64_t c0, int64_t rows, int64_t cols, bool affine, acc_t sc,
-    acc_t sh, acc_t* __restrict dense, acc_t* __restrict dst, int64_t stride) {
+    const scalar_t* __restrict x, int64_t W, const Rect& r, bool affine, acc_t sc, acc_t sh, acc_t* __restrict dense,
+    acc_t* __restrict dst, int64_t stride) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     const auto affine_relu = [sc, sh](auto v) GATESHIFT_INLINE_LAMBDA {
       using value_t = decltype(v);
@@ -277,16 +277,16 @@ GATESHIFT_ALWAYS_INLINE void gate_input_rows(
         return reinterpret_cast<value_t>(reinterpret_cast<bits>(y) & ~reinterpret_cast<bits>(y < acc_t(0)));
       }
     };
-    for (int64_t i = 0; i < rows; ++i) {
-      const acc_t* src = x + (r0 + i) * W + c0;
+    for (int64_t i = 0; i < r.rows; ++i) {
+      const acc_t* src = x + (r.r0 + i) * W + r.c0;
       if (affine) {
-        map_row(src, dst + i * stride, cols, affine_relu);
+        map_row(src, dst + i * stride, r.cols, affine_relu);
       } else {
-        map_row(src, dst + i * stride, cols, [](auto v) GATESHIFT_INLINE_LAMBDA { return v; });
+        map_row(src, dst + i * stride, r.cols, [](auto v) GATESHIFT_INLINE_LAMBDA { return v; });
       }
     }
   } else {
-    for_each_run(Rect{r0, c0, rows, cols}, W, [&](int64_t at, int64_t d, int64_t len) GATESHIFT_INLINE_LAMBDA {
+    for_each_run(r, W, [&](int64_t at, int64_t d, int64_t len) GATESHIFT_INLINE_LAMBDA {
       if (affine) {
 #pragma omp simd
         for (int64_t i = 0; i < len; ++i) {
@@ -299,7 +299,7 @@ GATESHIFT_ALWAYS_INLINE void gate_input_rows(
         }
       }
     });
-    scatter_rows(dense, rows, cols, dst, stride);
+    scatter_rows(dense, r.rows, r.cols, dst, stride);
   }
 }
 
@@ -308,7 +308,8 @@ GATESHIFT_ALWAYS_INLINE void gate_input_rows(
 // plane stay zero. A whole plane's border is never written; a tile's is cleared, as
 // the last tile's halo may have been there.
 template <typename acc_t>
-GATESHIFT_ALWAYS_INLINE acc_t* padded_halo(const TileGeometry& box, int64_t Wp, acc_t* padded, const Scratch<acc_t>& scratch) {
+GATESHIFT_ALWAYS_INLINE acc_t* padded_halo(
+    const TileGeometry& box, int64_t Wp, acc_t* padded, const Scratch<acc_t>& scratch) {
   if (!box.whole) {
     std::fill(padded, padded + scratch.plane_size, acc_t(0));
   }
@@ -471,9 +472,7 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
               const scalar_t* xc = p.x_plane(b, s, c);
               const acc_t sc = affine ? p.scale[c] : acc_t(1);
               const acc_t sh = affine ? p.shift[c] : acc_t(0);
-              const Rect& halo = box.halo;
-              gate_input_rows(xc, W, halo.r0, halo.c0, halo.rows, halo.cols, affine, sc, sh, u_dense,
-                              padded_halo(box, Wp, u_chunk[j], scratch), Wp);
+              gate_input_rows(xc, W, box.halo, affine, sc, sh, u_dense, padded_halo(box, Wp, u_chunk[j], scratch), Wp);
             }
             const acc_t* kernels[3];
             acc_t* targets_of[3] = {nullptr, nullptr, nullptr};
@@ -678,7 +677,7 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
             if (!box.whole) {  // a narrower tile than the last leaves junk in the columns past it
               std::fill(u, u + n, acc_t(0));
             }
-            gate_input_rows(xc, W, own.r0, own.c0, own.rows, own.cols, affine, sc, sh, u_dense, u, Wp);
+            gate_input_rows(xc, W, own, affine, sc, sh, u_dense, u, Wp);
             std::fill(du, du + n, acc_t(0));
             // Frame tap i of the conv links u at frame t with da at frame t - i + 1.
             for (int i = 0; i < 3; ++i) {

@@ -454,7 +454,8 @@ int64_t grid_unique_bytes(const std::unordered_set<uintptr_t>& sectors, const st
   for (const uintptr_t sector : sectors) {
     const uintptr_t byte = sector * 32;
     // The last buffer starting at or before the sector's first byte (buffers do not overlap).
-    auto it = std::upper_bound(sorted.begin(), sorted.end(), byte, [](uintptr_t v, const ByteRange& r) { return v < r.first; });
+    const auto it = std::upper_bound(sorted.begin(), sorted.end(), byte,
+                                     [](uintptr_t v, const ByteRange& r) { return v < r.first; });
     if (it != sorted.begin() && byte < std::prev(it)->last) {
       ++in_buffer[static_cast<size_t>(std::prev(it) - sorted.begin())];
     } else if (it != sorted.end() && byte + 32 > it->first) {  // a sector straddling a buffer's start
