@@ -104,7 +104,7 @@ def make_emulator_extension():
         "gateshift._cuda_emulator",
         sources("emulator/*.cpp") + shared_sources(),
         include_dirs=[os.path.join(ROOT, CSRC)],
-        extra_compile_args={"cxx": ["-O2", "-pthread", "-Wall", "-Wno-unknown-pragmas"]},
+        extra_compile_args={"cxx": ["-std=c++20", "-O2", "-pthread", "-Wall", "-Wno-unknown-pragmas"]},
         extra_link_args=["-pthread"],
     )
 
@@ -113,7 +113,9 @@ def make_extension():
     # -Wno-psabi: the CPU kernels' SIMD vectors (cpu/register_blocked_correlation.h) never
     # cross a call, so GCC's notes that their calling convention differs between the
     # target clones do not apply.
-    cxx_flags = ["-O3", "-fopenmp", "-Wall", "-Wno-unknown-pragmas", "-Wno-psabi"]
+    # C++20 (std::bit_cast, template lambdas): torch 2.14's own default, spelled out so
+    # that older torch (>= 2.6, whose default is C++17) builds the same sources.
+    cxx_flags = ["-std=c++20", "-O3", "-fopenmp", "-Wall", "-Wno-unknown-pragmas", "-Wno-psabi"]
     if env_flag("GATESHIFT_CPU_NO_AVX512"):
         cxx_flags.append("-DGATESHIFT_CPU_NO_AVX512")
     link_flags = ["-fopenmp"]
@@ -129,6 +131,7 @@ def make_extension():
         )
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
     nvcc_flags = [
+        "-std=c++20",
         "-O3",
         "-lineinfo",
         # Per-kernel register/stack/spill report in the build log; tests read the

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from gateshift.testing import cuda_emulator, gpu_model
+from gateshift.testing import cases, cuda_emulator, gpu_model
 
 H100 = gpu_model.GPUS["h100"]
 
@@ -133,12 +133,12 @@ def test_a_whole_run_writes_labelled_records_with_floors_and_ratios(tmp_path, ca
     assert "MODEL" in printed and "not a measurement" in printed
     saved = json.loads(out.read_text())
     assert "not a measurement" in saved["model"] and saved["records"] == records
-    cases = {(r["op"], r["case"], r["direction"]) for r in records}
-    assert cases == {(op, case, d) for op, case in gpu_model.FLOOR_BYTES for d in ("forward", "backward")}
+    seen = {(r["op"], r["case"], r["direction"]) for r in records}
+    assert seen == {(op, case, d) for op, case in cases.FLOOR_BYTES for d in ("forward", "backward")}
     numel = 2 * 4 * 16 * 12 * 12
     for r in records:
         assert r["shape"] == [2, 4, 16, 12, 12] and r["dtype"] == "bfloat16"
-        floor = gpu_model.FLOOR_BYTES[(r["op"], r["case"])][r["direction"] == "backward"] / 2 * numel
+        floor = cases.FLOOR_BYTES[(r["op"], r["case"])][r["direction"] == "backward"] / 2 * numel
         assert r["floor_us"] == pytest.approx(floor / gpu_model.GPUS["a100"].dram_bytes_per_s * 1e6, abs=1e-3)
         assert r["modeled_us"] == pytest.approx(sum(m["modeled_us"] for m in r["launches"]), abs=1e-2)
         assert r["ratio"] == pytest.approx(r["modeled_us"] / r["floor_us"], rel=1e-2)

@@ -50,13 +50,14 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from ..bench.workloads import PRESETS, Shape, parse_shape, preset_shapes
 from . import cuda_emulator
+from .cases import case_steps, floor_bytes
 
 __all__ = ["GPUS", "GPU", "model_op", "model_launch", "format_table", "main"]
 
@@ -89,16 +90,6 @@ GPUS = {
     "a100": GPU("NVIDIA A100 SXM4 80GB", "sm_80", sms=108, clock_hz=1.41e9, dram_bytes_per_s=2.039e12,
                 l2_bytes=40 * 2**20, l2_bytes_per_s=4.8e12, shared_bytes_per_sm=164 * 1024,
                 l1_and_shared_bytes_per_sm=192 * 1024),
-}
-
-# DESIGN.md section 3: bytes per element of x a case must move at least, in fp32
-# (forward, backward); half of it for 16-bit dtypes.
-FLOOR_BYTES = {
-    ("gsm", "op"): (8, 12),
-    ("gsm", "module-train"): (12, 20),
-    ("gsf", "op"): (12, 20),
-    ("gsf", "module-train"): (16, 28),
-    ("tsm", "op"): (8, 8),
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -195,72 +186,22 @@ def model_launch(gpu: GPU, launch: dict, regs: int) -> dict:
     )
 
 
-def _inputs(shape: Shape, dtype: torch.dtype, gen: torch.Generator) -> dict:
-    """Random inputs of one case (values do not change the counts, but NaN-free inputs
-    keep every branch of the kernels as in real use)."""
-    B, T, C, H, W = shape.clips, shape.frames, shape.channels, shape.height, shape.width
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
-    rand = lambda *s, dt=dtype: torch.randn(*s, generator=gen).to(dt)  # noqa: E731
-    x = rand(B, T, C, H, W)
-    return dict(
-        x=x, grad_out=rand(B, T, C, H, W), weight=rand(2, C // 2, 3, 3, 3), bias=rand(2),
-        scale=torch.rand(C, generator=gen).to(acc) + 0.5, shift=rand(C, dt=acc),
-        fuse_weight=rand(2, 2, 3, 3), fuse_bias=rand(2),
-    )
-
-
-def _counted(run: Callable[[], object], sample_blocks: int) -> tuple[list[dict], object]:
-    with cuda_emulator.record_launches(count_accesses=True, sample_blocks=sample_blocks) as launches:
-        result = run()
-    return launches, result
-
-
 def model_op(gpu: GPU, op: str, shape: Shape, dtype: torch.dtype, sample_blocks: int = DEFAULT_SAMPLE_BLOCKS,
              seed: int = 0) -> list[dict]:
-    """The cases of one op at one shape and dtype: forward and backward of the op (BN
-    folded) and, for GSM and GSF, of the module in training mode. A record per case."""
-    gen = torch.Generator().manual_seed(seed)
-    t = _inputs(shape, dtype, gen)
-    ops = cuda_emulator.ops
-    C = shape.channels
-    cases: dict[tuple[str, str], list[dict]] = {}
-    if op == "tsm":
-        fwd, _ = _counted(lambda: ops.temporal_shift(t["x"], C // 8, False), sample_blocks)
-        bwd, _ = _counted(lambda: ops.temporal_shift(t["grad_out"], C // 8, True), sample_blocks)
-        cases[("op", "forward")], cases[("op", "backward")] = fwd, bwd
-    else:
-        fuse = op == "gsf"
-        stats, (mean, _) = _counted(lambda: ops.batch_stats(t["x"], C), sample_blocks)
-        if fuse:
-            fwd, (out, gates, fusion) = _counted(lambda: ops.gate_shift_fuse_forward(
-                t["x"], t["weight"], t["bias"], t["scale"], t["shift"], t["fuse_weight"], t["fuse_bias"], C, True),
-                sample_blocks)
-            bwd, _ = _counted(lambda: ops.gate_shift_fuse_backward(
-                t["grad_out"], t["x"], gates, fusion, t["weight"], t["scale"], t["shift"], t["fuse_weight"], C, True),
-                sample_blocks)
-        else:
-            fwd, (out, gates) = _counted(lambda: ops.gate_shift_forward(
-                t["x"], t["weight"], t["bias"], t["scale"], t["shift"], C, True), sample_blocks)
-            bwd, _ = _counted(lambda: ops.gate_shift_backward(
-                t["grad_out"], t["x"], gates, t["weight"], t["scale"], t["shift"], C, True), sample_blocks)
-        # The training node adds the statistics' gradient to the op's grad_x in one pass
-        # (gateshift._training_node).
-        grad_stats = torch.randn(2, C, generator=gen).to(mean.dtype)
-        stats_bwd, _ = _counted(lambda: ops.batch_stats_backward(
-            grad_stats[0], grad_stats[1], t["x"], mean, C, t["grad_out"]), sample_blocks)
-        cases[("op", "forward")], cases[("op", "backward")] = fwd, bwd
-        cases[("module-train", "forward")] = stats + fwd
-        cases[("module-train", "backward")] = bwd + stats_bwd
-
+    """The cases of one op at one shape and dtype (:mod:`gateshift.testing.cases`):
+    forward and backward of the op (BN folded) and, for GSM and GSF, of the module in
+    training mode. A record per case."""
+    run = case_steps(op, shape, dtype, cuda_emulator.ops, torch.Generator().manual_seed(seed))
+    launches = {}
+    for name, step in run.steps.items():
+        with cuda_emulator.record_launches(count_accesses=True, sample_blocks=sample_blocks) as launches[name]:
+            step()
     regs = registers(gpu)
-    item = torch.tensor([], dtype=dtype).element_size()
     records = []
-    for (case, direction), launches in cases.items():
-        modeled = []
-        for launch in launches:
-            modeled.append(model_launch(gpu, launch, regs[kernel_key(launch["kernel"])]))
-        per_element = FLOOR_BYTES[(op, case)][0 if direction == "forward" else 1] * item / 4
-        floor_us = per_element * shape.numel / gpu.dram_bytes_per_s * 1e6
+    for (case, direction), names in run.cases.items():
+        modeled = [model_launch(gpu, launch, regs[kernel_key(launch["kernel"])])
+                   for name in names for launch in launches[name]]
+        floor_us = floor_bytes(op, case, direction, shape, dtype) / gpu.dram_bytes_per_s * 1e6
         total = sum(m["modeled_us"] for m in modeled)
         records.append(dict(
             model=BANNER, gpu=gpu.name, op=op, case=case, where=shape.label,
