@@ -5,7 +5,10 @@
 # 3a (32 clips x 8 frames), and run the benchmark. Each step's time is capped so the
 # whole run ends inside BUDGET seconds; a step that runs out is cut off and reported.
 #
-#   OUT=results-dir BUDGET=560 bash tools/gpu_session.sh
+#   OUT=results-dir BUDGET=560 [BASELINE=dir] bash tools/gpu_session.sh
+#
+# BASELINE: another checkout of the package (an earlier commit, say), built beside this
+# one and profiled in the same run, so that before/after figures come from one card.
 #
 # Prints a compact summary (the device tool returns only the end of the output); full
 # logs and JSON go to $OUT/logs.tar.gz (re-packed after every step, so a run cut off
@@ -49,12 +52,31 @@ if [ -z "${CUDA_HOME:-}" ]; then
   CUDA_HOME="$(nvcc --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -n 1)"
   export CUDA_HOME="$(realpath "$CUDA_HOME")"
 fi
-TAIL=3 step build 300 "$PY" setup.py build_ext --inplace || { tail -n 40 "$LOGS/build.log"; exit 1; }
+if [ -n "${BASELINE:-}" ]; then  # both builds at once: each is bound by its slowest file
+  (cd "$BASELINE" && MAX_JOBS=$((MAX_JOBS / 2)) timeout 300 "$PY" setup.py build_ext --inplace >"$LOGS/build-baseline.log" 2>&1) &
+  MAX_JOBS=$((MAX_JOBS / 2)) TAIL=3 step build 300 "$PY" setup.py build_ext --inplace || { tail -n 40 "$LOGS/build.log"; exit 1; }
+  wait || BASELINE=""
+else
+  TAIL=3 step build 300 "$PY" setup.py build_ext --inplace || { tail -n 40 "$LOGS/build.log"; exit 1; }
+fi
+
+# A wrong argument must raise, on the CPU and on the GPU; a crash here is examined in
+# cuda-gdb (the image has no gdb), whose backtrace goes to the log.
+RAISE='import sys, torch, gateshift
+x = torch.randn(2, 3, 4, device=sys.argv[1])
+try:
+    torch.ops.gateshift.gate_shift_forward(x, torch.randn(2, 4, 3, 3, 3, device=sys.argv[1]), None, None, None, 8, True)
+except ValueError as e:
+    print(sys.argv[1], "raised:", str(e).splitlines()[0])'
+for d in cpu cuda; do
+  TAIL=2 step "raise-$d" 30 "$PY" -c "$RAISE" "$d" || TAIL=40 step "raise-$d-gdb" 120 cuda-gdb -q -batch \
+    -ex "set pagination off" -ex run -ex bt --args "$PY" -c "$RAISE" "$d"
+done
 
 TAIL=4 step check 60 "$PY" -m gateshift.check --device cuda
 grep -E "FAIL" "$LOGS/check.log" | head -n 20
 
-TAIL=12 step pytest 150 "$PY" -m pytest -q -m cuda -p no:cacheprovider -n 8 --timeout 120 tests
+TAIL=12 step pytest 150 "$PY" -m pytest -q -m cuda -p no:cacheprovider -n 8 --max-worker-restart 1000 --timeout 120 tests
 
 KERNELS='regex:gate_shift|fuse_|batch_stats|sum_partials|temporal_shift'
 METRICS=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum,\
@@ -70,9 +92,16 @@ done
 for dtype in float32 bfloat16; do
   TAIL=0 step "profile-$dtype" 60 "$PY" -m gateshift.testing.gpu_profile --preset bn-inception --clips 32 \
     --frames 8 --dtype "$dtype" --json "$OUT/profile-bn-inception-$dtype.json"
-  grep -E "^(gsm|gsf|tsm) " "$LOGS/profile-$dtype.log" | sed 's/ on NVIDIA[^:]*//' | cut -c1-140
+  if [ -n "${BASELINE:-}" ]; then
+    (cd "$BASELINE" && TAIL=0 step "baseline-profile-$dtype" 60 "$PY" -m gateshift.testing.gpu_profile \
+      --preset bn-inception --clips 32 --frames 8 --dtype "$dtype" --json "$LOGS/baseline-profile-$dtype.json")
+    "$PY" -m gateshift.testing.gpu_profile --only 3a,4a,5a --compare "$LOGS/baseline-profile-$dtype.json" \
+      "$OUT/profile-bn-inception-$dtype.json"
+  else
+    grep -E "^(gsm|gsf|tsm) .* 3a " "$LOGS/profile-$dtype.log" | sed 's/ on NVIDIA[^:]*//' | cut -c1-140
+  fi
 done
 
-TAIL=30 step bench 90 "$PY" -m gateshift.bench --preset bn-inception --frames 8 --impls eager,fused \
+TAIL=8 step bench 90 "$PY" -m gateshift.bench --preset bn-inception --frames 8 --impls eager,fused \
   --network bninception-gsm --no-progress --json "$OUT/bench-bn-inception.json"
 echo "== done in $(($(date +%s) - START))s"

@@ -14,6 +14,7 @@ import argparse
 import csv
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -30,9 +31,11 @@ COLUMNS = {
     "occ %": "sm__warps_active.avg.pct_of_peak_sustained_active",
     "smem wf": "l1tex__data_pipe_lsu_wavefronts_mem_shared.sum",
     "conflicts": "l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum",
+    "regs": "launch__registers_per_thread",
+    "waves": "launch__waves_per_multiprocessor",
 }
 # ncu reports each metric in a unit of its own choosing (the CSV's second row).
-TO_US = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3, "second": 1e6}
+TO_US = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3, "s": 1e6, "second": 1e6}
 TO_MB = {"byte": 1e-6, "Kbyte": 1e-3, "Mbyte": 1.0, "Gbyte": 1e3, "KB": 1e-3, "MB": 1.0, "GB": 1e3, "B": 1e-6}
 
 
@@ -49,8 +52,10 @@ def read(path: Path) -> list[dict]:
         if len(row) != len(header):
             continue
         cell = dict(zip(header, row))
+        # The NVTX cell reads '<pid> "<default domain>:<range>:none:...' (ncu --nvtx).
+        ranges = re.findall(r"<default domain>:([^:]*)", row[nvtx]) if nvtx is not None else []
         rec = {"id": cell.get("ID"), "kernel": short_kernel_name(cell.get("Kernel Name", "?")),
-               "range": row[nvtx].split(":")[-1] if nvtx is not None else ""}
+               "range": ranges[-1] if ranges else ""}
         for title, metric in COLUMNS.items():
             if metric not in cell or cell[metric] in ("", "n/a"):
                 rec[title] = None

@@ -112,6 +112,25 @@ def format_table(records: Sequence[dict], bandwidth: float) -> str:
     return "\n".join(lines)
 
 
+def compare(before: Path, after: Path, only: set[str] | None = None) -> str:
+    """A table of two runs' records (JSON of --json), case by case: the measured times
+    and after / before."""
+    def load(path):
+        return {(r["op"], r["case"], r["direction"], r["where"], r["dtype"]): r
+                for r in json.loads(Path(path).read_text())["records"]}
+    old, new = load(before), load(after)
+    lines = [f"# {BANNER}: {after} against {before}",
+             f"{'case':<44} {'before us':>10} {'after us':>10} {'after/before':>13} {'after/floor':>12}"]
+    for key, r in new.items():
+        if key not in old or (only and key[3].split()[-1] not in only):
+            continue
+        o = old[key]
+        lines.append(f"{' '.join((key[0], key[1], key[2], key[3].split()[-1], key[4])):<44} "
+                     f"{o['measured_us']:>10.1f} {r['measured_us']:>10.1f} {r['measured_us'] / o['measured_us']:>13.2f} "
+                     f"{r['ratio']:>12.2f}")
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m gateshift.testing.gpu_profile",
                                 description=f"{BANNER}: gateshift's CUDA kernels, case by case.")
@@ -126,11 +145,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="run each step once in NVTX ranges (for ncu), no timing")
     p.add_argument("--device", default="cuda")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"),
+                   help="print two runs' JSON side by side (no GPU needed) and exit")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = _parser().parse_args(argv)
+    if args.compare:
+        only = {v.strip() for v in args.only.split(",")} if args.only else None
+        print(compare(*args.compare, only))
+        return []
     device = torch.device(args.device)
     if device.type != "cuda" or not torch.cuda.is_available():
         raise SystemExit("gpu_profile measures CUDA kernels: it needs a CUDA device (--device cuda[:N])")
