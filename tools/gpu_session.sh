@@ -69,14 +69,14 @@ try:
 except ValueError as e:
     print(sys.argv[1], "raised:", str(e).splitlines()[0])'
 for d in cpu cuda; do
-  TAIL=2 step "raise-$d" 30 "$PY" -c "$RAISE" "$d" || TAIL=40 step "raise-$d-gdb" 120 cuda-gdb -q -batch \
+  TAIL=2 step "raise-$d" 30 "$PY" -c "$RAISE" "$d" || TAIL=40 step "raise-$d-gdb" 75 cuda-gdb -q -batch \
     -ex "set pagination off" -ex run -ex bt --args "$PY" -c "$RAISE" "$d"
 done
 
 TAIL=4 step check 60 "$PY" -m gateshift.check --device cuda
 grep -E "FAIL" "$LOGS/check.log" | head -n 20
 
-TAIL=12 step pytest 150 "$PY" -m pytest -q -m cuda -p no:cacheprovider -n 8 --max-worker-restart 1000 --timeout 120 tests
+TAIL=12 step pytest 110 "$PY" -m pytest -q -m cuda -p no:cacheprovider -n 8 --max-worker-restart 1000 --timeout 120 tests
 
 KERNELS='regex:gate_shift|fuse_|batch_stats|sum_partials|temporal_shift'
 METRICS=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum,\
