@@ -74,9 +74,6 @@ GATESHIFT_GLOBAL void __launch_bounds__(kStatsThreads)
   int64_t e = run * kStatsRun + tid;
   ElementCursor at = ElementCursor::at(e, channel);
   const ElementCursor step = ElementCursor::at(kStatsThreads, channel);
-  // Unrolled so that several loads are in flight (the loop stores nothing; the sums
-  // keep their order).
-#pragma unroll 4
   for (; e < end; e += kStatsThreads, at.advance(step, channel)) {
     const acc_t d = static_cast<acc_t>(p.x.plane(at.b, at.t, c)[at.i]) - k;
     sum += d;
@@ -142,20 +139,19 @@ GATESHIFT_GLOBAL void __launch_bounds__(kStatsThreads)
     return;
   }
   const acc_t inv_count = acc_t(1) / static_cast<acc_t>(p.count);
-  for_each_element<acc_t>(
-      e, numel, stride, p.n,
-      [&](const ElementCursor& at) {
-        acc_t g = acc_t(0);
-        if (at.c < p.channels) {
-          const acc_t xv = static_cast<acc_t>(p.x.plane(at.b, at.t, at.c)[at.i]);
-          g = acc_t(2) * p.grad_var[at.c] * inv_count * (xv - p.mean[at.c]) + p.grad_mean[at.c] * inv_count;
-        }
-        if (p.has_grad_in) {
-          g = static_cast<acc_t>(p.grad_in.plane(at.b, at.t, at.c)[at.i]) + g;
-        }
-        return g;
-      },
-      [&](const ElementCursor& at, acc_t g) { p.grad_x.plane(at.b, at.t, at.c)[at.i] = static_cast<scalar_t>(g); });
+  ElementCursor at = ElementCursor::at(e, p.n);
+  const ElementCursor step = ElementCursor::at(stride, p.n);
+  for (; e < numel; e += stride, at.advance(step, p.n)) {
+    acc_t g = acc_t(0);
+    if (at.c < p.channels) {
+      const acc_t xv = static_cast<acc_t>(p.x.plane(at.b, at.t, at.c)[at.i]);
+      g = acc_t(2) * p.grad_var[at.c] * inv_count * (xv - p.mean[at.c]) + p.grad_mean[at.c] * inv_count;
+    }
+    if (p.has_grad_in) {
+      g = static_cast<acc_t>(p.grad_in.plane(at.b, at.t, at.c)[at.i]) + g;
+    }
+    p.grad_x.plane(at.b, at.t, at.c)[at.i] = static_cast<scalar_t>(g);
+  }
 }
 
 }  // namespace gateshift::cuda

@@ -52,39 +52,4 @@ struct ElementCursor {
   }
 };
 
-// Runs an element-wise kernel's loop over this thread's elements, from flat index e
-// on, `stride` apart: in batches of kElementsPerThread, every element's
-// value = load(at) first, then store(at, value) for each. A loop that stores each
-// element before loading the next keeps one load in flight per thread (the
-// compiler may not move a load above a store to memory that could alias it): about
-// a third of HBM bandwidth at full occupancy on an H100/H200, measured. Here a
-// thread has kElementsPerThread loads in flight.
-template <typename V, class Load, class Store>
-GATESHIFT_DEVICE void for_each_element(int64_t e, int64_t numel, int64_t stride, const PlaneGrid& n, Load load,
-                                       Store store) {
-  ElementCursor at = ElementCursor::at(e, n);
-  const ElementCursor step = ElementCursor::at(stride, n);
-  while (e < numel) {
-    ElementCursor where[kElementsPerThread];
-    V value[kElementsPerThread];
-    int count = 0;
-#pragma unroll
-    for (int k = 0; k < kElementsPerThread; ++k) {
-      if (e < numel) {
-        where[k] = at;
-        value[k] = load(at);
-        count = k + 1;
-        e += stride;
-        at.advance(step, n);
-      }
-    }
-#pragma unroll
-    for (int k = 0; k < kElementsPerThread; ++k) {
-      if (k < count) {
-        store(where[k], value[k]);
-      }
-    }
-  }
-}
-
 }  // namespace gateshift::cuda

@@ -120,7 +120,7 @@ struct FuseCombineParams {
 };
 
 // out = f ys + (1 - f) r; pass-through channels copied. kElementsPerThread
-// elements per thread, a grid apart, their loads in flight together (element_cursor.cuh).
+// elements per thread, a grid apart (element_cursor.cuh).
 template <typename scalar_t>
 GATESHIFT_GLOBAL void __launch_bounds__(kFuseThreads) fuse_combine_kernel(const FuseCombineParams<scalar_t> p) {
   using acc_t = acc_type<scalar_t>;
@@ -133,28 +133,27 @@ GATESHIFT_GLOBAL void __launch_bounds__(kFuseThreads) fuse_combine_kernel(const 
     return;
   }
   const int64_t half = n.P / 2;
-  for_each_element<acc_t>(
-      e, numel, stride, grid,
-      [&](const ElementCursor& at) {
-        const int64_t b = at.b, t = at.t, c = at.c, i = at.i;
-        const acc_t xv = static_cast<acc_t>(p.x.plane(b, t, c)[i]);
-        if (c >= n.P) {  // pass-through: a float or double holds x exactly
-          return xv;
-        }
-        const int k = c >= half ? 1 : 0;
-        const int64_t tn = k == 0 ? t + 1 : t - 1;
-        const acc_t g = p.gates[((b * n.T + t) * 2 + k) * grid.HW + i];
-        const acc_t f = p.fusion[table_index(b, t, 2, c, n.T, 3, n.P)];
-        acc_t ys = acc_t(0);
-        if (tn >= 0 && tn < n.T) {
-          ys = p.gates[((b * n.T + tn) * 2 + k) * grid.HW + i] * static_cast<acc_t>(p.x.plane(b, tn, c)[i]);
-        }
-        return f * ys + (acc_t(1) - f) * (xv - g * xv);
-      },
-      [&](const ElementCursor& at, acc_t v) {
-        const int64_t oc = at.c < n.P ? output_channel(at.c, n.P, n.interleaved) : at.c;
-        p.out.plane(at.b, at.t, oc)[at.i] = static_cast<scalar_t>(v);
-      });
+  ElementCursor at = ElementCursor::at(e, grid);
+  const ElementCursor step = ElementCursor::at(stride, grid);
+  for (; e < numel; e += stride, at.advance(step, grid)) {
+    const int64_t b = at.b, t = at.t, c = at.c, i = at.i;
+    const scalar_t xv_raw = p.x.plane(b, t, c)[i];
+    if (c >= n.P) {
+      p.out.plane(b, t, c)[i] = xv_raw;
+      continue;
+    }
+    const int k = c >= half ? 1 : 0;
+    const int64_t tn = k == 0 ? t + 1 : t - 1;
+    const acc_t xv = static_cast<acc_t>(xv_raw);
+    const acc_t g = p.gates[((b * n.T + t) * 2 + k) * grid.HW + i];
+    const acc_t f = p.fusion[table_index(b, t, 2, c, n.T, 3, n.P)];
+    acc_t ys = acc_t(0);
+    if (tn >= 0 && tn < n.T) {
+      ys = p.gates[((b * n.T + tn) * 2 + k) * grid.HW + i] * static_cast<acc_t>(p.x.plane(b, tn, c)[i]);
+    }
+    p.out.plane(b, t, output_channel(c, n.P, n.interleaved))[i] =
+        static_cast<scalar_t>(f * ys + (acc_t(1) - f) * (xv - g * xv));
+  }
 }
 
 template <typename scalar_t>

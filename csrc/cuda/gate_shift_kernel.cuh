@@ -282,50 +282,29 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads, kForwardMinBlocks<scalar_t>)
   // out[t] = (1 - g[t]) x[t] + g[t +- 1] x[t +- 1]: group 0 takes from the next
   // frame, group 1 from the previous one, zero at the clip ends. Coalesced along W.
   const auto write_output_frame = [&](int64_t t) {
-    // kOutputBatch elements per thread at a time: their loads first, then their stores
-    // (out may alias x as far as the compiler knows, so it would not move the next
-    // element's loads above this one's store: one load in flight per thread).
-    constexpr int kOutputBatch = 4;
-    const int64_t count = n.C * kTilePixels;
-    for (int64_t e0 = tid; e0 < count; e0 += kOutputBatch * kThreads) {
-      acc_t v[kOutputBatch];
-#pragma unroll
-      for (int m = 0; m < kOutputBatch; ++m) {
-        const int64_t e = e0 + m * kThreads;
-        const int64_t c = e / kTilePixels;
-        const int pix = static_cast<int>(e % kTilePixels);
-        const int64_t h = bw.h0 + pix / kTileW, w = bw.w0 + pix % kTileW;
-        v[m] = acc_t(0);
-        if (e >= count || h >= n.H || w >= n.W) {
-          continue;
-        }
-        const int64_t hw = h * n.W + w;
-        const acc_t xv = static_cast<acc_t>(p.x.plane(bw.b, t, c)[hw]);
-        if (c >= n.P) {  // pass-through channel (the accumulation type holds x exactly)
-          v[m] = xv;
-          continue;
-        }
-        const int k = c >= half ? 1 : 0;
-        const acc_t g = gate_s[((t % 3) * 2 + k) * kTilePixels + pix];
-        acc_t out = xv - g * xv;
-        const int64_t tn = k == 0 ? t + 1 : t - 1;
-        if (tn >= 0 && tn < n.T) {
-          const acc_t gn = gate_s[((tn % 3) * 2 + k) * kTilePixels + pix];
-          out += gn * static_cast<acc_t>(p.x.plane(bw.b, tn, c)[hw]);
-        }
-        v[m] = out;
+    for (int64_t e = tid; e < n.C * kTilePixels; e += kThreads) {
+      const int64_t c = e / kTilePixels;
+      const int pix = static_cast<int>(e % kTilePixels);
+      const int64_t h = bw.h0 + pix / kTileW, w = bw.w0 + pix % kTileW;
+      if (h >= n.H || w >= n.W) {
+        continue;
       }
-#pragma unroll
-      for (int m = 0; m < kOutputBatch; ++m) {
-        const int64_t e = e0 + m * kThreads;
-        const int64_t c = e / kTilePixels;
-        const int pix = static_cast<int>(e % kTilePixels);
-        const int64_t h = bw.h0 + pix / kTileW, w = bw.w0 + pix % kTileW;
-        if (e < count && h < n.H && w < n.W) {
-          const int64_t oc = c < n.P ? output_channel(c, n.P, n.interleaved) : c;
-          p.out.plane(bw.b, t, oc)[h * n.W + w] = static_cast<scalar_t>(v[m]);
-        }
+      const int64_t hw = h * n.W + w;
+      const scalar_t xv_raw = p.x.plane(bw.b, t, c)[hw];
+      if (c >= n.P) {  // pass-through channel
+        p.out.plane(bw.b, t, c)[hw] = xv_raw;
+        continue;
       }
+      const int k = c >= half ? 1 : 0;
+      const acc_t xv = static_cast<acc_t>(xv_raw);
+      const acc_t g = gate_s[((t % 3) * 2 + k) * kTilePixels + pix];
+      acc_t v = xv - g * xv;
+      const int64_t tn = k == 0 ? t + 1 : t - 1;
+      if (tn >= 0 && tn < n.T) {
+        const acc_t gn = gate_s[((tn % 3) * 2 + k) * kTilePixels + pix];
+        v += gn * static_cast<acc_t>(p.x.plane(bw.b, tn, c)[hw]);
+      }
+      p.out.plane(bw.b, t, output_channel(c, n.P, n.interleaved))[hw] = static_cast<scalar_t>(v);
     }
   };
 
@@ -384,30 +363,16 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads, kForwardMinBlocks<scalar_t>)
         const int chunk = static_cast<int>(min_of<int64_t>(kForwardChunk, (k + 1) * half - c0));
         // Stage u = relu(scale * x + shift) of the chunk over tile + halo; zero
         // outside the plane (the conv's zero padding applies to u), and the weights.
-        // kStageBatch elements per thread at a time, loads first: that many in flight.
-        constexpr int kStageBatch = 4;
-        for (int e0 = tid; e0 < chunk * kHaloPixels; e0 += kStageBatch * kThreads) {
-          acc_t v[kStageBatch];
-#pragma unroll
-          for (int m = 0; m < kStageBatch; ++m) {
-            const int e = e0 + m * kThreads;
-            const int cc = e / kHaloPixels, hp = e % kHaloPixels;
-            const int64_t h = bw.h0 + hp / kHaloW - 1, w = bw.w0 + hp % kHaloW - 1;
-            v[m] = acc_t(0);
-            if (e < chunk * kHaloPixels && h >= 0 && h < n.H && w >= 0 && w < n.W) {
-              const int64_t c = c0 + cc;
-              const acc_t xv = static_cast<acc_t>(p.x.plane(bw.b, s, c)[h * n.W + w]);
-              v[m] = affine ? relu(p.scale[c] * xv + p.shift[c]) : xv;
-            }
+        for (int e = tid; e < chunk * kHaloPixels; e += kThreads) {
+          const int cc = e / kHaloPixels, hp = e % kHaloPixels;
+          const int64_t h = bw.h0 + hp / kHaloW - 1, w = bw.w0 + hp % kHaloW - 1;
+          acc_t v = acc_t(0);
+          if (h >= 0 && h < n.H && w >= 0 && w < n.W) {
+            const int64_t c = c0 + cc;
+            const acc_t xv = static_cast<acc_t>(p.x.plane(bw.b, s, c)[h * n.W + w]);
+            v = affine ? relu(p.scale[c] * xv + p.shift[c]) : xv;
           }
-#pragma unroll
-          for (int m = 0; m < kStageBatch; ++m) {
-            const int e = e0 + m * kThreads;
-            if (e < chunk * kHaloPixels) {
-              const int cc = e / kHaloPixels, hp = e % kHaloPixels;
-              u_s[cc * kUChannelStride + (hp / kHaloW) * kURowStride + hp % kHaloW] = v[m];
-            }
-          }
+          u_s[cc * kUChannelStride + (hp / kHaloW) * kURowStride + hp % kHaloW] = v;
         }
         for (int e = tid; e < chunk * 27; e += kThreads) {
           w_s[(e / 27) * kWeightStride + e % 27] = static_cast<acc_t>(p.weight[c0 * 27 + e]);
@@ -511,9 +476,6 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) gate_shift_backward_kernel(con
       const int64_t hw = h * n.W + w;
       // dr = the residual's gradient at f, dys = the shifted part's at the neighbour
       // (both dz for GSM, see GateShiftBackwardKernelParams::fused).
-      // Unrolled: the loop only loads and accumulates (in channel order), so the
-      // compiler can keep several channels' loads in flight.
-#pragma unroll 4
       for (int64_t c = slice; c < half; c += kDaSlices) {
         const int64_t oc = output_channel(c, n.P, n.interleaved);
         const acc_t dr = p.fused(0, bw.b, f, c, static_cast<acc_t>(p.grad_out.plane(bw.b, f, oc)[hw]));
@@ -522,7 +484,6 @@ GATESHIFT_GLOBAL void __launch_bounds__(kThreads) gate_shift_backward_kernel(con
                    : acc_t(0);
         dg0 += static_cast<acc_t>(p.x.plane(bw.b, f, c)[hw]) * (dys - dr);
       }
-#pragma unroll 4
       for (int64_t c = half + slice; c < n.P; c += kDaSlices) {
         const int64_t oc = output_channel(c, n.P, n.interleaved);
         const acc_t dr = p.fused(0, bw.b, f, c, static_cast<acc_t>(p.grad_out.plane(bw.b, f, oc)[hw]));

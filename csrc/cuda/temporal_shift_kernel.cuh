@@ -1,9 +1,8 @@
 // CUDA kernel of TSM's temporal shift (ops/temporal_shift.h). Device code
 // only: built by nvcc and, for the tests, under the CPU emulator.
 //
-// kElementsPerThread output elements per thread, a grid apart (element_cursor.cuh:
-// their loads in flight together), consecutive threads on consecutive pixels
-// (coalesced): for each, a read
+// kElementsPerThread output elements per thread, a grid apart (element_cursor.cuh),
+// consecutive threads on consecutive pixels (coalesced): for each, a read
 // of the source frame's element (or zero at a clip end) and a write, the 8-byte
 // floor per element in float32 in both directions.
 #pragma once
@@ -36,14 +35,13 @@ GATESHIFT_GLOBAL void __launch_bounds__(kShiftThreads) temporal_shift_kernel(con
   if (e >= numel) {
     return;
   }
-  for_each_element<scalar_t>(
-      e, numel, stride, p.n,
-      [&](const ElementCursor& at) {
-        const int64_t shift = at.c < p.fold ? p.first : (at.c < 2 * p.fold ? -p.first : 0);
-        const int64_t ts = at.t + shift;
-        return ts >= 0 && ts < p.n.T ? p.x.plane(at.b, ts, at.c)[at.i] : scalar_t(0);
-      },
-      [&](const ElementCursor& at, scalar_t v) { p.out.plane(at.b, at.t, at.c)[at.i] = v; });
+  ElementCursor at = ElementCursor::at(e, p.n);
+  const ElementCursor step = ElementCursor::at(stride, p.n);
+  for (; e < numel; e += stride, at.advance(step, p.n)) {
+    const int64_t shift = at.c < p.fold ? p.first : (at.c < 2 * p.fold ? -p.first : 0);
+    const int64_t ts = at.t + shift;
+    p.out.plane(at.b, at.t, at.c)[at.i] = ts >= 0 && ts < p.n.T ? p.x.plane(at.b, ts, at.c)[at.i] : scalar_t(0);
+  }
 }
 
 }  // namespace gateshift::cuda
