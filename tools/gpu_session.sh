@@ -89,6 +89,13 @@ for dtype in float32 bfloat16; do
   "$PY" tools/ncu_summary.py "$LOGS/ncu-$dtype.log" --json "$OUT/ncu-3a-$dtype.json" 2>&1 | cut -c1-160
 done
 
+# Where the gate-shift kernels' warps wait (stall reasons, issue slots): one launch each of
+# the forward and the backward at 3a, float32.
+TAIL=0 step ncu-stalls 60 ncu --clock-control none --kernel-name regex:'gate_shift_(forward|backward)_kernel' \
+  --launch-count 2 --section WarpStateStats --section SchedulerStats --section Occupancy \
+  "$PY" -m gateshift.testing.gpu_profile --once --preset bn-inception --only 3a --clips 32 --frames 8 --ops gsm
+grep -E "gate_shift|Stall|Warp Cycles|Issued|Eligible|No Eligible" "$LOGS/ncu-stalls.log" | head -n 24 | cut -c1-160
+
 for dtype in float32 bfloat16; do
   TAIL=0 step "profile-$dtype" 60 "$PY" -m gateshift.testing.gpu_profile --preset bn-inception --clips 32 \
     --frames 8 --dtype "$dtype" --json "$OUT/profile-bn-inception-$dtype.json"
