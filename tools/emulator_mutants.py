@@ -71,6 +71,12 @@ MUTANTS = [
         "at.c < p.fold ? -p.first : (at.c < 2 * p.fold ? p.first : 0)",
     ),
     Mutant(
+        "plane-pixel-tail",  # the last batch of a plane stores past its end
+        "cuda/element_cursor.cuh",
+        "      if (i < HW) {\n        store(i, value[k]);",
+        "      if (i < HW + 32) {\n        store(i, value[k]);",
+    ),
+    Mutant(
         "element-cursor-frame-carry",
         "cuda/element_cursor.cuh",
         "    t += step.t + carry;\n",

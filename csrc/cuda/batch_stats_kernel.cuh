@@ -119,7 +119,8 @@ struct BatchStatsBackwardKernelParams {
   DevicePlanes<scalar_t> grad_x;  // (B, T, C, H, W), contiguous planes
   PlaneGrid n;
   bool has_grad_in;
-  int64_t channels, count;
+  int64_t channels;
+  acc_t inv_count;  // 1 / N, rounded once on the host (a double division in the kernel spills on sm_86)
   device_ptr<const acc_t> grad_mean;
   device_ptr<const acc_t> grad_var;
   device_ptr<const acc_t> mean;
@@ -127,31 +128,31 @@ struct BatchStatsBackwardKernelParams {
 
 // grad_x = grad_in + grad_mean / N + grad_var * 2 (x - mean) / N on the first
 // `channels` channels, grad_in on the others (grad_in = 0 without has_grad_in);
-// kElementsPerThread elements per thread, a grid apart (element_cursor.cuh).
+// plane-wise (element_cursor.cuh): the channel's constants once per plane.
 template <typename scalar_t>
 GATESHIFT_GLOBAL void __launch_bounds__(kStatsThreads)
     batch_stats_backward_kernel(const BatchStatsBackwardKernelParams<scalar_t> p) {
   using acc_t = acc_type<scalar_t>;
-  const int64_t numel = p.n.B * p.n.T * p.n.C * p.n.HW;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kStatsThreads;
-  int64_t e = static_cast<int64_t>(blockIdx.x) * kStatsThreads + threadIdx.x;
-  if (e >= numel) {
-    return;
-  }
-  const acc_t inv_count = acc_t(1) / static_cast<acc_t>(p.count);
-  ElementCursor at = ElementCursor::at(e, p.n);
-  const ElementCursor step = ElementCursor::at(stride, p.n);
-  for (; e < numel; e += stride, at.advance(step, p.n)) {
-    acc_t g = acc_t(0);
-    if (at.c < p.channels) {
-      const acc_t xv = static_cast<acc_t>(p.x.plane(at.b, at.t, at.c)[at.i]);
-      g = acc_t(2) * p.grad_var[at.c] * inv_count * (xv - p.mean[at.c]) + p.grad_mean[at.c] * inv_count;
-    }
-    if (p.has_grad_in) {
-      g = static_cast<acc_t>(p.grad_in.plane(at.b, at.t, at.c)[at.i]) + g;
-    }
-    p.grad_x.plane(at.b, at.t, at.c)[at.i] = static_cast<scalar_t>(g);
-  }
+  const acc_t inv_count = p.inv_count;
+  for_each_plane_of_warp<kStatsThreads>(p.n, [&](const ElementCursor& at) {
+    const bool gated = at.c < p.channels;
+    // Grouped as the per-element formula was, for the same bits: (2 gv / N) (x - mean) + gm / N.
+    const acc_t var_coef = gated ? acc_t(2) * p.grad_var[at.c] * inv_count : acc_t(0);
+    const acc_t mean = gated ? p.mean[at.c] : acc_t(0);
+    const acc_t mean_term = gated ? p.grad_mean[at.c] * inv_count : acc_t(0);
+    const device_ptr<const scalar_t> x = p.x.plane(at.b, at.t, at.c);
+    const device_ptr<scalar_t> grad_x = p.grad_x.plane(at.b, at.t, at.c);
+    for_each_pixel_of_lane<acc_t>(
+        p.n.HW,
+        [&](int64_t i) {
+          acc_t g = gated ? var_coef * (static_cast<acc_t>(x[i]) - mean) + mean_term : acc_t(0);
+          if (p.has_grad_in) {
+            g = static_cast<acc_t>(p.grad_in.plane(at.b, at.t, at.c)[i]) + g;
+          }
+          return g;
+        },
+        [&](int64_t i, acc_t g) { grad_x[i] = static_cast<scalar_t>(g); });
+  });
 }
 
 }  // namespace gateshift::cuda

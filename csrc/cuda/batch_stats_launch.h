@@ -46,13 +46,13 @@ void launch(Device& device, const BatchStatsBackwardParams& s) {
   }
   p.n = plane_grid(x);
   p.channels = s.channels;
-  p.count = s.count;
+  p.inv_count = acc_t(1) / static_cast<acc_t>(s.count);
   p.grad_mean = s.grad_mean.const_data_ptr<acc_t>();
   p.grad_var = s.grad_var.const_data_ptr<acc_t>();
   p.mean = s.mean.const_data_ptr<acc_t>();
   device.launch_kernel(
       batch_stats_backward_kernel<scalar_t>,
-      grid_for(x.numel(), kStatsThreads * kElementsPerThread, "batch_stats_backward"),
+      grid_for(plane_warps(p.n) * 32, kStatsThreads, "batch_stats_backward"),
       kStatsThreads, 0, p);
 }
 

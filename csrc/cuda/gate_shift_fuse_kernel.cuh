@@ -119,41 +119,41 @@ struct FuseCombineParams {
   device_ptr<const acc_t> fusion;  // (B, T, 3, P)
 };
 
-// out = f ys + (1 - f) r; pass-through channels copied. kElementsPerThread
-// elements per thread, a grid apart (element_cursor.cuh).
+// out = f ys + (1 - f) r; pass-through channels copied. Plane-wise
+// (element_cursor.cuh): the fusion weight f, the gate planes, the neighbour frame's
+// plane and the output channel once per plane.
 template <typename scalar_t>
 GATESHIFT_GLOBAL void __launch_bounds__(kFuseThreads) fuse_combine_kernel(const FuseCombineParams<scalar_t> p) {
   using acc_t = acc_type<scalar_t>;
   const GateShiftSizes& n = p.n;
   const PlaneGrid grid{n.B, n.T, n.C, n.H * n.W};
-  const int64_t numel = grid.B * grid.T * grid.C * grid.HW;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kFuseThreads;
-  int64_t e = static_cast<int64_t>(blockIdx.x) * kFuseThreads + threadIdx.x;
-  if (e >= numel) {
-    return;
-  }
   const int64_t half = n.P / 2;
-  ElementCursor at = ElementCursor::at(e, grid);
-  const ElementCursor step = ElementCursor::at(stride, grid);
-  for (; e < numel; e += stride, at.advance(step, grid)) {
-    const int64_t b = at.b, t = at.t, c = at.c, i = at.i;
-    const scalar_t xv_raw = p.x.plane(b, t, c)[i];
-    if (c >= n.P) {
-      p.out.plane(b, t, c)[i] = xv_raw;
-      continue;
+  for_each_plane_of_warp<kFuseThreads>(grid, [&](const ElementCursor& at) {
+    const int64_t b = at.b, t = at.t, c = at.c;
+    const device_ptr<const scalar_t> x = p.x.plane(b, t, c);
+    if (c >= n.P) {  // pass-through channel
+      const device_ptr<scalar_t> out = p.out.plane(b, t, c);
+      for_each_pixel_of_lane<scalar_t>(
+          grid.HW, [&](int64_t i) { return x[i]; }, [&](int64_t i, scalar_t v) { out[i] = v; });
+      return;
     }
     const int k = c >= half ? 1 : 0;
     const int64_t tn = k == 0 ? t + 1 : t - 1;
-    const acc_t xv = static_cast<acc_t>(xv_raw);
-    const acc_t g = p.gates[((b * n.T + t) * 2 + k) * grid.HW + i];
+    const bool has_next = tn >= 0 && tn < n.T;
     const acc_t f = p.fusion[table_index(b, t, 2, c, n.T, 3, n.P)];
-    acc_t ys = acc_t(0);
-    if (tn >= 0 && tn < n.T) {
-      ys = p.gates[((b * n.T + tn) * 2 + k) * grid.HW + i] * static_cast<acc_t>(p.x.plane(b, tn, c)[i]);
-    }
-    p.out.plane(b, t, output_channel(c, n.P, n.interleaved))[i] =
-        static_cast<scalar_t>(f * ys + (acc_t(1) - f) * (xv - g * xv));
-  }
+    const device_ptr<const acc_t> g = p.gates + ((b * n.T + t) * 2 + k) * grid.HW;
+    const device_ptr<const acc_t> g_next = p.gates + ((b * n.T + (has_next ? tn : t)) * 2 + k) * grid.HW;
+    const device_ptr<const scalar_t> x_next = p.x.plane(b, has_next ? tn : t, c);
+    const device_ptr<scalar_t> out = p.out.plane(b, t, output_channel(c, n.P, n.interleaved));
+    for_each_pixel_of_lane<acc_t>(
+        grid.HW,
+        [&](int64_t i) {
+          const acc_t xv = static_cast<acc_t>(x[i]);
+          const acc_t ys = has_next ? g_next[i] * static_cast<acc_t>(x_next[i]) : acc_t(0);
+          return f * ys + (acc_t(1) - f) * (xv - g[i] * xv);
+        },
+        [&](int64_t i, acc_t v) { out[i] = static_cast<scalar_t>(v); });
+  });
 }
 
 template <typename scalar_t>

@@ -48,7 +48,7 @@ void launch(Device& device, const GateShiftFuseForwardParams& f) {
   combine_pass.gates = g.gates.const_data_ptr<acc_t>();
   combine_pass.fusion = f.fusion.const_data_ptr<acc_t>();
   device.launch_kernel(
-      fuse_combine_kernel<scalar_t>, grid_for(g.x.numel(), kFuseThreads * kElementsPerThread, op), kFuseThreads, 0,
+      fuse_combine_kernel<scalar_t>, grid_for(plane_warps(plane_grid(g.x)) * 32, kFuseThreads, op), kFuseThreads, 0,
       combine_pass);
 }
 

@@ -1,10 +1,10 @@
 // CUDA kernel of TSM's temporal shift (ops/temporal_shift.h). Device code
 // only: built by nvcc and, for the tests, under the CPU emulator.
 //
-// kElementsPerThread output elements per thread, a grid apart (element_cursor.cuh),
-// consecutive threads on consecutive pixels (coalesced): for each, a read
-// of the source frame's element (or zero at a clip end) and a write, the 8-byte
-// floor per element in float32 in both directions.
+// Plane-wise (element_cursor.cuh): a warp per (clip, frame, channel) plane at a
+// time, its source, the shifted frame's plane or zeros at a clip end, found once per
+// plane; the lanes copy the plane's pixels. The 8-byte floor per element in
+// float32, in both directions.
 #pragma once
 
 #include <cstdint>
@@ -29,19 +29,16 @@ struct TemporalShiftKernelParams {
 
 template <typename scalar_t>
 GATESHIFT_GLOBAL void __launch_bounds__(kShiftThreads) temporal_shift_kernel(const TemporalShiftKernelParams<scalar_t> p) {
-  const int64_t numel = p.n.B * p.n.T * p.n.C * p.n.HW;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kShiftThreads;
-  int64_t e = static_cast<int64_t>(blockIdx.x) * kShiftThreads + threadIdx.x;
-  if (e >= numel) {
-    return;
-  }
-  ElementCursor at = ElementCursor::at(e, p.n);
-  const ElementCursor step = ElementCursor::at(stride, p.n);
-  for (; e < numel; e += stride, at.advance(step, p.n)) {
+  for_each_plane_of_warp<kShiftThreads>(p.n, [&](const ElementCursor& at) {
     const int64_t shift = at.c < p.fold ? p.first : (at.c < 2 * p.fold ? -p.first : 0);
     const int64_t ts = at.t + shift;
-    p.out.plane(at.b, at.t, at.c)[at.i] = ts >= 0 && ts < p.n.T ? p.x.plane(at.b, ts, at.c)[at.i] : scalar_t(0);
-  }
+    const bool inside = ts >= 0 && ts < p.n.T;
+    const device_ptr<const scalar_t> src = p.x.plane(at.b, inside ? ts : at.t, at.c);
+    const device_ptr<scalar_t> dst = p.out.plane(at.b, at.t, at.c);
+    for_each_pixel_of_lane<scalar_t>(
+        p.n.HW, [&](int64_t i) { return inside ? src[i] : scalar_t(0); },
+        [&](int64_t i, scalar_t v) { dst[i] = v; });
+  });
 }
 
 }  // namespace gateshift::cuda

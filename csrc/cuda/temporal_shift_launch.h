@@ -22,7 +22,7 @@ void launch(Device& device, const TemporalShiftParams& s) {
   p.fold = s.fold;
   p.first = s.reverse ? -1 : 1;
   device.launch_kernel(
-      temporal_shift_kernel<scalar_t>, grid_for(x.numel(), kShiftThreads * kElementsPerThread, "temporal_shift"),
+      temporal_shift_kernel<scalar_t>, grid_for(plane_warps(p.n) * 32, kShiftThreads, "temporal_shift"),
       kShiftThreads, 0, p);
 }
 
