@@ -68,6 +68,14 @@ try:
     torch.ops.gateshift.gate_shift_forward(x, torch.randn(2, 4, 3, 3, 3, device=sys.argv[1]), None, None, None, 8, True)
 except ValueError as e:
     print(sys.argv[1], "raised:", str(e).splitlines()[0])'
+# On 2026-11-30 the extension that the image's default compiler (/opt/gcc) built there
+# crashed formatting error messages (in std::ostream, inside the extension): when it
+# does, build it again with the system's compiler.
+echo "compilers: CC=${CC:-} CXX=${CXX:-}; $(command -v gcc) $(gcc -dumpfullversion 2>/dev/null);" \
+  "/usr/bin/g++ $(/usr/bin/g++ -dumpfullversion 2>/dev/null || echo absent)"
+if ! "$PY" -c "$RAISE" cpu >/dev/null 2>&1 && [ -x /usr/bin/g++ ]; then
+  CC=/usr/bin/gcc CXX=/usr/bin/g++ TAIL=3 step build-system-compiler 300 "$PY" setup.py build_ext --inplace --force
+fi
 for d in cpu cuda; do
   TAIL=2 step "raise-$d" 30 "$PY" -c "$RAISE" "$d" || TAIL=40 step "raise-$d-gdb" 75 cuda-gdb -q -batch \
     -ex "set pagination off" -ex run -ex bt --args "$PY" -c "$RAISE" "$d"

@@ -1,13 +1,12 @@
-// The position of a thread's element in a (B, T, C, H*W) grid, moved in fixed
-// steps without dividing. Device code only.
+// The position of an element, or of a plane, in a (B, T, C, H*W) grid, moved in
+// fixed steps without dividing. Device code only.
 //
-// The element-wise kernels take several elements per thread, a grid-sized step
-// apart (consecutive threads on consecutive pixels: coalesced). Splitting every
-// flat index into (b, t, c, pixel) would cost four 64-bit divisions per element,
-// dozens of instructions each on a GPU; instead a thread splits its first index
-// and the step once, and adds the step digit by digit with carries (each digit
-// plus the step's digit plus a carry stays below twice its radix, so one
-// subtraction normalises it).
+// Kernels that walk a grid in steps of the whole launch (blocks x threads, or
+// blocks x warps) split their first index into (b, t, c, pixel) once, and the
+// step once, and then add the step digit by digit with carries (each digit plus the
+// step's digit plus a carry stays below twice its radix, so one subtraction
+// normalises it) instead of four 64-bit divisions per step, dozens of instructions
+// each on a GPU.
 #pragma once
 
 #include <cstdint>
@@ -16,11 +15,6 @@
 #include "../common/layout.h"
 
 namespace gateshift::cuda {
-
-// Elements per thread of the element-wise kernels that still take them a grid apart
-// (their grids are sized for it): enough to amortise the first split, few enough to
-// keep every SM busy.
-constexpr int kElementsPerThread = 4;
 
 struct ElementCursor {
   int64_t b, t, c, i;  // clip, frame, channel, pixel of the plane
