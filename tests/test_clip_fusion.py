@@ -108,7 +108,9 @@ def test_matches_the_equations(clips, options, gen):
     assert logits.shape == (3, 5) and att.shape == (3, clips)
     torch.testing.assert_close(logits, expected_logits)
     torch.testing.assert_close(att, expected_att)
-    assert ((att > 0) & (att < 1)).all()
+    # Sigmoid gates: in (0, 1), but in floating point a large logit rounds to exactly 1
+    # (float64 from about 37; seed 926962699 drew one).
+    assert ((att >= 0) & (att <= 1)).all()
 
 
 def test_parameter_names_and_shapes():
