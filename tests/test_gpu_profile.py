@@ -59,7 +59,8 @@ def _record(op, direction, us, floor):
 
 def test_compare_prints_after_over_before_for_the_cases_both_runs_have(tmp_path):
     before, after = tmp_path / "before.json", tmp_path / "after.json"
-    before.write_text(json.dumps({"records": [_record("gsm", "forward", 400.0, 25.0), _record("tsm", "forward", 80, 25)]}))
+    records = [_record("gsm", "forward", 400.0, 25.0), _record("tsm", "forward", 80, 25)]
+    before.write_text(json.dumps({"records": records}))
     after.write_text(json.dumps({"records": [_record("gsm", "forward", 100.0, 25.0)]}))
     table = gpu_profile.compare(before, after)
     row = next(line for line in table.splitlines() if line.startswith("gsm op forward 3a"))

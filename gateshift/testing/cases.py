@@ -18,7 +18,10 @@ from collections.abc import Callable
 
 import torch
 
-from ..bench.workloads import Shape
+from ..bench.workloads import Shape, preset_shapes
+
+OPS = ("gsm", "gsf", "tsm")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # DESIGN.md section 3: bytes per element of x a case must move at least, in fp32
 # (forward, backward); half of it for 16-bit dtypes.
@@ -35,6 +38,42 @@ def floor_bytes(op: str, case: str, direction: str, shape: Shape, dtype: torch.d
     """The fewest DRAM bytes the case must move (DESIGN.md section 3)."""
     per_element = FLOOR_BYTES[(op, case)][0 if direction == "forward" else 1]
     return per_element * torch.tensor([], dtype=dtype).element_size() / 4 * shape.numel
+
+
+def parse_ops(text: str) -> list[str]:
+    """``--ops``: comma-separated names of OPS (a command-line error otherwise)."""
+    ops = [o.strip() for o in text.split(",") if o.strip()]
+    if not ops or any(o not in OPS for o in ops):
+        raise SystemExit(f"--ops: choose from {', '.join(OPS)}; got {text!r}")
+    return ops
+
+
+def select_shapes(shapes: list[Shape], presets: list[str] | None, clips: int, frames: int,
+                  only: str | None) -> list[Shape]:
+    """The shapes of a run: ``shapes`` and the presets' placements (bn-inception when
+    neither is given), kept to the placement labels in ``only`` (comma-separated)."""
+    presets = presets or ([] if shapes else ["bn-inception"])
+    selected = shapes + [s for name in presets for s in preset_shapes(name, clips, [frames])]
+    if only:
+        keep = {v.strip() for v in only.split(",")}
+        selected = [s for s in selected if s.label.split()[-1] in keep]
+        if not selected:
+            raise SystemExit(f"--only {only!r} matches no placement")
+    return selected
+
+
+def case_fields(op: str, case: str, direction: str, shape: Shape, dtype: torch.dtype) -> dict:
+    """The fields that name a case in a record, modeled or measured."""
+    return dict(op=op, case=case, where=shape.label,
+                shape=[shape.clips, shape.frames, shape.channels, shape.height, shape.width],
+                dtype=str(dtype).removeprefix("torch."), direction=direction)
+
+
+def case_heading(r: dict, time_key: str) -> str:
+    """A record's first table line: the case, its time (``time_key``), floor and ratio."""
+    return (f"{r['op']} {r['case']} {r['direction']}  {'x'.join(map(str, r['shape']))}  {r['where']}  "
+            f"{r['dtype']}  on {r['gpu']}: {time_key.removesuffix('_us')} {r[time_key]:.1f} us, "
+            f"floor {r['floor_us']:.1f} us, ratio {r['ratio']:.2f}")
 
 
 @dataclasses.dataclass

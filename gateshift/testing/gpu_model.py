@@ -55,9 +55,9 @@ from pathlib import Path
 
 import torch
 
-from ..bench.workloads import PRESETS, Shape, parse_shape, preset_shapes
+from ..bench.workloads import PRESETS, Shape, parse_shape
 from . import cuda_emulator
-from .cases import case_steps, floor_bytes
+from .cases import DTYPES, case_fields, case_heading, case_steps, floor_bytes, parse_ops, select_shapes
 
 __all__ = ["GPUS", "GPU", "model_op", "model_launch", "format_table", "main"]
 
@@ -92,7 +92,6 @@ GPUS = {
                 l1_and_shared_bytes_per_sm=192 * 1024),
 }
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Blocks of each launch the emulator runs (and at least 1 in 256); the counts are scaled
 # to the grid. A quick look: without the L1 tier of model_launch, at bn-inception 3a
@@ -204,9 +203,7 @@ def model_op(gpu: GPU, op: str, shape: Shape, dtype: torch.dtype, sample_blocks:
         floor_us = floor_bytes(op, case, direction, shape, dtype) / gpu.dram_bytes_per_s * 1e6
         total = sum(m["modeled_us"] for m in modeled)
         records.append(dict(
-            model=BANNER, gpu=gpu.name, op=op, case=case, where=shape.label,
-            shape=[shape.clips, shape.frames, shape.channels, shape.height, shape.width],
-            dtype=str(dtype).removeprefix("torch."), direction=direction, sample_blocks=sample_blocks,
+            model=BANNER, gpu=gpu.name, **case_fields(op, case, direction, shape, dtype), sample_blocks=sample_blocks,
             launches=modeled, modeled_us=round(total, 3), floor_us=round(floor_us, 3),
             ratio=round(total / floor_us, 3),
         ))
@@ -218,9 +215,7 @@ def format_table(records: Sequence[dict]) -> str:
     lines = [f"# {BANNER}"]
     for r in records:
         lines.append("")
-        lines.append(f"{r['op']} {r['case']} {r['direction']}  {'x'.join(map(str, r['shape']))}  {r['where']}  "
-                     f"{r['dtype']}  on {r['gpu']}: modeled {r['modeled_us']:.1f} us, floor {r['floor_us']:.1f} us, "
-                     f"ratio {r['ratio']:.2f}")
+        lines.append(case_heading(r, "modeled_us"))
         for m in r["launches"]:
             lines.append(
                 f"  {m['kernel']:<44} {m['blocks']:>6} blocks x {m['threads']}, {m['registers']} regs, "
@@ -253,19 +248,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = _parser().parse_args(argv)
-    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
-    if not ops or any(o not in ("gsm", "gsf", "tsm") for o in ops):
-        raise SystemExit(f"--ops: choose from gsm, gsf, tsm; got {args.ops!r}")
+    ops = parse_ops(args.ops)
     if args.clips < 1 or args.frames < 1 or args.sample_blocks < 1:
         raise SystemExit("--clips, --frames and --sample-blocks must be positive")
     gpu = GPUS[args.gpu]
-    presets = args.preset or ([] if args.shape else ["bn-inception"])
-    shapes = args.shape + [s for name in presets for s in preset_shapes(name, args.clips, [args.frames])]
-    if args.only:
-        keep = {v.strip() for v in args.only.split(",")}
-        shapes = [s for s in shapes if s.label.split()[-1] in keep]
-        if not shapes:
-            raise SystemExit(f"--only {args.only!r} matches no placement")
+    shapes = select_shapes(args.shape, args.preset, args.clips, args.frames, args.only)
     records = []
     modeled: dict[tuple, list[dict]] = {}  # placements of one shape (bn-inception's 3a and 3b) count once
     with cuda_emulator.num_sms(gpu.sms):  # the launch configuration the GPU would get

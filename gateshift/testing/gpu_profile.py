@@ -29,11 +29,10 @@ from pathlib import Path
 import torch
 
 from ..bench.timing import copy_bandwidth
-from ..bench.workloads import PRESETS, parse_shape, preset_shapes
-from .cases import case_steps, floor_bytes
+from ..bench.workloads import PRESETS, parse_shape
+from .cases import DTYPES, case_fields, case_heading, case_steps, floor_bytes, parse_ops, select_shapes
 
 BANNER = "MEASURED on a GPU (CUPTI kernel durations, medians)"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def short_kernel_name(name: str) -> str:
@@ -84,9 +83,8 @@ def profile_op(op: str, shape, dtype: torch.dtype, device: torch.device, bandwid
         total = sum(m["measured_us"] for m in launches)
         floor_us = floor_bytes(op, case, direction, shape, dtype) / bandwidth * 1e6
         records.append(dict(
-            measured=BANNER, gpu=torch.cuda.get_device_name(device), op=op, case=case, where=shape.label,
-            shape=[shape.clips, shape.frames, shape.channels, shape.height, shape.width],
-            dtype=str(dtype).removeprefix("torch."), direction=direction, repeat=repeat, launches=launches,
+            measured=BANNER, gpu=torch.cuda.get_device_name(device), **case_fields(op, case, direction, shape, dtype),
+            repeat=repeat, launches=launches,
             measured_us=round(total, 3), floor_us=round(floor_us, 3), ratio=round(total / floor_us, 3),
         ))
     return records
@@ -104,9 +102,7 @@ def format_table(records: Sequence[dict], bandwidth: float) -> str:
     lines = [f"# {BANNER}; floors at the measured copy bandwidth {bandwidth / 1e12:.2f} TB/s"]
     for r in records:
         lines.append("")
-        lines.append(f"{r['op']} {r['case']} {r['direction']}  {'x'.join(map(str, r['shape']))}  {r['where']}  "
-                     f"{r['dtype']}  on {r['gpu']}: measured {r['measured_us']:.1f} us, floor {r['floor_us']:.1f} us, "
-                     f"ratio {r['ratio']:.2f}")
+        lines.append(case_heading(r, "measured_us"))
         for m in r["launches"]:
             lines.append(f"  {m['kernel']:<44} {m['measured_us']:8.1f} us (IQR {m['iqr_us']:.1f})")
     return "\n".join(lines)
@@ -126,7 +122,8 @@ def compare(before: Path, after: Path, only: set[str] | None = None) -> str:
             continue
         o = old[key]
         lines.append(f"{' '.join((key[0], key[1], key[2], key[3].split()[-1], key[4])):<44} "
-                     f"{o['measured_us']:>10.1f} {r['measured_us']:>10.1f} {r['measured_us'] / o['measured_us']:>13.2f} "
+                     f"{o['measured_us']:>10.1f} {r['measured_us']:>10.1f} "
+                     f"{r['measured_us'] / o['measured_us']:>13.2f} "
                      f"{r['ratio']:>12.2f}")
     return "\n".join(lines)
 
@@ -159,18 +156,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     device = torch.device(args.device)
     if device.type != "cuda" or not torch.cuda.is_available():
         raise SystemExit("gpu_profile measures CUDA kernels: it needs a CUDA device (--device cuda[:N])")
-    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
-    if not ops or any(o not in ("gsm", "gsf", "tsm") for o in ops):
-        raise SystemExit(f"--ops: choose from gsm, gsf, tsm; got {args.ops!r}")
+    ops = parse_ops(args.ops)
     if args.repeat < 2:
         raise SystemExit("--repeat must be at least 2")
-    presets = args.preset or ([] if args.shape else ["bn-inception"])
-    shapes = args.shape + [s for name in presets for s in preset_shapes(name, args.clips, [args.frames])]
-    if args.only:
-        keep = {v.strip() for v in args.only.split(",")}
-        shapes = [s for s in shapes if s.label.split()[-1] in keep]
-        if not shapes:
-            raise SystemExit(f"--only {args.only!r} matches no placement")
+    shapes = select_shapes(args.shape, args.preset, args.clips, args.frames, args.only)
     import gateshift  # noqa: F401  (registers torch.ops.gateshift)
 
     dtype = DTYPES[args.dtype]
@@ -184,8 +173,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         records = []
         for shape in shapes:
             for op in ops:
-                records += profile_op(op, shape, dtype, device, bandwidth, args.repeat)
-                print(format_table(records[-(2 if op == "tsm" else 4):], bandwidth), flush=True)
+                measured = profile_op(op, shape, dtype, device, bandwidth, args.repeat)
+                records += measured
+                print(format_table(measured, bandwidth), flush=True)
     if args.json:
         args.json.write_text(json.dumps(dict(measured=BANNER, copy_bytes_per_s=bandwidth, records=records), indent=1))
     return records
