@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import json
 import math
+import mmap
 import pathlib
 import subprocess
 import sys
@@ -243,6 +244,24 @@ def test_time_calls_times_each_call_after_the_warmup():
     assert 2 <= times.median_ms < 200 and times.iqr_ms >= 0
 
 
+def test_time_calls_counts_the_page_faults_of_each_call():
+    if math.isnan(timing.minor_page_faults()):
+        pytest.skip("this OS does not count page faults (getrusage)")
+    pages = 256
+
+    def touch_fresh_pages():
+        # An anonymous mapping is fresh memory: each page faults at its first write.
+        with mmap.mmap(-1, pages * mmap.PAGESIZE) as m:
+            for i in range(0, pages * mmap.PAGESIZE, mmap.PAGESIZE):
+                m[i] = 1
+
+    touching = timing.time_calls(touch_fresh_pages, torch.device("cpu"), warmup=1, repeat=4)
+    idle = timing.time_calls(lambda: None, torch.device("cpu"), warmup=1, repeat=4)
+    # Huge pages, where the kernel gives them, fault once per 2 MB: at least one a call.
+    assert 1 <= touching.minor_faults <= 2 * pages
+    assert idle.minor_faults < touching.minor_faults
+
+
 def test_time_interleaved_rotates_the_order_of_each_round():
     calls = []
     fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
@@ -386,6 +405,9 @@ def test_roofline_reports_the_useful_flop_rate_against_sgemm(tmp_path, capsys):
     assert fused["matmul_frac"] == pytest.approx(54 * numel / (fused["fwd_ms"] / 1e3) / rate)
     assert fused["matmul_frac_fwd_bwd"] == pytest.approx(162 * numel / (fused["fwd_bwd_ms"] / 1e3) / rate)
     assert fused["matmul_frac_infer"] == pytest.approx(54 * numel / (fused["infer_ms"] / 1e3) / rate)
+    if not math.isnan(timing.minor_page_faults()):
+        assert "faults/step" in table
+        assert all(r["fwd_bwd_faults"] >= 0 for r in data["records"])
 
 
 def test_columns_nothing_measured_are_left_out(capsys):

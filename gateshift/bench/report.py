@@ -39,6 +39,7 @@ TABLE_COLUMNS = [
     ("matmul_frac", "fwd % sgemm", "{:.0%}"),
     ("matmul_frac_fwd_bwd", "fwd+bwd % sgemm", "{:.0%}"),
     ("matmul_frac_infer", "infer % sgemm", "{:.0%}"),
+    ("fwd_bwd_faults", "faults/step", "{:.0f}"),
     ("max_abs_err", "max err", "{:.1e}"),
 ]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import statistics
 import timeit
 from collections.abc import Callable
@@ -44,9 +45,11 @@ benchmark = _import_torch_benchmark()
 
 @dataclasses.dataclass(frozen=True)
 class CallTimes:
-    """The durations of individually timed calls, in seconds."""
+    """The durations of individually timed calls, in seconds, and the minor page faults
+    the process took per timed call (NaN where the OS does not count them)."""
 
     seconds: tuple[float, ...]
+    minor_faults: float = math.nan
 
     @property
     def median_ms(self) -> float:
@@ -69,7 +72,21 @@ def time_calls(fn: Callable[[], object], device: torch.device, *, warmup: int, r
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         for _ in range(warmup):
             fn()
-        return CallTimes(tuple(timer.timeit(number=1) for _ in range(repeat)))
+        faults = minor_page_faults()
+        seconds = tuple(timer.timeit(number=1) for _ in range(repeat))
+        return CallTimes(seconds, (minor_page_faults() - faults) / repeat)
+
+
+def minor_page_faults() -> float:
+    """The minor page faults this process has taken so far (getrusage), NaN where the OS
+    does not count them. On a CPU they are memory the allocator handed back to the OS
+    and gets again: the kernel maps and zeroes each 4 KB page at its first touch, a cost
+    that depends on the heap's history rather than on the op (README, "Page faults")."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return math.nan
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, *, warmup: int,
