@@ -1,5 +1,5 @@
-"""The instruments: how long a call takes, the device's copy bandwidth, what autograd
-keeps for backward, peak device memory, and profiler traces.
+"""The instruments: how long a call takes (and the page faults it takes), the device's
+copy bandwidth, what autograd keeps for backward, peak device memory, and profiler traces.
 
 A measurement is ``warmup`` untimed calls, then ``repeat`` calls each timed on its own;
 the median and interquartile range of those samples are what is reported. The clock is
@@ -23,6 +23,11 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+try:
+    import resource
+except ImportError:  # Windows: no getrusage
+    resource = None
 
 
 def _import_torch_benchmark():
@@ -81,10 +86,9 @@ def minor_page_faults() -> float:
     """The minor page faults this process has taken so far (getrusage), NaN where the OS
     does not count them. On a CPU they are memory the allocator handed back to the OS
     and gets again: the kernel maps and zeroes each 4 KB page at its first touch, a cost
-    that depends on the heap's history rather than on the op (README, "Page faults")."""
-    try:
-        import resource
-    except ImportError:  # Windows
+    that depends on the heap's history rather than on the op (README, "Page faults from the
+    allocator")."""
+    if resource is None:
         return math.nan
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 
