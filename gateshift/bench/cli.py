@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roofline", action="store_true",
                    help="also measure the matrix-product (sgemm) rate on the same threads and report each GSM/GSF "
                         "case's useful FLOP rate (54 FLOP per element forward, 162 forward+backward) as a fraction; "
-                        "on the CPU also the minor page faults per training step")
+                        "on the CPU also every case's minor page faults per training step")
     p.add_argument("--json", metavar="PATH", help="write one record per (case, impl) as JSON")
     p.add_argument("--csv", metavar="PATH", help="write the records as CSV")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of speed-up and memory per case (needs matplotlib)")

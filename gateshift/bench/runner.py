@@ -55,7 +55,7 @@ class Record:
     matmul_frac_fwd_bwd: float = math.nan
     matmul_frac_infer: float = math.nan  # the eval-mode inference pass's (54 FLOP per element)
     # --roofline on the CPU: minor page faults per training step (forward+backward), the
-    # mean over its timed calls; memory the allocator handed back to the OS and took again.
+    # mean over its timed calls (timing.minor_page_faults); NaN where not counted.
     fwd_bwd_faults: float = math.nan
 
     @property
@@ -185,8 +185,8 @@ def benchmark_workload(
             records[-1].matmul_frac = fwd_flop / (fwd[impl].median_ms / 1e3) / matmul_rate
             records[-1].matmul_frac_fwd_bwd = fwd_bwd_flop / (fwd_bwd[impl].median_ms / 1e3) / matmul_rate
             records[-1].matmul_frac_infer = fwd_flop / (infer[impl].median_ms / 1e3) / matmul_rate
-            if device.type == "cpu":
-                records[-1].fwd_bwd_faults = fwd_bwd[impl].minor_faults
+        if matmul_rate and device.type == "cpu":
+            records[-1].fwd_bwd_faults = fwd_bwd[impl].minor_faults
     by_impl = {r.impl: r for r in records}
     for r in records:
         if r.impl == "baseline":  # another network: its time is the temporal modules' baseline, not a rival's

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
+import mmap
 import statistics
 import timeit
 from collections.abc import Callable
@@ -51,7 +53,8 @@ benchmark = _import_torch_benchmark()
 @dataclasses.dataclass(frozen=True)
 class CallTimes:
     """The durations of individually timed calls, in seconds, and the minor page faults
-    the process took per timed call (NaN where the OS does not count them)."""
+    the process took per timed call (NaN where not counted: an OS without the count, or
+    :func:`time_interleaved`'s rounds)."""
 
     seconds: tuple[float, ...]
     minor_faults: float = math.nan
@@ -68,8 +71,9 @@ class CallTimes:
 
 
 def time_calls(fn: Callable[[], object], device: torch.device, *, warmup: int, repeat: int) -> CallTimes:
-    """``repeat`` calls of ``fn``, each timed on its own, after ``warmup`` untimed calls.
-    ``fn``'s work runs on ``device``."""
+    """``repeat`` calls of ``fn``, each timed on its own, after ``warmup`` untimed calls,
+    and the page faults the timed calls took (:func:`minor_page_faults`, read outside the
+    timed region). ``fn``'s work runs on ``device``."""
     # The synchronising clock on CUDA, made current below so that the right GPU is
     # waited for; on the CPU there is nothing to wait for.
     clock = benchmark.timer if device.type == "cuda" else timeit.default_timer
@@ -83,14 +87,32 @@ def time_calls(fn: Callable[[], object], device: torch.device, *, warmup: int, r
 
 
 def minor_page_faults() -> float:
-    """The minor page faults this process has taken so far (getrusage), NaN where the OS
-    does not count them. On a CPU they are memory the allocator handed back to the OS
-    and gets again: the kernel maps and zeroes each 4 KB page at its first touch, a cost
-    that depends on the heap's history rather than on the op (README, "Page faults from the
-    allocator")."""
-    if resource is None:
+    """The minor page faults this process has taken so far (getrusage's ``ru_minflt``);
+    NaN where the OS does not count them (Windows, or sandboxes whose getrusage leaves it
+    0). In a benchmark's steady state they are mostly memory the allocator handed back to
+    the OS and took again, which the kernel maps and zeroes page by page at the first
+    touch (README, "Page faults from the allocator")."""
+    if not _counts_page_faults():
         return math.nan
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+
+
+def touch_fresh_pages(pages: int) -> None:
+    """Maps ``pages`` pages of private anonymous memory and writes to each: fresh memory,
+    so each page faults at its first write (huge pages, where the kernel gives them, once
+    per huge page)."""
+    with mmap.mmap(-1, pages * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) as m:
+        for i in range(0, pages * mmap.PAGESIZE, mmap.PAGESIZE):
+            m[i] = 1
+
+
+@functools.cache
+def _counts_page_faults() -> bool:
+    if resource is None:
+        return False
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    touch_fresh_pages(4)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt > before
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, *, warmup: int,
