@@ -141,13 +141,14 @@ GATESHIFT_GLOBAL void __launch_bounds__(kStatsThreads)
     const acc_t mean = gated ? p.mean[at.c] : acc_t(0);
     const acc_t mean_term = gated ? p.grad_mean[at.c] * inv_count : acc_t(0);
     const device_ptr<const scalar_t> x = p.x.plane(at.b, at.t, at.c);
+    const device_ptr<const scalar_t> grad_in = p.has_grad_in ? p.grad_in.plane(at.b, at.t, at.c) : x;
     const device_ptr<scalar_t> grad_x = p.grad_x.plane(at.b, at.t, at.c);
     for_each_pixel_of_lane<acc_t>(
         p.n.HW,
         [&](int64_t i) {
           acc_t g = gated ? var_coef * (static_cast<acc_t>(x[i]) - mean) + mean_term : acc_t(0);
           if (p.has_grad_in) {
-            g = static_cast<acc_t>(p.grad_in.plane(at.b, at.t, at.c)[i]) + g;
+            g = static_cast<acc_t>(grad_in[i]) + g;
           }
           return g;
         },
