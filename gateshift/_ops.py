@@ -29,12 +29,38 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def with_contiguous_planes(t: Tensor, *, warn: bool = True) -> Tensor:
-    """Mirrors ``with_contiguous_planes`` in csrc/common/checks.cpp: the kernels
-    read ``t`` as it is when each (H, W) plane is contiguous, else a contiguous copy,
-    announced once per process (``warn``: unless only shapes are being traced)."""
+def has_pixel_major_frames(t: Tensor) -> bool:
+    """Mirrors ``has_pixel_major_frames`` in csrc/common/checks.cpp: each frame of the
+    (..., C, H, W) tensor ``t`` is a dense (H, W, C) block with C innermost
+    (``channels_last``), and its planes are not contiguous."""
+    c, h, w = t.shape[-3:]
+    if _has_contiguous_planes(t):
+        return False
+    return (c <= 1 or t.stride(-3) == 1) and (w <= 1 or t.stride(-1) == c) and (h <= 1 or t.stride(-2) == w * c)
+
+
+def _has_contiguous_planes(t: Tensor) -> bool:
     h, w = t.shape[-2:]
-    if (w <= 1 or t.stride(-1) == 1) and (h <= 1 or t.stride(-2) == w):
+    return (w <= 1 or t.stride(-1) == 1) and (h <= 1 or t.stride(-2) == w)
+
+
+def _is_non_overlapping_and_dense(t: Tensor) -> bool:
+    """As ATen's ``is_non_overlapping_and_dense``: the dimensions, ordered by stride
+    (those of size 1 left out), tile memory without gaps or overlaps."""
+    expected = 1
+    for d in sorted((d for d in range(t.dim()) if t.shape[d] != 1), key=lambda d: t.stride(d)):
+        if t.stride(d) != expected:
+            return False
+        expected *= t.shape[d]
+    return True
+
+
+def frames_input(t: Tensor, *, warn: bool = True) -> Tensor:
+    """Mirrors ``ops::frames_input`` in csrc/ops/backend.h: the kernels read ``t`` as
+    it is when each (H, W) plane is contiguous, and on the CPU also when its frames
+    are pixel-major (``channels_last``, read in place); else a contiguous copy,
+    announced once per process (``warn``: unless only shapes are being traced)."""
+    if _has_contiguous_planes(t) or (t.device.type == "cpu" and has_pixel_major_frames(t)):
         return t
     if warn:
         _warn_plane_copy_once(t)
@@ -51,8 +77,8 @@ def _warn_plane_copy_once(t: Tensor) -> None:
     _plane_copy_warned = True
     warnings.warn(
         f"gateshift: an input of shape {tuple(t.shape)} and strides {t.stride()} has (H, W) planes that are not "
-        "contiguous (channels_last, say): the fused ops copy it to contiguous planes first, one extra read and "
-        "write of its size. (Shown once.)",
+        "contiguous (channels_last on CUDA, say): the fused ops copy it to contiguous planes first, one extra read "
+        "and write of its size. (Shown once.)",
         UserWarning,
         stacklevel=4,
     )
@@ -60,13 +86,14 @@ def _warn_plane_copy_once(t: Tensor) -> None:
 
 def empty_output_like(x: Tensor) -> Tensor:
     """Mirrors ``ops::empty_output_like`` in csrc/ops/backend.h: a tensor of the
-    5-D ``x``'s sizes that the kernels can write, every (H, W) plane contiguous and no
-    element shared. ``x``'s own strides when it is non-overlapping and dense; else
+    5-D ``x``'s sizes that the kernels can write, no element shared, in the layout
+    the kernels read ``x`` in (``frames_input``). ``x``'s own strides when it is
+    non-overlapping and dense (``channels_last`` stays so on the CPU); else
     (overlapping or gapped views) dense strides with the planes innermost and B, T, C
     in the order of ``x``'s strides."""
-    x = with_contiguous_planes(x, warn=False)
-    if x.is_contiguous():
-        return torch.empty_like(x)
+    x = frames_input(x, warn=False)
+    if x.is_contiguous() or (has_pixel_major_frames(x) and _is_non_overlapping_and_dense(x)):
+        return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
     # For any other non-overlapping and dense x this reproduces x's own strides (up to
     # those of size-1 dimensions, which do not matter).
     order = sorted(range(3), key=lambda d: -x.stride(d))  # stable: ties keep B, T, C order

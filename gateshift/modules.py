@@ -12,7 +12,7 @@ from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
-from ._ops import accumulation_dtype, ops, with_contiguous_planes
+from ._ops import accumulation_dtype, frames_input, ops
 from . import reference
 from ._training_node import GateShiftWithBatchStats, fold_batch_norm
 from .functional import _autocast, _check_args, _unfused_autograd_mode, gate_shift, gate_shift_fuse, temporal_shift
@@ -323,7 +323,7 @@ class GSM(nn.Module):
         # power iteration) runs at every read.
         weight = self.conv3D.weight
         _check_dtype(self, x, weight)
-        x = with_contiguous_planes(x)  # one copy of channels_last input, shared by both ops
+        x = frames_input(x)  # channels_last: read in place on the CPU, one copy shared by both ops on CUDA
         x5 = _clips(self, x)
         trained = _training_with_batch_statistics(self, x5, (weight, self.conv3D.bias))
         if trained is not None:
@@ -385,7 +385,7 @@ class GSF(nn.Module):
         _run_weight_pre_hooks(self)
         weight = self.conv3D.weight  # read once: see GSM.forward
         _check_dtype(self, x, weight)
-        x = with_contiguous_planes(x)  # one copy of channels_last input, shared by both ops
+        x = frames_input(x)  # channels_last: read in place on the CPU, one copy shared by both ops on CUDA
         x5 = _clips(self, x)
         fuse_weight = torch.cat((self.channel_conv1.weight, self.channel_conv2.weight))
         fuse_bias = torch.cat((self.channel_conv1.bias, self.channel_conv2.bias))

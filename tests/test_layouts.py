@@ -58,8 +58,9 @@ def embedded(x, dim, step=1, offset=0, extra=0):
 
 
 # Views whose (H, W) planes are not contiguous are copied to contiguous planes by the
-# ops' shared entry before any backend sees them: the emulator would run the kernels on
-# the same copy as for a contiguous x, so only the views the kernels read in place
+# ops' shared entry before the CUDA kernels see them (channels_last, which the CPU
+# kernels read in place: test_channels_last.py): the emulator would run the kernels on
+# the same copy as for a contiguous x, so only the views the CUDA kernels read in place
 # (strided channels and frames) run there too.
 COPIED_VIEWS = {
     "channels_last": lambda x: x.contiguous(memory_format=torch.channels_last),

@@ -65,9 +65,18 @@ at::Tensor with_contiguous_planes(const at::Tensor& t) {
   }
   TORCH_WARN_ONCE(
       "gateshift: an input of shape ", t.sizes(), " and strides ", t.strides(),
-      " has (H, W) planes that are not contiguous (channels_last, say): the fused ops copy it to contiguous planes "
+      " has (H, W) planes that are not contiguous (channels_last on CUDA, say): the fused ops copy it to contiguous "
+      "planes "
       "first, one extra read and write of its size. (Shown once.)");
   return t.contiguous();
+}
+
+bool has_pixel_major_frames(const at::Tensor& t) {
+  if (has_contiguous_planes(t)) {
+    return false;
+  }
+  const int64_t C = t.size(2), H = t.size(3), W = t.size(4);
+  return (C <= 1 || t.stride(2) == 1) && (W <= 1 || t.stride(4) == C) && (H <= 1 || t.stride(3) == W * C);
 }
 
 PlaneStrides plane_strides(const at::Tensor& t) {

@@ -42,6 +42,12 @@ bool has_contiguous_planes(const at::Tensor& t);
 // t itself when its planes are contiguous, otherwise a contiguous copy.
 at::Tensor with_contiguous_planes(const at::Tensor& t);
 
+// True when each (b, t) frame of a 5-D tensor is a dense (H, W, C) block with C
+// innermost (channels_last; channels_last_3d seen through the BCTHW layout's
+// permute), and its planes are not contiguous: what the CPU kernels read and
+// write in place besides contiguous planes (cpu/frame_staging.h).
+bool has_pixel_major_frames(const at::Tensor& t);
+
 PlaneStrides plane_strides(const at::Tensor& t);
 PlaneGrid plane_grid(const at::Tensor& t);
 
@@ -55,9 +61,10 @@ PlaneTensor<T> plane_tensor(const at::Tensor& t) {
   }
 }
 
-// The strides of a new tensor of x's sizes that the kernels can write: every
-// (H, W) plane contiguous, and no two elements sharing memory. x (5-D, contiguous
-// planes) gives its own strides when it is non-overlapping and dense; otherwise
+// The strides of a new tensor of x's sizes that the kernels can write, no two
+// elements sharing memory. x (5-D, as frames_input gave it: contiguous planes, or
+// pixel-major frames on the CPU) gives its own strides when it is non-overlapping
+// and dense, so channels_last stays channels_last on the CPU; otherwise
 // (overlapping or gapped views, where at::empty_like would order the dimensions
 // by x's strides and could put T or C between H and W) dense strides with the
 // planes innermost and B, T, C in the order of x's strides.

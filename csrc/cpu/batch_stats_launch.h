@@ -3,6 +3,8 @@
 
 #include <ATen/Parallel.h>
 
+#include <vector>
+
 #include "../common/checks.h"
 #include "../ops/batch_stats.h"
 #include "backend.h"
@@ -13,10 +15,27 @@ namespace gateshift::cpu {
 template <typename scalar_t>
 void launch(Backend& /*cpu*/, const BatchStatsParams& p) {
   using acc_t = acc_type<scalar_t>;
-  at::parallel_for(0, p.channels, 1, [&](int64_t begin, int64_t end) {
-    batch_stats_channels<scalar_t>(
-        plane_tensor<const scalar_t>(p.x), plane_grid(p.x), begin, end, p.mean.mutable_data_ptr<acc_t>(),
-        p.var.mutable_data_ptr<acc_t>());
+  const PlaneGrid n = plane_grid(p.x);
+  acc_t* const mean = p.mean.mutable_data_ptr<acc_t>();
+  acc_t* const var = p.var.mutable_data_ptr<acc_t>();
+  const Frames<const scalar_t> x = frames<const scalar_t>(p.x);
+  if (!x.pixel_major) {
+    at::parallel_for(0, p.channels, 1, [&](int64_t begin, int64_t end) {
+      batch_stats_channels<scalar_t>(plane_tensor<const scalar_t>(p.x), n, begin, end, mean, var);
+    });
+    return;
+  }
+  // Pixel-major: the plane sums frame by frame, then per channel (batch_stats_kernel.h).
+  std::vector<acc_t> moments(static_cast<size_t>(n.B * n.T * p.channels * 2));
+  std::vector<acc_t> first(static_cast<size_t>(p.channels));
+  for (int64_t c = 0; c < p.channels; ++c) {
+    first[c] = static_cast<acc_t>(x.data[c]);
+  }
+  at::parallel_for(0, n.B * n.T, 1, [&](int64_t begin, int64_t end) {
+    batch_stats_plane_moments<scalar_t>(x, n.T, p.channels, moments.data(), begin, end);
+  });
+  at::parallel_for(0, p.channels, 16, [&](int64_t begin, int64_t end) {
+    batch_stats_from_moments(moments.data(), first.data(), n, p.channels, begin, end, mean, var);
   });
 }
 
@@ -25,14 +44,15 @@ void launch(Backend& /*cpu*/, const BatchStatsBackwardParams& p) {
   using acc_t = acc_type<scalar_t>;
   const PlaneGrid n = plane_grid(p.x);
   const bool has_grad_in = p.grad_in.defined();
-  const PlaneTensor<const scalar_t> grad_in = has_grad_in ? plane_tensor<const scalar_t>(p.grad_in)
-                                                          : PlaneTensor<const scalar_t>{};
-  at::parallel_for(0, n.B * n.T * n.C, 1, [&](int64_t begin, int64_t end) {
+  const Frames<const scalar_t> grad_in = has_grad_in ? frames<const scalar_t>(p.grad_in) : Frames<const scalar_t>{};
+  const Frames<scalar_t> grad_x = frames<scalar_t>(p.grad_x);
+  // A pixel-major grad_x is written a whole frame at a time (FrameWriter).
+  const int64_t planes_per_step = grad_x.pixel_major ? n.C : 1;
+  at::parallel_for(0, n.B * n.T * n.C / planes_per_step, 1, [&](int64_t begin, int64_t end) {
     batch_stats_backward_planes<scalar_t>(
-        plane_tensor<const scalar_t>(p.x), has_grad_in ? &grad_in : nullptr, plane_tensor<scalar_t>(p.grad_x), n,
-        p.channels, p.count,
+        frames<const scalar_t>(p.x), has_grad_in ? &grad_in : nullptr, grad_x, n, p.channels, p.count,
         p.grad_mean.const_data_ptr<acc_t>(), p.grad_var.const_data_ptr<acc_t>(), p.mean.const_data_ptr<acc_t>(),
-        begin, end);
+        begin * planes_per_step, end * planes_per_step);
   });
 }
 

@@ -29,43 +29,65 @@
 
 namespace gateshift::cpu {
 
-// Forward pass (3): out[t] = f ys + (1 - f) r, with ys = g[tn] x[tn] (tn = t + 1 for
-// group 0, t - 1 for group 1, zero past the clip) and r = (1 - g[t]) x[t].
+// Forward pass (3), one plane: out[t] = f ys + (1 - f) r, with ys = g[tn] x[tn]
+// (tn = t + 1 for group 0, t - 1 for group 1, zero past the clip) and
+// r = (1 - g[t]) x[t].
+template <typename scalar_t>
+GATESHIFT_ALWAYS_INLINE void combine_plane(
+    const Problem<scalar_t>& p,
+    const acc_type<scalar_t>* gates,
+    const acc_type<scalar_t>* fusion,
+    FrameReader<scalar_t>& x_frames,
+    FrameWriter<scalar_t>& out_frames,
+    int64_t b,
+    int64_t t,
+    int64_t c) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t T = p.T, P = p.P, half = P / 2, HW = p.H * p.W;
+  const scalar_t* xc = x_frames.plane(b, t, c);
+  if (c >= P) {  // pass-through channel
+    std::copy(xc, xc + HW, out_frames.plane(b, t, c));
+    return;
+  }
+  const int64_t k = c / half, tn = k == 0 ? t + 1 : t - 1;
+  const acc_t* g = gates + ((b * T + t) * 2 + k) * HW;
+  const acc_t f = fusion[table_index(b, t, 2, c, T, 3, P)];
+  scalar_t* o = out_frames.plane(b, t, output_channel(c, P, p.interleaved));
+  if (tn >= 0 && tn < T) {
+    const acc_t* gn = gates + ((b * T + tn) * 2 + k) * HW;
+    const scalar_t* xn = x_frames.plane(b, tn, c);
+#pragma omp simd
+    for (int64_t i = 0; i < HW; ++i) {
+      const acc_t xv = static_cast<acc_t>(xc[i]);
+      o[i] = static_cast<scalar_t>(f * gn[i] * static_cast<acc_t>(xn[i]) + (acc_t(1) - f) * (xv - g[i] * xv));
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < HW; ++i) {
+      const acc_t xv = static_cast<acc_t>(xc[i]);
+      o[i] = static_cast<scalar_t>((acc_t(1) - f) * (xv - g[i] * xv));
+    }
+  }
+}
+
+// Forward pass (3) over planes [plane_begin, plane_end) of the (B, T, C) planes:
+// whole frames when out is pixel-major (FrameWriter).
 template <typename scalar_t>
 GATESHIFT_CPU_MULTIVERSION void combine_planes(
     const Problem<scalar_t>& p,
     const acc_type<scalar_t>* gates,
     const acc_type<scalar_t>* fusion,
-    PlaneTensor<scalar_t> out,
+    const Frames<scalar_t>& out,
     int64_t plane_begin,
     int64_t plane_end) {
-  using acc_t = acc_type<scalar_t>;
-  const int64_t T = p.T, C = p.C, P = p.P, half = P / 2, HW = p.H * p.W;
+  const int64_t T = p.T, C = p.C;
+  FrameReader<scalar_t> x_frames(p.x, T, 3);  // frames t - 1 .. t + 1
+  FrameWriter<scalar_t> out_frames(out);
   for (int64_t plane = plane_begin; plane < plane_end; ++plane) {
     const int64_t c = plane % C, t = (plane / C) % T, b = plane / (C * T);
-    const scalar_t* xc = p.x_plane(b, t, c);
-    if (c >= P) {  // pass-through channel
-      std::copy(xc, xc + HW, out.plane(b, t, c));
-      continue;
-    }
-    const int64_t k = c / half, tn = k == 0 ? t + 1 : t - 1;
-    const acc_t* g = gates + ((b * T + t) * 2 + k) * HW;
-    const acc_t f = fusion[table_index(b, t, 2, c, T, 3, P)];
-    scalar_t* o = out.plane(b, t, output_channel(c, P, p.interleaved));
-    if (tn >= 0 && tn < T) {
-      const acc_t* gn = gates + ((b * T + tn) * 2 + k) * HW;
-      const scalar_t* xn = p.x_plane(b, tn, c);
-#pragma omp simd
-      for (int64_t i = 0; i < HW; ++i) {
-        const acc_t xv = static_cast<acc_t>(xc[i]);
-        o[i] = static_cast<scalar_t>(f * gn[i] * static_cast<acc_t>(xn[i]) + (acc_t(1) - f) * (xv - g[i] * xv));
-      }
-    } else {
-#pragma omp simd
-      for (int64_t i = 0; i < HW; ++i) {
-        const acc_t xv = static_cast<acc_t>(xc[i]);
-        o[i] = static_cast<scalar_t>((acc_t(1) - f) * (xv - g[i] * xv));
-      }
+    combine_plane(p, gates, fusion, x_frames, out_frames, b, t, c);
+    if (c == C - 1) {
+      out_frames.finish(b, t);
     }
   }
 }
@@ -74,23 +96,25 @@ GATESHIFT_CPU_MULTIVERSION void combine_planes(
 template <typename scalar_t>
 GATESHIFT_CPU_MULTIVERSION void fusion_gradient_planes(
     const Problem<scalar_t>& p,
-    PlaneTensor<const scalar_t> grad_out,
+    const Frames<const scalar_t>& grad_out,
     const acc_type<scalar_t>* gates,
     acc_type<scalar_t>* df,
     int64_t plane_begin,
     int64_t plane_end) {
   using acc_t = acc_type<scalar_t>;
   const int64_t T = p.T, P = p.P, half = P / 2, HW = p.H * p.W;
+  FrameReader<scalar_t> x_frames(p.x, T, 3);  // frames t - 1 .. t + 1
+  FrameReader<scalar_t> grad_frames(grad_out, T, 1);
   for (int64_t plane = plane_begin; plane < plane_end; ++plane) {
     const int64_t c = plane % P, t = (plane / P) % T, b = plane / (P * T);
     const int64_t k = c / half, tn = k == 0 ? t + 1 : t - 1;
-    const scalar_t* xc = p.x_plane(b, t, c);
-    const scalar_t* dz = grad_out.plane(b, t, output_channel(c, P, p.interleaved));
+    const scalar_t* xc = x_frames.plane(b, t, c);
+    const scalar_t* dz = grad_frames.plane(b, t, output_channel(c, P, p.interleaved));
     const acc_t* g = gates + ((b * T + t) * 2 + k) * HW;
     acc_t sum = 0;
     if (tn >= 0 && tn < T) {
       const acc_t* gn = gates + ((b * T + tn) * 2 + k) * HW;
-      const scalar_t* xn = p.x_plane(b, tn, c);
+      const scalar_t* xn = x_frames.plane(b, tn, c);
 #pragma omp simd reduction(+ : sum)
       for (int64_t i = 0; i < HW; ++i) {
         const acc_t xv = static_cast<acc_t>(xc[i]);

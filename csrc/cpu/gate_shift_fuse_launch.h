@@ -28,14 +28,17 @@ void launch(Backend& /*cpu*/, const GateShiftFuseForwardParams& f) {
   acc_t* const fz = f.fusion.mutable_data_ptr<acc_t>();
   const acc_t* const gates = g.gates.const_data_ptr<acc_t>();
   launch_forward_tasks<scalar_t, ForwardMode::kFuseMeans>(
-      p, ForwardOutputs<scalar_t>{PlaneTensor<scalar_t>{nullptr, PlaneStrides{}}, g.gates.mutable_data_ptr<acc_t>(), fz});
+      p, ForwardOutputs<scalar_t>{Frames<scalar_t>{}, g.gates.mutable_data_ptr<acc_t>(), fz});
   const std::vector<acc_t> V = to_acc_vector<acc_t, scalar_t>(f.fuse_weight);
   const std::vector<acc_t> e = to_acc_vector<acc_t, scalar_t>(f.fuse_bias);
   at::parallel_for(0, p.B * p.P, 16, [&](int64_t begin, int64_t end) {
     fusion_weight_rows(fz, V.data(), e.data(), p.T, p.P, begin, end);
   });
-  at::parallel_for(0, p.B * p.T * p.C, 16, [&](int64_t begin, int64_t end) {
-    combine_planes<scalar_t>(p, gates, fz, plane_tensor<scalar_t>(g.out), begin, end);
+  const Frames<scalar_t> out = frames<scalar_t>(g.out);
+  // A pixel-major output is written a whole frame at a time (FrameWriter).
+  const int64_t planes_per_step = out.pixel_major ? p.C : 1;
+  at::parallel_for(0, p.B * p.T * p.C / planes_per_step, out.pixel_major ? 1 : 16, [&](int64_t begin, int64_t end) {
+    combine_planes<scalar_t>(p, gates, fz, out, begin * planes_per_step, end * planes_per_step);
   });
 }
 
@@ -53,7 +56,7 @@ at::Tensor fuse_backward_coefficients(const GateShiftFuseBackwardParams& f) {
   const acc_t* const fz = f.fusion.const_data_ptr<acc_t>();
   at::parallel_for(0, B * T * P, 16, [&](int64_t begin, int64_t end) {
     fusion_gradient_planes<scalar_t>(
-        p, plane_tensor<const scalar_t>(g.grad_out), g.gates.const_data_ptr<acc_t>(), ds,
+        p, frames<const scalar_t>(g.grad_out), g.gates.const_data_ptr<acc_t>(), ds,
         begin, end);
   });
   std::vector<acc_t> dV(36, acc_t(0)), de(2, acc_t(0));

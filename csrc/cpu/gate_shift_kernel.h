@@ -46,6 +46,7 @@
 #include "../common/compile_target.h"
 #include "../common/fusion_math.h"
 #include "../common/layout.h"
+#include "frame_staging.h"
 #include "register_blocked_correlation.h"
 #include "vectorizable_tanh.h"
 
@@ -159,7 +160,7 @@ struct Problem {
   using acc_t = acc_type<scalar_t>;
   int64_t B, T, C, H, W, P;
   bool interleaved;
-  PlaneTensor<const scalar_t> x;
+  Frames<const scalar_t> x;  // read through a FrameReader
   // Parameters in acc_t. weight is (2, P/2, 27); backward also keeps each 3x3
   // slice flipped, the kernel of the transposed conv.
   std::vector<acc_t> weight, weight_flipped;
@@ -179,9 +180,6 @@ struct Problem {
   // whole-plane tile unless a plane's scratch would be large next to x (make_problem).
   int64_t tile_h, tile_w, tiles_h, tiles_w;
 
-  const scalar_t* x_plane(int64_t b, int64_t t, int64_t c) const {
-    return x.plane(b, t, c);
-  }
   int64_t tiles() const {
     return tiles_h * tiles_w;
   }
@@ -334,7 +332,7 @@ enum class ForwardMode { kGateShift, kFuseMeans };
 
 template <typename scalar_t>
 struct ForwardOutputs {
-  PlaneTensor<scalar_t> out;  // kGateShift
+  Frames<scalar_t> out;  // kGateShift
   acc_type<scalar_t>* gates;
   acc_type<scalar_t>* fusion;  // kFuseMeans: the (B, T, 3, P) table, rows 0 (ym) and 1 (rm)
 };
@@ -353,6 +351,10 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
     plane = scratch.plane();
   }
   acc_t* const u_dense = scratch.plane();  // one channel's, dense, before it is padded (half types)
+  // x's frames s-3 .. s are in use while input frame s is correlated (the output
+  // frame it completes reads its neighbours).
+  FrameReader<scalar_t> x_frames(p.x, T, 4);
+  FrameWriter<scalar_t> out_frames(y.out);
   acc_t* acc[3][2];                  // gate accumulators (strided), by frame % 3 and group
   acc_t* gate[3][2];                 // finished gates (dense tile), by frame % 3 and group
   for (int r = 0; r < 3; ++r) {
@@ -378,9 +380,9 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
 
         const auto write_output_frame = [&](int64_t t) GATESHIFT_INLINE_LAMBDA {
           for (int64_t c = 0; c < (mode == ForwardMode::kGateShift ? p.C : P); ++c) {
-            const scalar_t* xc = p.x_plane(b, t, c);
+            const scalar_t* xc = x_frames.plane(b, t, c);
             if (c >= P) {  // pass-through channel
-              scalar_t* oc = y.out.plane(b, t, c);
+              scalar_t* oc = out_frames.plane(b, t, c);
               for_each_run(own, W, [&](int64_t at, int64_t, int64_t len) GATESHIFT_INLINE_LAMBDA {
                 std::copy(xc + at, xc + at + len, oc + at);
               });
@@ -392,9 +394,9 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
             const int64_t tn = k == 0 ? t + 1 : t - 1;
             const bool has_next = tn >= 0 && tn < T;
             const acc_t* gn = has_next ? gate[tn % 3][k] : g;
-            const scalar_t* xn = has_next ? p.x_plane(b, tn, c) : xc;
+            const scalar_t* xn = has_next ? x_frames.plane(b, tn, c) : xc;
             if constexpr (mode == ForwardMode::kGateShift) {
-              scalar_t* oc = y.out.plane(b, t, output_channel(c, P, p.interleaved));
+              scalar_t* oc = out_frames.plane(b, t, output_channel(c, P, p.interleaved));
               for_each_run(own, W, [&](int64_t at, int64_t d, int64_t len) GATESHIFT_INLINE_LAMBDA {
                 if (has_next) {
 #pragma omp simd
@@ -427,6 +429,9 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
               ym = (tile == 0 ? acc_t(0) : ym) + (has_next ? shifted * inv_hw : acc_t(0));
               rm = (tile == 0 ? acc_t(0) : rm) + residual * inv_hw;
             }
+          }
+          if constexpr (mode == ForwardMode::kGateShift) {
+            out_frames.finish(b, t);
           }
         };
 
@@ -469,7 +474,7 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
             channels = std::min(kChannelChunk, (k + 1) * half - c0);
             for (int64_t j = 0; j < channels; ++j) {
               const int64_t c = c0 + j;
-              const scalar_t* xc = p.x_plane(b, s, c);
+              const scalar_t* xc = x_frames.plane(b, s, c);
               const acc_t sc = affine ? p.scale[c] : acc_t(1);
               const acc_t sh = affine ? p.shift[c] : acc_t(0);
               gate_input_rows(xc, W, box.halo, affine, sc, sh, u_dense, padded_halo(box, Wp, u_chunk[j], scratch), Wp);
@@ -521,8 +526,8 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
 template <typename scalar_t>
 struct BackwardBuffers {
   using acc_t = acc_type<scalar_t>;
-  PlaneTensor<const scalar_t> grad_out;
-  PlaneTensor<scalar_t> grad_x;
+  Frames<const scalar_t> grad_out;
+  Frames<scalar_t> grad_x;
   // Partial sums of the parameter gradients per group of frames ((b * T + t) /
   // frames_per_group), laid out as PartialsLayout{P}.
   acc_t* partials;
@@ -563,9 +568,12 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
   acc_t* const u_dense = scratch.plane();
   acc_t* const du_dense = scratch.plane();
   acc_t da_sum[3][2];                                 // sum of da over the tile, for dbias
-
+  // In use at output frame t: x at t and t + 1 (da), grad_out at t - 1 .. t + 2.
+  FrameReader<scalar_t> x_frames(p.x, T, 3);
+  FrameReader<scalar_t> grad_frames(g.grad_out, T, 4);
+  FrameWriter<scalar_t> grad_x_frames(g.grad_x);
   const auto grad_plane = [&](int64_t b, int64_t t, int64_t c) GATESHIFT_INLINE_LAMBDA {
-    return g.grad_out.plane(b, t, c);
+    return grad_frames.plane(b, t, c);
   };
 
   for (int64_t task = task_begin; task < task_end; ++task) {
@@ -591,7 +599,7 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
           std::fill(dg[1], dg[1] + halo.size(), acc_t(0));
           for (int64_t c = 0; c < P; ++c) {
             const int64_t k = c / half, oc = output_channel(c, P, p.interleaved);
-            const scalar_t* xc = p.x_plane(b, f, c);
+            const scalar_t* xc = x_frames.plane(b, f, c);
             const scalar_t* dz = grad_plane(b, f, oc);
             const int64_t fn = k == 0 ? f - 1 : f + 1;
             // Plain names, not structured bindings: clang cannot capture those in OpenMP loops.
@@ -662,8 +670,8 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
           dbias[1] += da_sum[t % 3][1];
 
           for (int64_t c = 0; c < p.C; ++c) {
-            const scalar_t* xc = p.x_plane(b, t, c);
-            scalar_t* dxc = g.grad_x.plane(b, t, c);
+            const scalar_t* xc = x_frames.plane(b, t, c);
+            scalar_t* dxc = grad_x_frames.plane(b, t, c);
             if (c >= P) {  // pass-through channel
               const scalar_t* dz = grad_plane(b, t, c);
               for_each_run(own, W, [&](int64_t at, int64_t, int64_t len) GATESHIFT_INLINE_LAMBDA {
@@ -734,6 +742,7 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
               });
             }
           }
+          grad_x_frames.finish(b, t);
         }
       }
     }

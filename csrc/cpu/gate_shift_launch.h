@@ -5,6 +5,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/from_blob.h>
 
 #include <algorithm>
@@ -98,7 +99,7 @@ Problem<scalar_t> make_problem(
   p.W = n.W;
   p.P = n.P;
   p.interleaved = n.interleaved;
-  p.x = plane_tensor<const scalar_t>(x);
+  p.x = frames<const scalar_t>(x);
   const std::vector<scalar_t> w = to_vector<scalar_t>(weight);
   p.weight.assign(w.begin(), w.end());
   p.weight_flipped.resize(p.weight.size());
@@ -166,25 +167,49 @@ void launch_forward_tasks(const Problem<scalar_t>& p, const ForwardOutputs<scala
   });
 }
 
+// A FrameWriter writes whole frames, so a pixel-major output cannot be written a
+// tile at a time: planes too large for one tile (none of the published networks'
+// shapes) run on contiguous copies instead.
+inline bool needs_contiguous_copies(int64_t tiles, const at::Tensor& out) {
+  return tiles > 1 && has_pixel_major_frames(out);
+}
+
 template <typename scalar_t>
-void launch(Backend& /*cpu*/, const GateShiftForwardParams& f) {
+void launch(Backend& cpu, const GateShiftForwardParams& f) {
   using acc_t = acc_type<scalar_t>;
   const Problem<scalar_t> p = make_problem<scalar_t>(f.n, f.x, f.weight, f.bias, f.bn_scale, f.bn_shift);
-  const ForwardOutputs<scalar_t> y{plane_tensor<scalar_t>(f.out), f.gates.mutable_data_ptr<acc_t>(), nullptr};
+  if (needs_contiguous_copies(p.tiles(), f.out)) {
+    GateShiftForwardParams copies = f;
+    copies.x = f.x.contiguous();
+    copies.out = at::empty_like(f.out, at::MemoryFormat::Contiguous);
+    launch<scalar_t>(cpu, copies);
+    f.out.copy_(copies.out);
+    return;
+  }
+  const ForwardOutputs<scalar_t> y{frames<scalar_t>(f.out), f.gates.mutable_data_ptr<acc_t>(), nullptr};
   launch_forward_tasks<scalar_t, ForwardMode::kGateShift>(p, y);
 }
 
 // The gate-shift backward of GSM, or with b.fuse_coef of Gate-Shift-Fuse.
 template <typename scalar_t>
-void launch(Backend& /*cpu*/, const GateShiftBackwardParams& b) {
+void launch(Backend& cpu, const GateShiftBackwardParams& b) {
   using acc_t = acc_type<scalar_t>;
   Problem<scalar_t> p = make_problem<scalar_t>(b.n, b.x, b.weight, std::nullopt, b.bn_scale, b.bn_shift);
+  if (needs_contiguous_copies(p.tiles(), b.grad_x)) {
+    GateShiftBackwardParams copies = b;
+    copies.x = b.x.contiguous();
+    copies.grad_out = b.grad_out.contiguous();
+    copies.grad_x = at::empty_like(b.grad_x, at::MemoryFormat::Contiguous);
+    launch<scalar_t>(cpu, copies);
+    b.grad_x.copy_(copies.grad_x);
+    return;
+  }
   p.gates = b.gates.const_data_ptr<acc_t>();
   const PartialsLayout layout{p.P};
   const int64_t groups = p.groups();
   const at::Tensor partials = at::empty({groups, layout.size()}, b.gates.options());
   BackwardBuffers<scalar_t> g{
-      plane_tensor<const scalar_t>(b.grad_out), plane_tensor<scalar_t>(b.grad_x), partials.mutable_data_ptr<acc_t>()};
+      frames<const scalar_t>(b.grad_out), frames<scalar_t>(b.grad_x), partials.mutable_data_ptr<acc_t>()};
   if (b.fuse_coef.defined()) {
     g.fuse_coef = b.fuse_coef.const_data_ptr<acc_t>();
   }

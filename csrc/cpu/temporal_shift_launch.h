@@ -12,11 +12,19 @@ namespace gateshift::cpu {
 
 template <typename scalar_t>
 void launch(Backend& /*cpu*/, const TemporalShiftParams& p) {
-  const at::Tensor& x = p.x;
-  const int64_t T = x.size(1), C = x.size(2), HW = x.size(3) * x.size(4);
-  at::parallel_for(0, x.size(0) * T * C, 64, [&](int64_t begin, int64_t end) {
-    shift_planes<scalar_t>(
-        plane_tensor<const scalar_t>(x), plane_tensor<scalar_t>(p.out), T, C, HW, p.fold, p.reverse ? -1 : 1, begin, end);
+  const Frames<const scalar_t> x = frames<const scalar_t>(p.x);
+  const Frames<scalar_t> out = frames<scalar_t>(p.out);
+  const int64_t B = p.x.size(0), T = p.x.size(1), C = x.C, first = p.reverse ? -1 : 1;
+  if (x.pixel_major && out.pixel_major) {
+    at::parallel_for(0, B * T, 1, [&](int64_t begin, int64_t end) {
+      shift_pixel_major_frames<scalar_t>(x, out, T, p.fold, first, begin, end);
+    });
+    return;
+  }
+  // A pixel-major output (of an x that is not) is written a whole frame at a time.
+  const int64_t planes_per_step = out.pixel_major ? C : 1;
+  at::parallel_for(0, B * T * C / planes_per_step, out.pixel_major ? 1 : 64, [&](int64_t begin, int64_t end) {
+    shift_planes<scalar_t>(x, out, T, p.fold, first, begin * planes_per_step, end * planes_per_step);
   });
 }
 

@@ -34,6 +34,8 @@ inline const at::Tensor& cuda_tensor(const char* op, const at::Tensor& x) {
 
 class Backend {
  public:
+  static constexpr bool kPixelMajorFrames = false;  // the kernels read contiguous planes only
+
   Backend(const char* op, const at::Tensor& x)
       : guard_(cuda_tensor(op, x).device()), stream_(c10::cuda::getCurrentCUDAStream(x.device().index()).stream()) {}
 

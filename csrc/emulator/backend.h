@@ -48,6 +48,8 @@ inline std::atomic<int64_t>& emulated_min_partials_bytes() {
 
 class Backend {
  public:
+  static constexpr bool kPixelMajorFrames = false;  // as the CUDA backend
+
   Backend(const char* /*op*/, const at::Tensor& /*x*/) {}
 
   // A copy of t in a fresh guarded buffer, with t's strides (or contiguous when t

@@ -10,6 +10,8 @@
 //   Backend(const char* op, const at::Tensor& x)   set up for x's device (CUDA: guard, stream)
 //   at::Tensor input(const at::Tensor& t)          an input as the kernels will read it (t itself;
 //                                                  the emulator copies it into NaN-guarded memory)
+//   static constexpr bool kPixelMajorFrames        whether its kernels read and write pixel-major
+//                                                  frames (channels_last) in place (the CPU's)
 //   at::Tensor empty(sizes, strides, options)      outputs and workspaces
 //   void run(const <Op>Params& p)                  launch the op's kernels; one overload per params
 //                                                  struct, defined in the backend's <op>.cpp|.cu
@@ -39,6 +41,18 @@ namespace ops {
 template <class Backend>
 std::optional<at::Tensor> input(Backend& backend, const std::optional<at::Tensor>& t) {
   return t.has_value() ? std::optional<at::Tensor>(backend.input(*t)) : std::nullopt;
+}
+
+// An input of x's layout as the backend's kernels read it: as it is when its
+// planes are contiguous, or when its frames are pixel-major (channels_last) and the
+// backend reads those in place; otherwise copied to contiguous planes, with a
+// warning shown once.
+template <class Backend>
+at::Tensor frames_input(Backend& backend, const at::Tensor& t) {
+  if (Backend::kPixelMajorFrames && has_pixel_major_frames(t)) {
+    return backend.input(t);
+  }
+  return with_contiguous_planes(backend.input(t));
 }
 
 // A contiguous tensor of `sizes`.

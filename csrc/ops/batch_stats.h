@@ -17,7 +17,7 @@
 namespace gateshift {
 
 struct BatchStatsParams {
-  at::Tensor x;           // (B, T, C, H, W), contiguous planes
+  at::Tensor x;           // (B, T, C, H, W), as frames_input gave it
   int64_t channels;       // statistics of channels [0, channels)
   at::Tensor mean, var;   // (channels), accumulation dtype
   at::ScalarType scalar_type() const {
@@ -26,9 +26,9 @@ struct BatchStatsParams {
 };
 
 struct BatchStatsBackwardParams {
-  at::Tensor x;                          // (B, T, C, H, W), contiguous planes
+  at::Tensor x;                          // (B, T, C, H, W), as frames_input gave it
   at::Tensor grad_mean, grad_var, mean;  // (channels), contiguous, accumulation dtype
-  at::Tensor grad_in;                    // x's sizes, contiguous planes; undefined: none
+  at::Tensor grad_in;                    // x's sizes, as frames_input gave it; undefined: none
   int64_t channels;
   int64_t count;                         // elements per channel, B * T * H * W
   at::Tensor grad_x;                     // x's sizes, output_strides(x)
@@ -51,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor> batch_stats(const at::Tensor& x, int64_t chan
   Backend backend(op, x);
   check_batch_stats_args(op, x, channels);
   BatchStatsParams p;
-  p.x = with_contiguous_planes(backend.input(x));
+  p.x = frames_input(backend, x);
   p.channels = channels;
   const at::TensorOptions acc = x.options().dtype(accumulation_dtype(x.scalar_type()));
   p.mean = empty(backend, {channels}, acc);
@@ -77,13 +77,13 @@ at::Tensor batch_stats_backward(
   check_accumulation_table(op, "grad_var", grad_var, shape, x);
   check_accumulation_table(op, "mean", mean, shape, x);
   BatchStatsBackwardParams p;
-  p.x = with_contiguous_planes(backend.input(x));
+  p.x = frames_input(backend, x);
   p.grad_mean = contiguous(backend.input(grad_mean));
   p.grad_var = contiguous(backend.input(grad_var));
   p.mean = contiguous(backend.input(mean));
   if (grad_in.has_value()) {
     check_like_x(op, "grad_in", *grad_in, x);
-    p.grad_in = with_contiguous_planes(backend.input(*grad_in));
+    p.grad_in = frames_input(backend, *grad_in);
   }
   p.channels = channels;
   p.count = x.size(0) * x.size(1) * x.size(3) * x.size(4);

@@ -29,7 +29,7 @@ struct GateShiftArgs {
 
 struct GateShiftForwardParams {
   GateShiftSizes n;
-  at::Tensor x;                          // (B, T, C, H, W), contiguous planes
+  at::Tensor x;                          // (B, T, C, H, W), as frames_input gave it
   at::Tensor weight;                     // (2, P/2, 3, 3, 3), contiguous, x's dtype
   std::optional<at::Tensor> bias;        // (2), contiguous, x's dtype
   std::optional<at::Tensor> bn_scale;    // (P), contiguous, accumulation dtype
@@ -43,8 +43,8 @@ struct GateShiftForwardParams {
 
 struct GateShiftBackwardParams {
   GateShiftSizes n;
-  at::Tensor grad_out;                   // x's sizes, contiguous planes
-  at::Tensor x;                          // (B, T, C, H, W), contiguous planes
+  at::Tensor grad_out;                   // x's sizes, as frames_input gave it
+  at::Tensor x;                          // (B, T, C, H, W), as frames_input gave it
   at::Tensor gates;                      // (B, T, 2, H, W), contiguous, accumulation dtype
   at::Tensor weight;                     // (2, P/2, 3, 3, 3), contiguous
   std::optional<at::Tensor> bn_scale;    // (P), contiguous, accumulation dtype
@@ -99,7 +99,7 @@ template <class Backend>
 GateShiftForwardParams set_gate_shift_forward_params(Backend& backend, const char* op, const GateShiftArgs& a) {
   GateShiftForwardParams p;
   p.n = check_gate_shift_args(op, a);
-  p.x = with_contiguous_planes(backend.input(a.x));
+  p.x = frames_input(backend, a.x);
   p.weight = contiguous(backend.input(a.weight));
   p.bias = contiguous(input(backend, a.bias));
   p.bn_scale = in_accumulation_dtype(input(backend, a.bn_scale), a.x);
@@ -118,8 +118,8 @@ GateShiftBackwardParams set_gate_shift_backward_params(
   p.n = check_gate_shift_args(op, a);
   check_like_x(op, "grad_out", grad_out, a.x);
   check_accumulation_table(op, "gates", gates, std::vector<int64_t>{p.n.B, p.n.T, 2, p.n.H, p.n.W}, a.x);
-  p.grad_out = with_contiguous_planes(backend.input(grad_out));
-  p.x = with_contiguous_planes(backend.input(a.x));
+  p.grad_out = frames_input(backend, grad_out);
+  p.x = frames_input(backend, a.x);
   p.gates = contiguous(backend.input(gates));
   p.weight = contiguous(backend.input(a.weight));
   p.bn_scale = in_accumulation_dtype(input(backend, a.bn_scale), a.x);

@@ -12,7 +12,7 @@
 namespace gateshift {
 
 struct TemporalShiftParams {
-  at::Tensor x;    // (B, T, C, H, W), contiguous planes
+  at::Tensor x;    // (B, T, C, H, W), as frames_input gave it
   at::Tensor out;  // x's sizes, output_strides(x)
   int64_t fold;    // channels [0, fold) take frame t + 1 (t - 1 reversed), [fold, 2 fold) the other
   bool reverse;
@@ -32,7 +32,7 @@ at::Tensor temporal_shift(const at::Tensor& x, int64_t fold, bool reverse) {
   // TSM's fold_div = 1, where every channel takes the next frame), as in the published code.
   TORCH_CHECK_VALUE(fold >= 0 && fold <= x.size(2), op, ": fold must be in [0, C] for C = ", x.size(2), ", got ", fold);
   TemporalShiftParams p;
-  p.x = with_contiguous_planes(backend.input(x));
+  p.x = frames_input(backend, x);
   p.out = empty_output_like(backend, p.x);
   p.fold = fold;
   p.reverse = reverse;
