@@ -57,10 +57,12 @@ def gate_shift(
 
     Memory formats: ``x`` is read through its strides in the batch, frame and channel
     dimensions (channel slices, strided frames and the ``(B, C, T, H, W)`` layout cost no
-    copy). The kernels walk each ``H x W`` plane row by row, so an ``x`` whose planes are
-    not contiguous (``channels_last``, transposed planes) is first copied to contiguous
-    planes, one extra read and write of ``x`` (a ``UserWarning`` says so, once per process).
-    The output is contiguous in the given layout.
+    copy). On the CPU, ``channels_last`` (``channels_last_3d`` in the BCTHW layout) is read
+    in place as well, and the output keeps it. Otherwise the kernels walk each ``H x W``
+    plane row by row, so an ``x`` whose planes are not contiguous (``channels_last`` on
+    CUDA, transposed planes) is first copied to contiguous planes, one extra read and write
+    of ``x`` (a ``UserWarning`` says so, once per process), and the output is contiguous in
+    the given layout.
 
     Returns:
         A tensor of the shape, dtype and device of ``x`` (the autocast dtype under

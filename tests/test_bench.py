@@ -408,3 +408,22 @@ def test_columns_nothing_measured_are_left_out(capsys):
     assert cli.main([*TINY, "--impls", "fused"]) == 0
     header = capsys.readouterr().out.splitlines()[2]
     assert "fwd ms" in header and "sgemm" not in header and "temporal" not in header
+
+
+def test_channels_last_runs_every_implementation_on_channels_last_activations(tmp_path, monkeypatch):
+    # --channels-last: the input and output gradient (and a network's weights) in
+    # channels_last, and every implementation still computes the reference output.
+    seen = []
+    original = runner.benchmark_workload
+
+    def spy(w, *args, memory_format=torch.contiguous_format, **kwargs):
+        seen.append(memory_format)
+        return original(w, *args, memory_format=memory_format, **kwargs)
+
+    monkeypatch.setattr(runner, "benchmark_workload", spy)
+    out_json = tmp_path / "r.json"
+    assert cli.main([*TINY, "--impls", "eager,fused", "--channels-last", "--json", str(out_json)]) == 0
+    assert seen == [torch.channels_last]
+    data = json.loads(out_json.read_text(), parse_constant=refuse_non_json)
+    assert data["meta"]["memory_format"] == "channels_last"
+    assert all(r["max_abs_err"] < 1e-4 for r in data["records"])

@@ -146,4 +146,42 @@ void batch_stats_backward_planes(
   }
 }
 
+// The same for frames [frame_begin, frame_end) (b * T + t) when x, grad_x and grad_in
+// (if any) are all pixel-major: per pixel, a run over the channels, nothing staged.
+// `slope`, `m` and `offset` are the per-channel factors of batch_stats_backward_plane,
+// so every element is computed as there.
+template <typename scalar_t>
+void batch_stats_backward_pixel_major_frames(
+    const Frames<const scalar_t>& x, const Frames<const scalar_t>* grad_in, const Frames<scalar_t>& grad_x,
+    int64_t T, int64_t channels, const acc_type<scalar_t>* slope, const acc_type<scalar_t>* m,
+    const acc_type<scalar_t>* offset, int64_t frame_begin, int64_t frame_end) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t C = x.C;
+  for (int64_t frame = frame_begin; frame < frame_end; ++frame) {
+    const int64_t b = frame / T, t = frame % T;
+    const scalar_t* xf = x.data + x.strides.plane(b, t, 0);
+    const scalar_t* gf = grad_in != nullptr ? grad_in->data + grad_in->strides.plane(b, t, 0) : nullptr;
+    scalar_t* of = grad_x.data + grad_x.strides.plane(b, t, 0);
+    for (int64_t i = 0; i < x.HW; ++i) {
+      const scalar_t* xp = xf + i * C;
+      scalar_t* op = of + i * C;
+      if (gf != nullptr) {
+        const scalar_t* gp = gf + i * C;
+#pragma omp simd
+        for (int64_t c = 0; c < channels; ++c) {
+          op[c] = static_cast<scalar_t>(static_cast<acc_t>(gp[c]) +
+                                        (slope[c] * (static_cast<acc_t>(xp[c]) - m[c]) + offset[c]));
+        }
+        std::copy(gp + channels, gp + C, op + channels);
+      } else {
+#pragma omp simd
+        for (int64_t c = 0; c < channels; ++c) {
+          op[c] = static_cast<scalar_t>(slope[c] * (static_cast<acc_t>(xp[c]) - m[c]) + offset[c]);
+        }
+        std::fill(op + channels, op + C, scalar_t(0));
+      }
+    }
+  }
+}
+
 }  // namespace gateshift::cpu

@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -38,23 +39,76 @@ struct Frames {
   int64_t C, HW;
 };
 
-// dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols, in
-// blocks that stay in L1 on both sides.
+// One 8 x 8 block of 4-byte values: dst row j (dst_stride apart) is src column j.
+// GCC/Clang vector extensions, so the compiler picks the shuffles of each target.
+GATESHIFT_ALWAYS_INLINE void transpose_8x8(const uint32_t* src, int64_t src_stride, uint32_t* dst, int64_t dst_stride) {
+  typedef uint32_t v8 __attribute__((vector_size(32)));
+#if defined(__clang__)
+#define GATESHIFT_SHUFFLE8(a, b, i0, i1, i2, i3, i4, i5, i6, i7) \
+  __builtin_shufflevector(a, b, i0, i1, i2, i3, i4, i5, i6, i7)
+#else
+  typedef int32_t mask8 __attribute__((vector_size(32)));
+#define GATESHIFT_SHUFFLE8(a, b, i0, i1, i2, i3, i4, i5, i6, i7) \
+  __builtin_shuffle(a, b, mask8{i0, i1, i2, i3, i4, i5, i6, i7})
+#endif
+  v8 r[8], t[8], u[8];
+  for (int i = 0; i < 8; ++i) {
+    std::memcpy(&r[i], src + i * src_stride, sizeof(v8));
+  }
+  for (int i = 0; i < 8; i += 2) {  // t[i] = r[i][0] r[i+1][0] r[i][1] r[i+1][1] | the same of lanes 4, 5
+    t[i] = GATESHIFT_SHUFFLE8(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = GATESHIFT_SHUFFLE8(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4) {  // u[i + q]: column q (and q + 4) of rows i .. i + 3
+    u[i + 0] = GATESHIFT_SHUFFLE8(t[i], t[i + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[i + 1] = GATESHIFT_SHUFFLE8(t[i], t[i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    u[i + 2] = GATESHIFT_SHUFFLE8(t[i + 1], t[i + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[i + 3] = GATESHIFT_SHUFFLE8(t[i + 1], t[i + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+  }
+  for (int q = 0; q < 4; ++q) {  // columns q and q + 4 of all eight rows
+    const v8 low = GATESHIFT_SHUFFLE8(u[q], u[q + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    const v8 high = GATESHIFT_SHUFFLE8(u[q], u[q + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    std::memcpy(dst + q * dst_stride, &low, sizeof(v8));
+    std::memcpy(dst + (q + 4) * dst_stride, &high, sizeof(v8));
+  }
+#undef GATESHIFT_SHUFFLE8
+}
+
+// dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols: eight
+// rows of eight 4-byte values at a time in vector registers (unpack, then 64-bit
+// and 128-bit interleaves: 24 shuffles per 64 values), the edges and other value
+// sizes element by element in blocks that stay in L1.
 template <typename T>
 GATESHIFT_CPU_MULTIVERSION void transpose(const T* __restrict src, int64_t rows, int64_t cols, int64_t src_stride,
                                           T* __restrict dst, int64_t dst_stride) {
-  constexpr int64_t kBlock = 16;
-  for (int64_t i0 = 0; i0 < rows; i0 += kBlock) {
-    const int64_t i1 = std::min(rows, i0 + kBlock);
-    for (int64_t j0 = 0; j0 < cols; j0 += kBlock) {
-      const int64_t j1 = std::min(cols, j0 + kBlock);
-      for (int64_t j = j0; j < j1; ++j) {
-        for (int64_t i = i0; i < i1; ++i) {
-          dst[j * dst_stride + i] = src[i * src_stride + j];
-        }
+  int64_t rows8 = 0, cols8 = 0;
+  if constexpr (sizeof(T) == 4) {
+    rows8 = rows / 8 * 8;
+    cols8 = cols / 8 * 8;
+    for (int64_t i0 = 0; i0 < rows8; i0 += 8) {
+      for (int64_t j0 = 0; j0 < cols8; j0 += 8) {
+        transpose_8x8(reinterpret_cast<const uint32_t*>(src) + i0 * src_stride + j0, src_stride,
+                      reinterpret_cast<uint32_t*>(dst) + j0 * dst_stride + i0, dst_stride);
       }
     }
   }
+  // What the 8 x 8 blocks left: columns [cols8, cols) of rows [0, rows8), then rows [rows8, rows).
+  const auto block = [&](int64_t i_begin, int64_t i_end, int64_t j_begin, int64_t j_end) GATESHIFT_INLINE_LAMBDA {
+    constexpr int64_t kBlock = 16;
+    for (int64_t i0 = i_begin; i0 < i_end; i0 += kBlock) {
+      const int64_t i1 = std::min(i_end, i0 + kBlock);
+      for (int64_t j0 = j_begin; j0 < j_end; j0 += kBlock) {
+        const int64_t j1 = std::min(j_end, j0 + kBlock);
+        for (int64_t j = j0; j < j1; ++j) {
+          for (int64_t i = i0; i < i1; ++i) {
+            dst[j * dst_stride + i] = src[i * src_stride + j];
+          }
+        }
+      }
+    }
+  };
+  block(0, rows8, cols8, cols);
+  block(rows8, rows, 0, cols);
 }
 
 // The planes of a Frames tensor, for reading: the tensor's own planes, or a

@@ -337,6 +337,57 @@ struct ForwardOutputs {
   acc_type<scalar_t>* fusion;  // kFuseMeans: the (B, T, 3, P) table, rows 0 (ym) and 1 (rm)
 };
 
+// GSM's output frame t of clip b when x and the output are both pixel-major, pixel
+// by pixel over the channels, each value computed as in forward_tasks' plane loop:
+// z = x - g x + gn xn (gn xn left out past the clip), gate[t % 3][k] the whole
+// plane's gates of group k at frame t (the window of forward_tasks).
+template <typename scalar_t>
+GATESHIFT_ALWAYS_INLINE void write_pixel_major_output_frame(
+    const Problem<scalar_t>& p, acc_type<scalar_t>* const (&gate)[3][2], int64_t b, int64_t t,
+    const Frames<scalar_t>& out) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t T = p.T, C = p.C, P = p.P, half = P / 2, quarter = P / 4, HW = p.H * p.W;
+  const scalar_t* xf = p.x.data + p.x.strides.plane(b, t, 0);
+  scalar_t* of = out.data + out.strides.plane(b, t, 0);
+  for (int k = 0; k < 2; ++k) {
+    // Group 0 takes from the next frame, group 1 from the previous one.
+    const int64_t tn = k == 0 ? t + 1 : t - 1;
+    const bool has_next = tn >= 0 && tn < T;
+    const acc_t* g = gate[t % 3][k];
+    const acc_t* gn = has_next ? gate[tn % 3][k] : g;
+    const scalar_t* xnf = has_next ? p.x.data + p.x.strides.plane(b, tn, 0) : xf;
+    // Output position of the group's channel c0 + q: q itself, or interleaved (channel_order.h):
+    // the group's two quarters alternate, q = i * quarter + j going to 2 j + i.
+    const int64_t c0 = k * half;
+    for (int64_t i = 0; i < HW; ++i) {
+      const scalar_t* xp = xf + i * C + c0;
+      const scalar_t* xnp = xnf + i * C + c0;
+      scalar_t* op = of + i * C + c0;
+      const acc_t gv = g[i], gnv = gn[i];
+      const auto value = [&](int64_t q) GATESHIFT_INLINE_LAMBDA {
+        const acc_t xv = static_cast<acc_t>(xp[q]);
+        return has_next ? static_cast<scalar_t>(xv - gv * xv + gnv * static_cast<acc_t>(xnp[q]))
+                        : static_cast<scalar_t>(xv - gv * xv);
+      };
+      if (p.interleaved) {
+#pragma omp simd
+        for (int64_t j = 0; j < quarter; ++j) {
+          op[2 * j] = value(j);
+          op[2 * j + 1] = value(quarter + j);
+        }
+      } else {
+#pragma omp simd
+        for (int64_t q = 0; q < half; ++q) {
+          op[q] = value(q);
+        }
+      }
+    }
+  }
+  for (int64_t i = 0; i < HW; ++i) {  // pass-through channels
+    std::copy(xf + i * C + P, xf + (i + 1) * C, of + i * C + P);
+  }
+}
+
 template <typename scalar_t, ForwardMode mode = ForwardMode::kGateShift>
 GATESHIFT_CPU_MULTIVERSION void forward_tasks(
     const Problem<scalar_t>& p, const ForwardOutputs<scalar_t>& y, int64_t task_begin, int64_t task_end) {
@@ -355,6 +406,9 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
   // frame it completes reads its neighbours).
   FrameReader<scalar_t> x_frames(p.x, T, 4);
   FrameWriter<scalar_t> out_frames(y.out);
+  // x and the output both pixel-major (then planes are whole tiles: launch): the
+  // output pass reads x's pixels where they are and writes the output's directly.
+  const bool pixel_rows = p.x.pixel_major && y.out.pixel_major;
   acc_t* acc[3][2];                  // gate accumulators (strided), by frame % 3 and group
   acc_t* gate[3][2];                 // finished gates (dense tile), by frame % 3 and group
   for (int r = 0; r < 3; ++r) {
@@ -379,6 +433,10 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
         const int64_t n = box.whole ? scratch.strided : scratch.strided_for(own.rows);
 
         const auto write_output_frame = [&](int64_t t) GATESHIFT_INLINE_LAMBDA {
+          if (mode == ForwardMode::kGateShift && pixel_rows) {
+            write_pixel_major_output_frame(p, gate, b, t, y.out);
+            return;
+          }
           for (int64_t c = 0; c < (mode == ForwardMode::kGateShift ? p.C : P); ++c) {
             const scalar_t* xc = x_frames.plane(b, t, c);
             if (c >= P) {  // pass-through channel

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure the matrix-product (sgemm) rate on the same threads and report each GSM/GSF "
                         "case's useful FLOP rate (54 FLOP per element forward, 162 forward+backward) as a fraction; "
                         "on the CPU also every case's minor page faults per training step")
+    p.add_argument("--channels-last", action="store_true",
+                   help="inputs, output gradients and network weights in channels_last, as in a channels_last "
+                        "network (the CPU kernels read it in place)")
     p.add_argument("--json", metavar="PATH", help="write one record per (case, impl) as JSON")
     p.add_argument("--csv", metavar="PATH", help="write the records as CSV")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of speed-up and memory per case (needs matplotlib)")
@@ -135,11 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "matmul_GFLOPs": None if rate is None else rate / 1e9,
         "warmup": args.warmup,
         "repeat": args.repeat,
+        "memory_format": "channels_last" if args.channels_last else "contiguous",
         "command": " ".join(["gateshift-bench", *(sys.argv[1:] if argv is None else argv)]),
     }
     print(f"# {meta['command']}")
     print(f"# {meta['device']}, torch {meta['torch']}, {args.dtype}, copy bandwidth {bandwidth / 1e9:.1f} GB/s, "
           + ("" if rate is None else f"sgemm {rate / 1e9:.0f} GFLOP/s, ")
+          + ("channels_last, " if args.channels_last else "")
           + f"medians of {args.repeat} after {args.warmup} warm-up"
           + (f" (networks: {network_repeat(args.repeat)} interleaved rounds after {network_warmup(args.warmup)})"
              if args.networks else ""))
@@ -150,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workloads, dtype, device, args.impls,
         warmup=args.warmup, repeat=args.repeat, bandwidth=bandwidth, gen=gen, matmul_rate=rate,
         compile_model=args.compile_model, profile_dir=args.profile, progress=not args.no_progress,
+        memory_format=torch.channels_last if args.channels_last else torch.contiguous_format,
     )
     print(format_table(records))
     if args.json:

@@ -73,6 +73,18 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def with_memory_format(module: torch.nn.Module, memory_format: torch.memory_format) -> torch.nn.Module:
+    """``module`` with its 2-D convolutions' weights in ``memory_format`` (channels_last
+    networks keep them so, and their convolutions then return channels_last); the 3-D
+    gate convolutions' 5-D weights, which ``Module.to(memory_format=)`` refuses, stay."""
+    if memory_format != torch.contiguous_format:
+        with torch.no_grad():
+            for p in module.parameters():
+                if p.dim() == 4:
+                    p.data = p.data.contiguous(memory_format=memory_format)
+    return module
+
+
 def benchmark_workload(
     w: Workload,
     dtype: torch.dtype,
@@ -85,20 +97,24 @@ def benchmark_workload(
     gen: torch.Generator,
     profile_dir: str | None = None,
     matmul_rate: float | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> list[Record]:
     """Time and measure each of ``impls`` on one case; ``bandwidth`` (bytes/s) turns the
     case's floor bytes into floor times, ``matmul_rate`` (FLOP/s, optional) its useful
-    FLOP into fractions of the compute ceiling."""
+    FLOP into fractions of the compute ceiling. ``memory_format`` is the input's and the
+    output gradient's (and a network's weights'): ``torch.channels_last`` stands for the
+    activations of a channels_last network."""
     # Every case compiles the same forward code anew; without a reset dynamo would
     # reach its recompile limit after a few shapes and silently run eager.
     torch._dynamo.reset()
     models = {}
     for impl in impls:
-        m = copy.deepcopy(w.fused if impl == "fused" else w.published).to(device=device, dtype=dtype)
+        m = with_memory_format(copy.deepcopy(w.fused if impl == "fused" else w.published).to(device=device, dtype=dtype),
+                               memory_format)
         models[impl] = torch.compile(m) if impl == "compile" else m
     if w.baseline is not None:
-        models["baseline"] = copy.deepcopy(w.baseline).to(device=device, dtype=dtype)
-    x = torch.randn(w.input_shape, generator=gen).to(device=device, dtype=dtype)
+        models["baseline"] = with_memory_format(copy.deepcopy(w.baseline).to(device=device, dtype=dtype), memory_format)
+    x = torch.randn(w.input_shape, generator=gen).to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
     x_leaf = x.clone().requires_grad_()
 
     # The output every implementation is compared with: the published module in
@@ -107,6 +123,7 @@ def benchmark_workload(
     with torch.no_grad():
         expected = ref(x).float()
     grad = torch.randn(expected.shape, generator=gen).to(device=device, dtype=dtype)
+    grad = grad.contiguous(memory_format=memory_format) if grad.dim() == 4 else grad
 
     x_bytes = x.numel() * x.element_size()
     floor_fwd_ms = floor_fwd_bwd_ms = math.nan
@@ -232,6 +249,7 @@ def benchmark_all(
     profile_dir: str | None = None,
     progress: bool = True,
     matmul_rate: float | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> list[Record]:
     """Every case in order, with the model-level case's own rules. ``workloads`` are
     factories: a case is built just before it runs, so one case's modules are in memory at
@@ -253,6 +271,7 @@ def benchmark_all(
                 warmup=network_warmup(warmup) if model_case else warmup,
                 repeat=network_repeat(repeat) if model_case else repeat,
                 bandwidth=bandwidth, gen=gen, profile_dir=profile_dir, matmul_rate=matmul_rate,
+                memory_format=memory_format,
             )
             bar.update()
     return records
