@@ -109,6 +109,24 @@ def test_gate_shift_ops_read_channels_last_in_place(fuse, case, dtype, gen, thre
 
 
 @pytest.mark.parametrize("fuse", [False, True], ids=["gsm", "gsf"])
+def test_every_other_frame_of_a_channels_last_tensor(fuse, gen):
+    # Pixel-major frames that are not dense together: read in place, the output (dense,
+    # contiguous planes: output_strides) written through the plane path.
+    case = Case(2, 3, 8, 5, 6)
+    x, weight, bias, scale, shift, fuse_weight, fuse_bias = fuse_inputs(case, gen, dtype=torch.float32)
+    x5 = x.unflatten(0, (2, 3))
+    grad = torch.randn(x5.shape, generator=gen)
+    params = (weight, bias, scale.float(), shift.float(), fuse_weight, fuse_bias)
+    spread = channels_last(torch.randn(2, 6, 8, 5, 6, generator=gen))
+    spread[:, ::2] = x5
+    x_view = spread[:, ::2]
+    assert not is_pixel_major(x_view) and x_view.stride(2) == 1  # frames pixel-major, 2 frames apart
+    expected = raw_gate_shift(fuse, x5, grad, params, 8, True)
+    actual = raw_gate_shift(fuse, x_view, grad, params, 8, True)
+    assert_bitwise_equal(actual, expected, "every other frame")
+
+
+@pytest.mark.parametrize("fuse", [False, True], ids=["gsm", "gsf"])
 def test_planes_too_large_for_one_tile_give_the_same_result(fuse, gen, scratch_limit):
     # A pixel-major output is written a whole frame at a time, so tiled planes run on
     # contiguous copies (gate_shift_launch.h): still the same numbers, in x's layout.

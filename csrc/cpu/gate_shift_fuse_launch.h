@@ -3,6 +3,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/from_blob.h>
 
 #include <vector>
@@ -21,10 +22,18 @@ std::vector<acc_t> to_acc_vector(const at::Tensor& contiguous) {
 }
 
 template <typename scalar_t>
-void launch(Backend& /*cpu*/, const GateShiftFuseForwardParams& f) {
+void launch(Backend& cpu, const GateShiftFuseForwardParams& f) {
   using acc_t = acc_type<scalar_t>;
   const GateShiftForwardParams& g = f.gate;
   const Problem<scalar_t> p = make_problem<scalar_t>(g.n, g.x, g.weight, g.bias, g.bn_scale, g.bn_shift);
+  if (needs_contiguous_copies(p.tiles(), {g.x, g.out})) {
+    GateShiftFuseForwardParams copies = f;
+    copies.gate.x = g.x.contiguous();
+    copies.gate.out = at::empty_like(g.out, at::MemoryFormat::Contiguous);
+    launch<scalar_t>(cpu, copies);
+    g.out.copy_(copies.gate.out);
+    return;
+  }
   acc_t* const fz = f.fusion.mutable_data_ptr<acc_t>();
   const acc_t* const gates = g.gates.const_data_ptr<acc_t>();
   launch_forward_tasks<scalar_t, ForwardMode::kFuseMeans>(
@@ -75,6 +84,17 @@ at::Tensor fuse_backward_coefficients(const GateShiftFuseBackwardParams& f) {
 // with the coefficients (pass (3)).
 template <typename scalar_t>
 void launch(Backend& backend, const GateShiftFuseBackwardParams& f) {
+  const GateShiftBackwardParams& g = f.gate;
+  const Problem<scalar_t> p = make_problem<scalar_t>(g.n, g.x, g.weight, std::nullopt, std::nullopt, std::nullopt);
+  if (needs_contiguous_copies(p.tiles(), {g.x, g.grad_out, g.grad_x})) {
+    GateShiftFuseBackwardParams copies = f;
+    copies.gate.x = g.x.contiguous();
+    copies.gate.grad_out = g.grad_out.contiguous();
+    copies.gate.grad_x = at::empty_like(g.grad_x, at::MemoryFormat::Contiguous);
+    launch<scalar_t>(backend, copies);
+    g.grad_x.copy_(copies.gate.grad_x);
+    return;
+  }
   GateShiftBackwardParams gate = f.gate;
   gate.fuse_coef = fuse_backward_coefficients<scalar_t>(f);
   launch<scalar_t>(backend, gate);

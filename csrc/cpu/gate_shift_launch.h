@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <initializer_list>
 #include <vector>
 
 #include "../common/checks.h"
@@ -167,18 +168,19 @@ void launch_forward_tasks(const Problem<scalar_t>& p, const ForwardOutputs<scala
   });
 }
 
-// A FrameWriter writes whole frames, so a pixel-major output cannot be written a
-// tile at a time: planes too large for one tile (none of the published networks'
-// shapes) run on contiguous copies instead.
-inline bool needs_contiguous_copies(int64_t tiles, const at::Tensor& out) {
-  return tiles > 1 && has_pixel_major_frames(out);
+// Planes too large for one tile (none of the published networks' shapes) run on
+// contiguous copies when any of the call's tensors is pixel-major: a FrameWriter
+// writes whole frames, not tiles, and a frame of such planes is too large to stage
+// per thread.
+inline bool needs_contiguous_copies(int64_t tiles, std::initializer_list<at::Tensor> tensors) {
+  return tiles > 1 && std::any_of(tensors.begin(), tensors.end(), has_pixel_major_frames);
 }
 
 template <typename scalar_t>
 void launch(Backend& cpu, const GateShiftForwardParams& f) {
   using acc_t = acc_type<scalar_t>;
   const Problem<scalar_t> p = make_problem<scalar_t>(f.n, f.x, f.weight, f.bias, f.bn_scale, f.bn_shift);
-  if (needs_contiguous_copies(p.tiles(), f.out)) {
+  if (needs_contiguous_copies(p.tiles(), {f.x, f.out})) {
     GateShiftForwardParams copies = f;
     copies.x = f.x.contiguous();
     copies.out = at::empty_like(f.out, at::MemoryFormat::Contiguous);
@@ -195,7 +197,7 @@ template <typename scalar_t>
 void launch(Backend& cpu, const GateShiftBackwardParams& b) {
   using acc_t = acc_type<scalar_t>;
   Problem<scalar_t> p = make_problem<scalar_t>(b.n, b.x, b.weight, std::nullopt, b.bn_scale, b.bn_shift);
-  if (needs_contiguous_copies(p.tiles(), b.grad_x)) {
+  if (needs_contiguous_copies(p.tiles(), {b.x, b.grad_out, b.grad_x})) {
     GateShiftBackwardParams copies = b;
     copies.x = b.x.contiguous();
     copies.grad_out = b.grad_out.contiguous();
