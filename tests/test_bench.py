@@ -427,3 +427,4 @@ def test_channels_last_runs_every_implementation_on_channels_last_activations(tm
     data = json.loads(out_json.read_text(), parse_constant=refuse_non_json)
     assert data["meta"]["memory_format"] == "channels_last"
     assert all(r["max_abs_err"] < 1e-4 for r in data["records"])
+    assert "float32, channels_last, medians of 2" in report.markdown_summary([str(out_json)]).splitlines()[0]

@@ -161,7 +161,8 @@ def _markdown_table(meta: dict, records: Sequence[dict]) -> list[str]:
 
 def _title(meta: dict, networks: bool = False) -> str:
     medians = f"{network_repeat(meta['repeat'])} interleaved rounds" if networks else meta["repeat"]
-    return f"`{meta['command']}` ({meta['device']}, {meta['dtype']}, medians of {medians}):"
+    layout = ", channels_last" if meta.get("memory_format") == "channels_last" else ""  # absent from older files
+    return f"`{meta['command']}` ({meta['device']}, {meta['dtype']}{layout}, medians of {medians}):"
 
 
 def _network_table(meta: dict, cases: dict[tuple, dict], titled: bool) -> list[str]:
