@@ -14,6 +14,8 @@ neither forward-mode AD nor torch.func transforms): the public functions of
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import warnings
 
 import torch
@@ -55,12 +57,21 @@ def _is_non_overlapping_and_dense(t: Tensor) -> bool:
     return True
 
 
+# Whether the CPU kernels being traced read pixel-major frames in place: the CPU
+# library's do (cpu::Backend::kPixelMajorFrames); the emulated CUDA kernels, which also
+# run on CPU tensors, copy them as the CUDA backend does (register_fake_and_autograd).
+_cpu_reads_pixel_major_frames: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "gateshift_cpu_reads_pixel_major_frames", default=True
+)
+
+
 def frames_input(t: Tensor, *, warn: bool = True) -> Tensor:
     """Mirrors ``ops::frames_input`` in csrc/ops/backend.h: the kernels read ``t`` as
     it is when each (H, W) plane is contiguous, and on the CPU also when its frames
     are pixel-major (``channels_last``, read in place); else a contiguous copy,
     announced once per process (``warn``: unless only shapes are being traced)."""
-    if _has_contiguous_planes(t) or (t.device.type == "cpu" and has_pixel_major_frames(t)):
+    in_place = t.device.type == "cpu" and _cpu_reads_pixel_major_frames.get()
+    if _has_contiguous_planes(t) or (in_place and has_pixel_major_frames(t)):
         return t
     if warn:
         _warn_plane_copy_once(t)
@@ -77,8 +88,8 @@ def _warn_plane_copy_once(t: Tensor) -> None:
     _plane_copy_warned = True
     warnings.warn(
         f"gateshift: an input of shape {tuple(t.shape)} and strides {t.stride()} has (H, W) planes that are not "
-        "contiguous (channels_last on CUDA, say): the fused ops copy it to contiguous planes first, one extra read "
-        "and write of its size. (Shown once.)",
+        "contiguous (channels_last on CUDA, a channel slice of it, say): the fused ops copy it to contiguous planes "
+        "first, one extra read and write of its size. (Shown once.)",
         UserWarning,
         stacklevel=4,
     )
@@ -278,14 +289,30 @@ _AUTOGRAD = {
 }
 
 
-def register_fake_and_autograd(namespace: str) -> None:
+def _copying_pixel_major_frames(fake):
+    """``fake`` as it predicts kernels that copy pixel-major frames to contiguous planes."""
+
+    @functools.wraps(fake)
+    def wrapped(*args):
+        token = _cpu_reads_pixel_major_frames.set(False)
+        try:
+            return fake(*args)
+        finally:
+            _cpu_reads_pixel_major_frames.reset(token)
+
+    return wrapped
+
+
+def register_fake_and_autograd(namespace: str, *, pixel_major_frames: bool = True) -> None:
     """Fake kernels and autograd for every op of ``<namespace>``.
 
     Used for the ``gateshift`` library and for the emulated CUDA library of
-    ``gateshift.testing.cuda_emulator``, which declares the same schemas.
+    ``gateshift.testing.cuda_emulator``, which declares the same schemas; its kernels,
+    like the CUDA ones, copy channels_last CPU input (``pixel_major_frames=False``).
     """
     library = getattr(torch.ops, namespace)
     for name, fake in _FAKE_KERNELS.items():
+        fake = fake if pixel_major_frames else _copying_pixel_major_frames(fake)
         torch.library.register_fake(f"{namespace}::{name}")(fake)
         if _AUTOGRAD[name] is None:
             torch.library.register_autograd(f"{namespace}::{name}", _double_backward, setup_context=_no_setup_context)

@@ -58,7 +58,7 @@ def gate_shift(
     Memory formats: ``x`` is read through its strides in the batch, frame and channel
     dimensions (channel slices, strided frames and the ``(B, C, T, H, W)`` layout cost no
     copy). On the CPU, ``channels_last`` (``channels_last_3d`` in the BCTHW layout) is read
-    in place as well, and the output keeps it. Otherwise the kernels walk each ``H x W``
+    in place as well, and the output keeps it; a channel slice of it is not. Otherwise the kernels walk each ``H x W``
     plane row by row, so an ``x`` whose planes are not contiguous (``channels_last`` on
     CUDA, transposed planes) is first copied to contiguous planes, one extra read and write
     of ``x`` (a ``UserWarning`` says so, once per process), and the output is contiguous in

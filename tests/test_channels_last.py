@@ -71,9 +71,9 @@ def assert_bitwise_equal(actual, expected, what):
             f"{what}: output {i} differs by {(a.double() - e.double()).abs().max()}"
 
 
-# Shapes that move the frame window through its cases: several clips per task, clips
-# cut between tasks (B * T = 15 frames on 2 threads), one and two frames per clip,
-# a plane of one row, pass-through channels, and 7x7 planes.
+# Shapes that move the frame window through its cases: several clips per task (B * T =
+# 15 frames: tasks of 10 and 5 on 2 threads), one and two frames per clip, a plane of
+# one row, pass-through channels, and 7x7 planes. Clips cut between tasks: below.
 CASES = [
     Case(3, 5, 8, 6, 7, P=8),
     Case(2, 4, 12, 5, 5, P=8),
@@ -106,6 +106,24 @@ def test_gate_shift_ops_read_channels_last_in_place(fuse, case, dtype, gen, thre
             grad_x = actual[3] if fuse else actual[2]
             assert is_pixel_major(actual[0]) == is_pixel_major(x_in)
             assert is_pixel_major(grad_x) == is_pixel_major(x_in)
+
+
+@pytest.mark.parametrize("fuse", [False, True], ids=["gsm", "gsf"])
+@pytest.mark.parametrize("case", [Case(1, 9, 16, 12, 12, P=8), Case(2, 6, 16, 12, 12, P=8)], ids=str)
+def test_tasks_that_cut_clips(fuse, case, gen, threads):
+    # 12x12 planes of 16 channels make groups of one frame, so 3 threads cut the clips
+    # (tasks of frames 0-2, 3-5, 6-8; or of 4 frames, the second spanning both clips):
+    # the window starts and ends inside clips, where gate frames are recomputed.
+    x, weight, bias, scale, shift, fuse_weight, fuse_bias = fuse_inputs(case, gen, dtype=torch.float32)
+    x5 = x.unflatten(0, (case.B, case.T))
+    grad = torch.randn(x5.shape, generator=gen)
+    params = (weight, bias, scale.float(), shift.float(), fuse_weight, fuse_bias)
+    threads(1)
+    expected = raw_gate_shift(fuse, x5, grad, params, 8, True)
+    for n in (3, 4):
+        threads(n)
+        actual = raw_gate_shift(fuse, channels_last(x5), channels_last(grad), params, 8, True)
+        assert_bitwise_equal(actual, expected, f"{n} threads")
 
 
 @pytest.mark.parametrize("fuse", [False, True], ids=["gsm", "gsf"])
@@ -146,14 +164,16 @@ def test_planes_too_large_for_one_tile_give_the_same_result(fuse, gen, scratch_l
 @pytest.mark.parametrize("fold", [0, 2, 3, 5, 8], ids=lambda f: f"fold{f}")
 def test_temporal_shift_reads_channels_last_in_place(dtype, fold, gen):
     x5 = torch.randn(2, 3, 8, 4, 5, generator=gen, dtype=torch.float64).to(dtype)
+    spread = channels_last(torch.randn(2, 6, 8, 4, 5, generator=gen, dtype=torch.float64).to(dtype))
+    spread[:, ::2] = x5
     for reverse in (False, True):
         expected = ops.temporal_shift(x5, fold, reverse)
-        for x_in in (channels_last(x5), channels_last(x5)[:, :, :6]):  # pixel-major, and a channel slice of it
-            actual = ops.temporal_shift(x_in, fold if x_in.shape[2] == 8 else min(fold, 3), reverse)
-            reference = expected if x_in.shape[2] == 8 else ops.temporal_shift(x5[:, :, :6].contiguous(),
-                                                                                min(fold, 3), reverse)
-            assert torch.equal(actual, reference)
-            assert is_pixel_major(actual) == (x_in.shape[2] == 8)  # the slice is not dense: planes out
+        # Dense pixel-major frames (shifted pixel by pixel), and every other frame of a
+        # pixel-major tensor (read through staged planes; its output has contiguous planes).
+        for x_in, pixel_major_out in ((channels_last(x5), True), (spread[:, ::2], False)):
+            actual = ops.temporal_shift(x_in, fold, reverse)
+            assert torch.equal(actual, expected)
+            assert is_pixel_major(actual) == pixel_major_out
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -222,6 +242,18 @@ def test_bcthw_layout_reads_channels_last_3d_in_place(gen):
         actual = gateshift.gate_shift(x5l, weight, bias, **kwargs)
     assert torch.equal(actual, expected)
     assert actual.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_emulated_cuda_kernels_fake_strides_predict_their_copy(gen):
+    # The emulated CUDA ops run on CPU tensors but copy channels_last as the CUDA backend
+    # does: their fake kernels must say so (register_fake_and_autograd).
+    emulator = pytest.importorskip("gateshift.testing.cuda_emulator")
+    x5 = channels_last(torch.randn(2, 3, 8, 5, 4, generator=gen))
+    real = emulator.ops.temporal_shift(x5, 2, False)
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = emulator.ops.temporal_shift(mode.from_tensor(x5), 2, False)
+    assert fake.stride() == real.stride() and not is_pixel_major(real)
+    assert is_pixel_major(ops.temporal_shift(x5, 2, False))  # the CPU library's
 
 
 @pytest.mark.parametrize("op", ["gate_shift_forward", "temporal_shift", "batch_stats_backward"])

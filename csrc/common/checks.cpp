@@ -65,9 +65,8 @@ at::Tensor with_contiguous_planes(const at::Tensor& t) {
   }
   TORCH_WARN_ONCE(
       "gateshift: an input of shape ", t.sizes(), " and strides ", t.strides(),
-      " has (H, W) planes that are not contiguous (channels_last on CUDA, say): the fused ops copy it to contiguous "
-      "planes "
-      "first, one extra read and write of its size. (Shown once.)");
+      " has (H, W) planes that are not contiguous (channels_last on CUDA, a channel slice of it, say): the fused "
+      "ops copy it to contiguous planes first, one extra read and write of its size. (Shown once.)");
   return t.contiguous();
 }
 

@@ -9,10 +9,12 @@
 // the kernels stage what they need a frame at a time: FrameReader transposes a
 // frame (C x HW values) into per-thread planes when a kernel first asks for one of
 // its planes, and FrameWriter collects a frame's output planes and transposes them
-// into the pixel-major output when the frame is done. A frame is small next to a
-// core's L2 at the published networks' placements (200 KB at 64 x 28 x 28 fp32),
-// so the transposes run from cache, and the staged planes are bitwise the values
-// of a copy: every result equals the contiguous input's, bit for bit.
+// into the pixel-major output when the frame is done. A frame is small at the
+// published networks' placements (200 KB at 64 x 28 x 28 fp32), so a thread's
+// window of frames (up to 8, in the backward) stays in or near its core's L2, and
+// the staged planes are bitwise the values of a copy: every result equals the
+// contiguous input's, bit for bit. Where neither side needs planes, kernels read and
+// write the pixels directly (GSM's output pass, TSM, the batch statistics' gradient).
 #pragma once
 
 #include <c10/util/Exception.h>
@@ -113,10 +115,9 @@ GATESHIFT_CPU_MULTIVERSION void transpose(const T* __restrict src, int64_t rows,
 
 // The planes of a Frames tensor, for reading: the tensor's own planes, or a
 // pixel-major frame's planes staged in this reader's slots (C planes of HW values,
-// HW apart). The kernels slide through frames and use at most `slots` consecutive
-// ones (b * T + t) at a time; once every slot is taken, a new frame replaces the
-// one farthest from it, which is outside that window (a frame left behind, or one
-// of an earlier tile's pass ahead).
+// HW apart). The kernels slide forward through frames and use at most `slots`
+// consecutive ones (b * T + t) at a time; once every slot is taken, a new frame
+// replaces the one farthest from it, which is outside that window.
 template <typename T>
 class FrameReader {
  public:

@@ -14,7 +14,8 @@
 //              gradients and, per element, the coefficients that turn dz into the
 //              gradients of the residual and of the shifted part;
 //          (3) the GSM backward tasks with those coefficients.
-// Nothing of x's size is allocated besides the output and dx.
+// Nothing of x's size is allocated besides the output and dx (but for channels_last
+// planes too large for one tile, which run on contiguous copies: gate_shift_launch.h).
 #pragma once
 
 #include <cmath>

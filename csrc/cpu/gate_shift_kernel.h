@@ -402,13 +402,13 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
     plane = scratch.plane();
   }
   acc_t* const u_dense = scratch.plane();  // one channel's, dense, before it is padded (half types)
-  // x's frames s-3 .. s are in use while input frame s is correlated (the output
-  // frame it completes reads its neighbours).
-  FrameReader<scalar_t> x_frames(p.x, T, 4);
-  FrameWriter<scalar_t> out_frames(y.out);
   // x and the output both pixel-major (then planes are whole tiles: launch): the
   // output pass reads x's pixels where they are and writes the output's directly.
-  const bool pixel_rows = p.x.pixel_major && y.out.pixel_major;
+  const bool pixel_rows = mode == ForwardMode::kGateShift && p.x.pixel_major && y.out.pixel_major;
+  // x's frames s-3 .. s are in use while input frame s is correlated (the output
+  // frame it completes reads its neighbours), only s when the output pass reads pixels.
+  FrameReader<scalar_t> x_frames(p.x, T, pixel_rows ? 1 : 4);
+  FrameWriter<scalar_t> out_frames(y.out);
   acc_t* acc[3][2];                  // gate accumulators (strided), by frame % 3 and group
   acc_t* gate[3][2];                 // finished gates (dense tile), by frame % 3 and group
   for (int r = 0; r < 3; ++r) {
@@ -433,7 +433,7 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
         const int64_t n = box.whole ? scratch.strided : scratch.strided_for(own.rows);
 
         const auto write_output_frame = [&](int64_t t) GATESHIFT_INLINE_LAMBDA {
-          if (mode == ForwardMode::kGateShift && pixel_rows) {
+          if (pixel_rows) {
             write_pixel_major_output_frame(p, gate, b, t, y.out);
             return;
           }

@@ -148,7 +148,10 @@ Problem<scalar_t> make_problem(
   choose_tiles(p, x_bytes);
   // About one task per thread: whole clips when there are enough of them, otherwise
   // runs that cut clips; always whole groups. No more tasks run at once than keep all
-  // threads' scratch within a quarter of x (or 16 MB).
+  // threads' scratch planes within a quarter of x (or 16 MB). Pixel-major (channels_last)
+  // frames come on top: a thread stages up to 8 frames (frame_staging.h), and a task's
+  // window stages its neighbours' edge frames again (of a one-frame task's backward, 3
+  // frames of x and 5 of grad_out), the price of keeping every thread busy.
   const int64_t thread_scratch = kScratchPlanes * Scratch<acc_t>::floats_per_plane(p.tile_h, p.tile_w) *
       int64_t(sizeof(acc_t));
   const int64_t threads = std::clamp<int64_t>(

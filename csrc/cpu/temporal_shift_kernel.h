@@ -17,8 +17,8 @@ inline int64_t shift_step(int64_t c, int64_t fold, int64_t first) {
   return c < fold ? first : (c < 2 * fold ? -first : 0);
 }
 
-// Planes [plane_begin, plane_end) of the (B, T, C) planes of out, from x: whole
-// frames when out is pixel-major (FrameWriter).
+// Planes [plane_begin, plane_end) of the (B, T, C) planes of out (contiguous
+// planes), from x's planes as they are or staged (FrameReader).
 template <typename scalar_t>
 void shift_planes(
     const Frames<const scalar_t>& x,
@@ -30,19 +30,15 @@ void shift_planes(
     int64_t plane_end) {
   const int64_t C = x.C, HW = x.HW;
   FrameReader<scalar_t> x_frames(x, T, 3);  // frames t - 1 .. t + 1
-  FrameWriter<scalar_t> out_frames(out);
   for (int64_t plane = plane_begin; plane < plane_end; ++plane) {
     const int64_t c = plane % C, t = (plane / C) % T, b = plane / (C * T);
-    scalar_t* o = out_frames.plane(b, t, c);
+    scalar_t* o = out.data + out.strides.plane(b, t, c);
     const int64_t ts = t + shift_step(c, fold, first);
     if (ts < 0 || ts >= T) {
       std::fill(o, o + HW, scalar_t(0));
     } else {
       const scalar_t* i = x_frames.plane(b, ts, c);
       std::copy(i, i + HW, o);
-    }
-    if (c == C - 1) {
-      out_frames.finish(b, t);
     }
   }
 }

@@ -21,10 +21,11 @@ void launch(Backend& /*cpu*/, const TemporalShiftParams& p) {
     });
     return;
   }
-  // A pixel-major output (of an x that is not) is written a whole frame at a time.
-  const int64_t planes_per_step = out.pixel_major ? C : 1;
-  at::parallel_for(0, B * T * C / planes_per_step, out.pixel_major ? 1 : 64, [&](int64_t begin, int64_t end) {
-    shift_planes<scalar_t>(x, out, T, p.fold, first, begin * planes_per_step, end * planes_per_step);
+  // Otherwise the output has contiguous planes (output_strides: a pixel-major output
+  // comes of a dense pixel-major x), and x's planes are read as they are or staged.
+  TORCH_INTERNAL_ASSERT(!out.pixel_major, "temporal_shift: a pixel-major output of an x that is not");
+  at::parallel_for(0, B * T * C, 64, [&](int64_t begin, int64_t end) {
+    shift_planes<scalar_t>(x, out, T, p.fold, first, begin, end);
   });
 }
 

@@ -40,7 +40,7 @@ if os.environ.get("GATESHIFT_EMULATOR_LIBRARY"):
 else:
     from .. import _cuda_emulator  # noqa: F401  (registers torch.ops.gateshift_emulated)
 
-register_fake_and_autograd("gateshift_emulated")
+register_fake_and_autograd("gateshift_emulated", pixel_major_frames=False)  # copied, as on CUDA
 ops = torch.ops.gateshift_emulated
 
 
