@@ -32,7 +32,9 @@ namespace gateshift::cpu {
 
 // Forward pass (3), one plane: out[t] = f ys + (1 - f) r, with ys = g[tn] x[tn]
 // (tn = t + 1 for group 0, t - 1 for group 1, zero past the clip) and
-// r = (1 - g[t]) x[t].
+// r = (1 - g[t]) x[t], computed as r + f (ys - r): every product then feeds one sum
+// of its own, so the compiler's contraction into FMAs is the same in any loop shape
+// (combine_pixel_major_frames computes the same values pixel by pixel).
 template <typename scalar_t>
 GATESHIFT_ALWAYS_INLINE void combine_plane(
     const Problem<scalar_t>& p,
@@ -59,14 +61,69 @@ GATESHIFT_ALWAYS_INLINE void combine_plane(
     const scalar_t* xn = x_frames.plane(b, tn, c);
 #pragma omp simd
     for (int64_t i = 0; i < HW; ++i) {
-      const acc_t xv = static_cast<acc_t>(xc[i]);
-      o[i] = static_cast<scalar_t>(f * gn[i] * static_cast<acc_t>(xn[i]) + (acc_t(1) - f) * (xv - g[i] * xv));
+      const acc_t r = static_cast<acc_t>(xc[i]) - g[i] * static_cast<acc_t>(xc[i]);
+      o[i] = static_cast<scalar_t>(r + f * (gn[i] * static_cast<acc_t>(xn[i]) - r));
     }
   } else {
 #pragma omp simd
     for (int64_t i = 0; i < HW; ++i) {
-      const acc_t xv = static_cast<acc_t>(xc[i]);
-      o[i] = static_cast<scalar_t>((acc_t(1) - f) * (xv - g[i] * xv));
+      const acc_t r = static_cast<acc_t>(xc[i]) - g[i] * static_cast<acc_t>(xc[i]);
+      o[i] = static_cast<scalar_t>(r - f * r);
+    }
+  }
+}
+
+// Forward pass (3) for frames [frame_begin, frame_end) (b * T + t) when x and out
+// are both pixel-major: per pixel, runs over each group's channels, nothing staged;
+// every value computed as in combine_plane.
+template <typename scalar_t>
+GATESHIFT_CPU_MULTIVERSION void combine_pixel_major_frames(
+    const Problem<scalar_t>& p,
+    const acc_type<scalar_t>* gates,
+    const acc_type<scalar_t>* fusion,
+    const Frames<scalar_t>& out,
+    int64_t frame_begin,
+    int64_t frame_end) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t T = p.T, C = p.C, P = p.P, half = P / 2, quarter = P / 4, HW = p.H * p.W;
+  for (int64_t frame = frame_begin; frame < frame_end; ++frame) {
+    const int64_t b = frame / T, t = frame % T;
+    const scalar_t* xf = p.x.data + p.x.strides.plane(b, t, 0);
+    scalar_t* of = out.data + out.strides.plane(b, t, 0);
+    for (int k = 0; k < 2; ++k) {
+      const int64_t tn = k == 0 ? t + 1 : t - 1, c0 = k * half;
+      const bool has_next = tn >= 0 && tn < T;
+      const acc_t* g = gates + ((b * T + t) * 2 + k) * HW;
+      const acc_t* gn = has_next ? gates + ((b * T + tn) * 2 + k) * HW : g;
+      const scalar_t* xnf = has_next ? p.x.data + p.x.strides.plane(b, tn, 0) : xf;
+      const acc_t* f = fusion + table_index(b, t, 2, c0, T, 3, P);  // the group's channels in order
+      for (int64_t i = 0; i < HW; ++i) {
+        const scalar_t* xp = xf + i * C + c0;
+        const scalar_t* xnp = xnf + i * C + c0;
+        scalar_t* op = of + i * C + c0;
+        const acc_t gv = g[i], gnv = gn[i];
+        const auto value = [&](int64_t q) GATESHIFT_INLINE_LAMBDA {
+          const acc_t r = static_cast<acc_t>(xp[q]) - gv * static_cast<acc_t>(xp[q]);
+          return has_next ? static_cast<scalar_t>(r + f[q] * (gnv * static_cast<acc_t>(xnp[q]) - r))
+                          : static_cast<scalar_t>(r - f[q] * r);
+        };
+        // The output position of the group's channel q: q, or interleaved (channel_order.h).
+        if (p.interleaved) {
+#pragma omp simd
+          for (int64_t j = 0; j < quarter; ++j) {
+            op[2 * j] = value(j);
+            op[2 * j + 1] = value(quarter + j);
+          }
+        } else {
+#pragma omp simd
+          for (int64_t q = 0; q < half; ++q) {
+            op[q] = value(q);
+          }
+        }
+      }
+    }
+    for (int64_t i = 0; i < HW; ++i) {  // pass-through channels
+      std::copy(xf + i * C + P, xf + (i + 1) * C, of + i * C + P);
     }
   }
 }

@@ -44,6 +44,12 @@ void launch(Backend& cpu, const GateShiftFuseForwardParams& f) {
     fusion_weight_rows(fz, V.data(), e.data(), p.T, p.P, begin, end);
   });
   const Frames<scalar_t> out = frames<scalar_t>(g.out);
+  if (p.x.pixel_major && out.pixel_major) {
+    at::parallel_for(0, p.B * p.T, 1, [&](int64_t begin, int64_t end) {
+      combine_pixel_major_frames<scalar_t>(p, gates, fz, out, begin, end);
+    });
+    return;
+  }
   // A pixel-major output is written a whole frame at a time (FrameWriter).
   const int64_t planes_per_step = out.pixel_major ? p.C : 1;
   at::parallel_for(0, p.B * p.T * p.C / planes_per_step, out.pixel_major ? 1 : 16, [&](int64_t begin, int64_t end) {
