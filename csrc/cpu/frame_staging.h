@@ -17,8 +17,6 @@
 // write the pixels directly (GSM's output pass, TSM, the batch statistics' gradient).
 #pragma once
 
-#include <c10/util/Exception.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <cstring>

@@ -85,46 +85,22 @@ GATESHIFT_CPU_MULTIVERSION void combine_pixel_major_frames(
     int64_t frame_begin,
     int64_t frame_end) {
   using acc_t = acc_type<scalar_t>;
-  const int64_t T = p.T, C = p.C, P = p.P, half = P / 2, quarter = P / 4, HW = p.H * p.W;
+  const int64_t T = p.T, P = p.P, half = P / 2, HW = p.H * p.W;
   for (int64_t frame = frame_begin; frame < frame_end; ++frame) {
     const int64_t b = frame / T, t = frame % T;
-    const scalar_t* xf = p.x.data + p.x.strides.plane(b, t, 0);
-    scalar_t* of = out.data + out.strides.plane(b, t, 0);
-    for (int k = 0; k < 2; ++k) {
-      const int64_t tn = k == 0 ? t + 1 : t - 1, c0 = k * half;
-      const bool has_next = tn >= 0 && tn < T;
-      const acc_t* g = gates + ((b * T + t) * 2 + k) * HW;
-      const acc_t* gn = has_next ? gates + ((b * T + tn) * 2 + k) * HW : g;
-      const scalar_t* xnf = has_next ? p.x.data + p.x.strides.plane(b, tn, 0) : xf;
-      const acc_t* f = fusion + table_index(b, t, 2, c0, T, 3, P);  // the group's channels in order
-      for (int64_t i = 0; i < HW; ++i) {
-        const scalar_t* xp = xf + i * C + c0;
-        const scalar_t* xnp = xnf + i * C + c0;
-        scalar_t* op = of + i * C + c0;
-        const acc_t gv = g[i], gnv = gn[i];
-        const auto value = [&](int64_t q) GATESHIFT_INLINE_LAMBDA {
-          const acc_t r = static_cast<acc_t>(xp[q]) - gv * static_cast<acc_t>(xp[q]);
-          return has_next ? static_cast<scalar_t>(r + f[q] * (gnv * static_cast<acc_t>(xnp[q]) - r))
-                          : static_cast<scalar_t>(r - f[q] * r);
-        };
-        // The output position of the group's channel q: q, or interleaved (channel_order.h).
-        if (p.interleaved) {
-#pragma omp simd
-          for (int64_t j = 0; j < quarter; ++j) {
-            op[2 * j] = value(j);
-            op[2 * j + 1] = value(quarter + j);
-          }
-        } else {
-#pragma omp simd
-          for (int64_t q = 0; q < half; ++q) {
-            op[q] = value(q);
-          }
-        }
-      }
-    }
-    for (int64_t i = 0; i < HW; ++i) {  // pass-through channels
-      std::copy(xf + i * C + P, xf + (i + 1) * C, of + i * C + P);
-    }
+    write_pixel_major_output_frame(
+        p, b, t, out,
+        [&](int k, bool has_next, int64_t i, const scalar_t* xp, const scalar_t* xnp, int64_t q)
+            GATESHIFT_INLINE_LAMBDA {
+              const acc_t f = fusion[table_index(b, t, 2, k * half + q, T, 3, P)];
+              const acc_t gv = gates[((b * T + t) * 2 + k) * HW + i];
+              const acc_t r = static_cast<acc_t>(xp[q]) - gv * static_cast<acc_t>(xp[q]);
+              if (!has_next) {
+                return static_cast<scalar_t>(r - f * r);
+              }
+              const acc_t gnv = gates[((b * T + (k == 0 ? t + 1 : t - 1)) * 2 + k) * HW + i];
+              return static_cast<scalar_t>(r + f * (gnv * static_cast<acc_t>(xnp[q]) - r));
+            });
   }
 }
 

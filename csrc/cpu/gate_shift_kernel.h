@@ -337,48 +337,38 @@ struct ForwardOutputs {
   acc_type<scalar_t>* fusion;  // kFuseMeans: the (B, T, 3, P) table, rows 0 (ym) and 1 (rm)
 };
 
-// GSM's output frame t of clip b when x and the output are both pixel-major, pixel
-// by pixel over the channels, each value computed as in forward_tasks' plane loop:
-// z = x - g x + gn xn (gn xn left out past the clip), gate[t % 3][k] the whole
-// plane's gates of group k at frame t (the window of forward_tasks).
-template <typename scalar_t>
+// Output frame t of clip b when x and the output are both pixel-major, a pixel at a
+// time (GSM's output pass here, GSF's in gate_shift_fuse_kernel.h): per group k, its
+// channels in runs over each pixel, placed in the output channel order, then the
+// pass-through channels copied. value(k, has_next, i, xp, xnp, q) is the output of the
+// group's channel q at pixel i, xp and xnp pointing at the group's channels of x at
+// frames t and tn (t + 1 for group 0, t - 1 for group 1; has_next: tn is in the clip).
+template <typename scalar_t, typename Value>
 GATESHIFT_ALWAYS_INLINE void write_pixel_major_output_frame(
-    const Problem<scalar_t>& p, acc_type<scalar_t>* const (&gate)[3][2], int64_t b, int64_t t,
-    const Frames<scalar_t>& out) {
-  using acc_t = acc_type<scalar_t>;
+    const Problem<scalar_t>& p, int64_t b, int64_t t, const Frames<scalar_t>& out, Value&& value) {
   const int64_t T = p.T, C = p.C, P = p.P, half = P / 2, quarter = P / 4, HW = p.H * p.W;
   const scalar_t* xf = p.x.data + p.x.strides.plane(b, t, 0);
   scalar_t* of = out.data + out.strides.plane(b, t, 0);
   for (int k = 0; k < 2; ++k) {
-    // Group 0 takes from the next frame, group 1 from the previous one.
-    const int64_t tn = k == 0 ? t + 1 : t - 1;
+    const int64_t tn = k == 0 ? t + 1 : t - 1, c0 = k * half;
     const bool has_next = tn >= 0 && tn < T;
-    const acc_t* g = gate[t % 3][k];
-    const acc_t* gn = has_next ? gate[tn % 3][k] : g;
     const scalar_t* xnf = has_next ? p.x.data + p.x.strides.plane(b, tn, 0) : xf;
-    // Output position of the group's channel c0 + q: q itself, or interleaved (channel_order.h):
-    // the group's two quarters alternate, q = i * quarter + j going to 2 j + i.
-    const int64_t c0 = k * half;
     for (int64_t i = 0; i < HW; ++i) {
       const scalar_t* xp = xf + i * C + c0;
       const scalar_t* xnp = xnf + i * C + c0;
       scalar_t* op = of + i * C + c0;
-      const acc_t gv = g[i], gnv = gn[i];
-      const auto value = [&](int64_t q) GATESHIFT_INLINE_LAMBDA {
-        const acc_t xv = static_cast<acc_t>(xp[q]);
-        return has_next ? static_cast<scalar_t>(xv - gv * xv + gnv * static_cast<acc_t>(xnp[q]))
-                        : static_cast<scalar_t>(xv - gv * xv);
-      };
+      // The group's channel q goes to q, or interleaved (channel_order.h): the group's
+      // two quarters alternate, q = i * quarter + j going to 2 j + i.
       if (p.interleaved) {
 #pragma omp simd
         for (int64_t j = 0; j < quarter; ++j) {
-          op[2 * j] = value(j);
-          op[2 * j + 1] = value(quarter + j);
+          op[2 * j] = value(k, has_next, i, xp, xnp, j);
+          op[2 * j + 1] = value(k, has_next, i, xp, xnp, quarter + j);
         }
       } else {
 #pragma omp simd
         for (int64_t q = 0; q < half; ++q) {
-          op[q] = value(q);
+          op[q] = value(k, has_next, i, xp, xnp, q);
         }
       }
     }
@@ -433,8 +423,17 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
         const int64_t n = box.whole ? scratch.strided : scratch.strided_for(own.rows);
 
         const auto write_output_frame = [&](int64_t t) GATESHIFT_INLINE_LAMBDA {
-          if (pixel_rows) {
-            write_pixel_major_output_frame(p, gate, b, t, y.out);
+          if (pixel_rows) {  // z = x - g x + gn xn, as in the plane loop below
+            write_pixel_major_output_frame(
+                p, b, t, y.out,
+                [&](int k, bool has_next, int64_t i, const scalar_t* xp, const scalar_t* xnp, int64_t q)
+                    GATESHIFT_INLINE_LAMBDA {
+                      const acc_t xv = static_cast<acc_t>(xp[q]), gv = gate[t % 3][k][i];
+                      return has_next ? static_cast<scalar_t>(
+                                            xv - gv * xv + gate[(k == 0 ? t + 1 : t - 1) % 3][k][i] *
+                                                               static_cast<acc_t>(xnp[q]))
+                                      : static_cast<scalar_t>(xv - gv * xv);
+                    });
             return;
           }
           for (int64_t c = 0; c < (mode == ForwardMode::kGateShift ? p.C : P); ++c) {
