@@ -158,6 +158,40 @@ def test_non_finite_gate_weights_propagate_as_in_the_reference(impl, tap, value,
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("residual_tap", [pytest.param(1.0, id="f=0"), pytest.param(-1.0, id="f=1")])
+def test_infinite_input_gives_the_published_modules_infinities_and_nans(impl, residual_tap, gen):
+    # x = -inf at one pixel of a gated channel: BN (a positive scale) and ReLU make it 0,
+    # so the gates stay finite,
+    # and with every gate near -1 (small weights, bias -10) the residual r = x - g x is
+    # -inf there. At the first frame of group 0 (the last of group 1) no shifted part
+    # carries it to a frame beside it, so with only the fusion conv's centre tap on the
+    # residual means, weighted +-1 (no bias), f = sigmoid(-+inf) is exactly 0 or 1 for
+    # that channel and frame. The published f ys + (1 - f) r is then -inf (f = 0) or
+    # NaN (f = 1) at the pixel; a form like r + f (ys - r) would give NaN at f = 0.
+    case = Case(2, 4, 8, 5, 6)
+    x, weight, bias, bn_scale, bn_shift, fuse_weight, fuse_bias = fuse_inputs(case, gen)
+    weight, bias, bn_scale = weight * 0.01, torch.full_like(bias, -10.0), bn_scale.abs() + 0.1
+    x[1 * case.T + 0, 1, 3, 4] = float("-inf")  # clip 1, frame 0, group 0
+    x[0 * case.T + case.T - 1, 6, 0, 2] = float("-inf")  # clip 0, last frame, group 1
+    fuse_weight = torch.zeros_like(fuse_weight)
+    fuse_weight[:, 1, 1, 1] = residual_tap
+    fuse_bias = torch.zeros_like(fuse_bias)
+    with launches_as_on(impl, 1):
+        args = (impl.to(t) for t in (x, weight, bias, fuse_weight, fuse_bias))
+        out = impl.gate_shift_fuse(*args, **op_kwargs(case, impl.to(bn_scale), impl.to(bn_shift))).cpu()
+    expected = reference.gate_shift_fuse(x, weight, bias, fuse_weight, fuse_bias, **op_kwargs(case, bn_scale, bn_shift))
+    if residual_tap > 0:
+        assert int(torch.isneginf(expected).sum()) == 2
+    else:
+        assert bool(torch.isnan(expected).any())
+    for what, where in (("NaN", torch.isnan), ("infinite", torch.isinf), ("-inf", torch.isneginf)):
+        differ = int((where(out) != where(expected)).sum())
+        assert differ == 0, f"{differ} elements {what} in one of ours and the reference only"
+    finite = torch.isfinite(expected)
+    torch.testing.assert_close(out[finite], expected[finite])
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_gradcheck(impl, gen):
     case = Case(1, 3, 8, 3, 4)
     inputs = [impl.to(t).requires_grad_() for t in fuse_inputs(case, gen)]

@@ -20,6 +20,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "../common/dtypes.h"
 #include "../common/channel_order.h"
@@ -30,11 +31,24 @@
 
 namespace gateshift::cpu {
 
-// Forward pass (3), one plane: out[t] = f ys + (1 - f) r, with ys = g[tn] x[tn]
-// (tn = t + 1 for group 0, t - 1 for group 1, zero past the clip) and
-// r = (1 - g[t]) x[t], computed as r + f (ys - r): every product then feeds one sum
-// of its own, so the compiler's contraction into FMAs is the same in any loop shape
-// (combine_pixel_major_frames computes the same values pixel by pixel).
+// f ys + (1 - f) r, computed as r + f (ys - r): every product then feeds one sum of
+// its own, so the compiler's contraction into FMAs is the same in any loop shape
+// (combine_plane and combine_pixel_major_frames agree bit for bit). Where that is not
+// finite (an infinite or NaN r or ys, or ys - r overflowing), the published form
+// instead, whose infinities and NaNs the two forms do not share: at f = 0 an infinite
+// r gives r, where r + 0 (ys - r) is NaN; infinite r and ys of one sign give that
+// infinity, where ys - r is NaN. (Only there may contraction differ between loop
+// shapes, and with non-finite inputs it gives the same infinities and NaNs.)
+template <typename acc_t>
+GATESHIFT_ALWAYS_INLINE acc_t fused_output(acc_t f, acc_t ys, acc_t r) {
+  const acc_t blended = r + f * (ys - r);
+  const acc_t published = f * ys + (acc_t(1) - f) * r;
+  return std::abs(blended) <= std::numeric_limits<acc_t>::max() ? blended : published;
+}
+
+// Forward pass (3), one plane: out[t] = f ys + (1 - f) r (fused_output), with
+// ys = g[tn] x[tn] (tn = t + 1 for group 0, t - 1 for group 1, zero past the clip)
+// and r = x[t] - g[t] x[t], as the published module writes it.
 template <typename scalar_t>
 GATESHIFT_ALWAYS_INLINE void combine_plane(
     const Problem<scalar_t>& p,
@@ -62,13 +76,13 @@ GATESHIFT_ALWAYS_INLINE void combine_plane(
 #pragma omp simd
     for (int64_t i = 0; i < HW; ++i) {
       const acc_t r = static_cast<acc_t>(xc[i]) - g[i] * static_cast<acc_t>(xc[i]);
-      o[i] = static_cast<scalar_t>(r + f * (gn[i] * static_cast<acc_t>(xn[i]) - r));
+      o[i] = static_cast<scalar_t>(fused_output(f, gn[i] * static_cast<acc_t>(xn[i]), r));
     }
   } else {
 #pragma omp simd
     for (int64_t i = 0; i < HW; ++i) {
       const acc_t r = static_cast<acc_t>(xc[i]) - g[i] * static_cast<acc_t>(xc[i]);
-      o[i] = static_cast<scalar_t>(r - f * r);
+      o[i] = static_cast<scalar_t>(fused_output(f, acc_t(0), r));
     }
   }
 }
@@ -96,10 +110,10 @@ GATESHIFT_CPU_MULTIVERSION void combine_pixel_major_frames(
               const acc_t gv = gates[((b * T + t) * 2 + k) * HW + i];
               const acc_t r = static_cast<acc_t>(xp[q]) - gv * static_cast<acc_t>(xp[q]);
               if (!has_next) {
-                return static_cast<scalar_t>(r - f * r);
+                return static_cast<scalar_t>(fused_output(f, acc_t(0), r));
               }
               const acc_t gnv = gates[((b * T + (k == 0 ? t + 1 : t - 1)) * 2 + k) * HW + i];
-              return static_cast<scalar_t>(r + f * (gnv * static_cast<acc_t>(xnp[q]) - r));
+              return static_cast<scalar_t>(fused_output(f, gnv * static_cast<acc_t>(xnp[q]), r));
             });
   }
 }
