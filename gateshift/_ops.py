@@ -69,13 +69,19 @@ def frames_input(t: Tensor, *, warn: bool = True) -> Tensor:
     """Mirrors ``ops::frames_input`` in csrc/ops/backend.h: the kernels read ``t`` as
     it is when each (H, W) plane is contiguous, and on the CPU also when its frames
     are pixel-major (``channels_last``, read in place); else a contiguous copy,
-    announced once per process (``warn``: unless only shapes are being traced)."""
+    announced once per process (``warn``: unless only shapes are being traced) unless
+    ``t`` is broadcast."""
     in_place = t.device.type == "cpu" and _cpu_reads_pixel_major_frames.get()
     if _has_contiguous_planes(t) or (in_place and has_pixel_major_frames(t)):
         return t
-    if warn:
+    if warn and not _is_broadcast(t):  # a broadcast tensor is materialised by any kernel: see checks.cpp
         _warn_plane_copy_once(t)
     return t.contiguous()
+
+
+def _is_broadcast(t: Tensor) -> bool:
+    """Mirrors ``is_broadcast`` in csrc/common/checks.cpp: a zero stride where the size is > 1."""
+    return any(size > 1 and stride == 0 for size, stride in zip(t.shape, t.stride()))
 
 
 _plane_copy_warned = False

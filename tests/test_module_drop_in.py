@@ -125,12 +125,32 @@ def test_the_plane_copy_is_announced_once(module, gen, monkeypatch):
         fused(x.contiguous())
 
 
+@pytest.mark.parametrize("module", ["GSM", "GSF"])
+def test_a_broadcast_gradient_is_copied_without_a_warning(module, gen, monkeypatch):
+    # out.sum().backward() hands the op an expanded gradient (zero strides): every kernel
+    # materialises it, so there is no layout to warn about; its gradient is still right.
+    # An input broadcast over its frames keeps contiguous planes: read as it is.
+    monkeypatch.setattr(gateshift._ops, "_plane_copy_warned", False)
+    published, fused = published_and_fused(module, gen)
+    x = torch.randn(6, 8, 5, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (grad,) = torch.autograd.grad(fused(x).sum(), x)
+        x_broadcast = torch.randn(1, 8, 5, 7, generator=gen, dtype=torch.float64).expand(6, 8, 5, 7)
+        out_broadcast = fused(x_broadcast)
+    (expected,) = torch.autograd.grad(published(x).sum(), x)
+    torch.testing.assert_close(grad, expected)
+    torch.testing.assert_close(out_broadcast, published(x_broadcast))
+
+
 def test_the_raw_ops_announce_their_copy_once():
-    # TORCH_WARN_ONCE in csrc/common/checks.cpp: once per process, so in a fresh one. A
+    # TORCH_WARN_ONCE in csrc/common/checks.cpp: once per process, so in a fresh one, and
+    # not for a broadcast tensor (first: had it warned, the later copies would not). A
     # warning of a torch.ops call goes to c10's log on stderr, not to Python's warnings.
     script = (
         "import torch, gateshift\n"
         "x = torch.randn(2, 3, 8, 5, 7).transpose(3, 4)\n"
+        "torch.ops.gateshift.temporal_shift(torch.randn(1, 1, 1, 1, 1).expand(2, 3, 8, 5, 7), 2, False)\n"
         "for _ in range(3):\n"
         "    torch.ops.gateshift.temporal_shift(x, 2, False)\n"
         "torch.ops.gateshift.temporal_shift(x.contiguous(), 2, False)\n"

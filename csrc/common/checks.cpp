@@ -59,14 +59,27 @@ bool has_contiguous_planes(const at::Tensor& t) {
   return (w <= 1 || t.stride(-1) == 1) && (h <= 1 || t.stride(-2) == w);
 }
 
+bool is_broadcast(const at::Tensor& t) {
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) > 1 && t.stride(d) == 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
 at::Tensor with_contiguous_planes(const at::Tensor& t) {
   if (has_contiguous_planes(t)) {
     return t;
   }
-  TORCH_WARN_ONCE(
-      "gateshift: an input of shape ", t.sizes(), " and strides ", t.strides(),
-      " has (H, W) planes that are not contiguous (channels_last on CUDA, a channel slice of it, say): the fused "
-      "ops copy it to contiguous planes first, one extra read and write of its size. (Shown once.)");
+  // A broadcast tensor (a zero stride: the gradient of out.sum(), say) is materialised
+  // by any kernel that reads it; only layouts a network chose are worth the warning.
+  if (!is_broadcast(t)) {
+    TORCH_WARN_ONCE(
+        "gateshift: an input of shape ", t.sizes(), " and strides ", t.strides(),
+        " has (H, W) planes that are not contiguous (channels_last on CUDA, a channel slice of it, say): the fused "
+        "ops copy it to contiguous planes first, one extra read and write of its size. (Shown once.)");
+  }
   return t.contiguous();
 }
 

@@ -39,7 +39,12 @@ void check_accumulation_table(const char* op, const char* name, const at::Tensor
 // layout the kernels require (B, T and C may have any strides).
 bool has_contiguous_planes(const at::Tensor& t);
 
-// t itself when its planes are contiguous, otherwise a contiguous copy.
+// True when t repeats values along a dimension (a zero stride where the size is > 1),
+// as expand() makes them.
+bool is_broadcast(const at::Tensor& t);
+
+// t itself when its planes are contiguous, otherwise a contiguous copy (announced
+// once per process, unless t is broadcast).
 at::Tensor with_contiguous_planes(const at::Tensor& t);
 
 // True when each (b, t) frame of a 5-D tensor is a dense (H, W, C) block with C
