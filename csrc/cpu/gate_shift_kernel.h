@@ -36,6 +36,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <new>
 #include <type_traits>
 #include <utility>
@@ -103,17 +104,111 @@ GATESHIFT_ALWAYS_INLINE void map_row(const T* __restrict src, T* __restrict dst,
   }
 }
 
+// Rows of n values where every row's vector may run past its end into the rows'
+// padding: n <= L <= n + 2 for one of the vector sizes (L lanes), 0 otherwise. Then a
+// row takes one vector, where map_row takes two (7 values: 4 + 4; 14: 8 + 8): on 7x7
+// planes the gate input's row loop was a fifth of the forward's samples.
 template <typename T>
-GATESHIFT_ALWAYS_INLINE void scatter_rows(const T* __restrict dense, int64_t H, int64_t W, T* __restrict rows, int64_t stride) {
-  for (int64_t h = 0; h < H; ++h) {
-    map_row(dense + h * W, rows + h * stride, W, [](auto v) GATESHIFT_INLINE_LAMBDA { return v; });
+GATESHIFT_ALWAYS_INLINE int row_vector_bytes(int64_t n) {
+  for (int bytes : {16, 32, 64}) {
+    const int64_t lanes = bytes / int64_t(sizeof(T));
+    if (n <= lanes && lanes <= n + 2) {
+      return bytes;
+    }
+  }
+  return 0;
+}
+
+// 16 values of all ones, then 16 zeros: from position 16 - n, a vector mask of the first n lanes.
+template <typename index_t>
+struct OnesThenZeros {
+  static constexpr int64_t kOnes = 16;
+  alignas(64) static constexpr index_t kValues[32] = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
+};
+
+// dst row i (dst_stride apart, with at least two padding values after each row, which
+// must stay zero) = f(src row i) for the `rows` rows of n values (src_stride apart), one
+// vector of `bytes` a row (row_vector_bytes), the lanes past the row cleared. A row's
+// vector reads up to two values past its end, so the last row, which has none after it
+// in src, goes through map_row.
+template <typename T, int bytes, typename F>
+GATESHIFT_ALWAYS_INLINE void map_rows_into_padding(
+    const T* __restrict src, int64_t src_stride, int64_t rows, int64_t n, T* __restrict dst, int64_t dst_stride,
+    F&& f) {
+  using Simd = SimdOf<T, bytes>;
+  using index_t = typename Simd::index_t;
+  typedef index_t lanes_t __attribute__((vector_size(bytes)));
+  // Lanes < n all ones, the rest zero: read from a constant table (GCC built a vector
+  // compare of lane indices lane by lane in scalar code, and a table on the stack
+  // stalled its load on the store before it).
+  lanes_t in_row;
+  std::memcpy(&in_row, OnesThenZeros<index_t>::kValues + (OnesThenZeros<index_t>::kOnes - n), sizeof(in_row));
+  for (int64_t i = 0; i + 1 < rows; ++i) {
+    const typename Simd::type y = f(Simd::load(src + i * src_stride));
+    Simd::store(dst + i * dst_stride, reinterpret_cast<typename Simd::type>(reinterpret_cast<lanes_t>(y) & in_row));
+  }
+  if (rows > 0) {
+    map_row(src + (rows - 1) * src_stride, dst + (rows - 1) * dst_stride, n, f);
   }
 }
 
+// map_rows_into_padding with the vector size of n (row_vector_bytes), or map_row row by row.
+template <typename T, typename F>
+GATESHIFT_ALWAYS_INLINE void map_rows_padded(
+    const T* __restrict src, int64_t src_stride, int64_t rows, int64_t n, T* __restrict dst, int64_t dst_stride,
+    F&& f) {
+  switch (dst_stride >= n + 2 ? row_vector_bytes<T>(n) : 0) {
+    case 16:
+      map_rows_into_padding<T, 16>(src, src_stride, rows, n, dst, dst_stride, f);
+      break;
+    case 32:
+      map_rows_into_padding<T, 32>(src, src_stride, rows, n, dst, dst_stride, f);
+      break;
+    case 64:
+      map_rows_into_padding<T, 64>(src, src_stride, rows, n, dst, dst_stride, f);
+      break;
+    default:
+      for (int64_t i = 0; i < rows; ++i) {
+        map_row(src + i * src_stride, dst + i * dst_stride, n, f);
+      }
+  }
+}
+
+// A dense H x W plane into rows `stride` apart whose padding stays zero.
+template <typename T>
+GATESHIFT_ALWAYS_INLINE void scatter_rows(const T* __restrict dense, int64_t H, int64_t W, T* __restrict rows, int64_t stride) {
+  map_rows_padded(dense, W, H, W, rows, stride, [](auto v) GATESHIFT_INLINE_LAMBDA { return v; });
+}
+
+// Dense rows from rows `stride` (>= W + 2) apart. Where W fits one vector
+// (row_vector_bytes), each row but the last is one vector copy whose lanes past the
+// row land at the start of the next dense row, which its own copy overwrites after.
 template <typename T>
 GATESHIFT_ALWAYS_INLINE void gather_rows(const T* __restrict rows, int64_t stride, int64_t H, int64_t W, T* __restrict dense) {
-  for (int64_t h = 0; h < H; ++h) {
-    map_row(rows + h * stride, dense + h * W, W, [](auto v) GATESHIFT_INLINE_LAMBDA { return v; });
+  const auto copy = [](auto v) GATESHIFT_INLINE_LAMBDA { return v; };
+  const auto one_vector_a_row = [&](auto vector) GATESHIFT_INLINE_LAMBDA {
+    using Simd = decltype(vector);
+    for (int64_t h = 0; h + 1 < H; ++h) {
+      Simd::store(dense + h * W, Simd::load(rows + h * stride));
+    }
+    if (H > 0) {
+      map_row(rows + (H - 1) * stride, dense + (H - 1) * W, W, copy);
+    }
+  };
+  switch (stride >= W + 2 ? row_vector_bytes<T>(W) : 0) {
+    case 16:
+      one_vector_a_row(SimdOf<T, 16>{});
+      break;
+    case 32:
+      one_vector_a_row(SimdOf<T, 32>{});
+      break;
+    case 64:
+      one_vector_a_row(SimdOf<T, 64>{});
+      break;
+    default:
+      for (int64_t h = 0; h < H; ++h) {
+        map_row(rows + h * stride, dense + h * W, W, copy);
+      }
   }
 }
 
@@ -275,13 +370,11 @@ GATESHIFT_ALWAYS_INLINE void gate_input_rows(
         return reinterpret_cast<value_t>(reinterpret_cast<bits>(y) & ~reinterpret_cast<bits>(y < acc_t(0)));
       }
     };
-    for (int64_t i = 0; i < r.rows; ++i) {
-      const acc_t* src = x + (r.r0 + i) * W + r.c0;
-      if (affine) {
-        map_row(src, dst + i * stride, r.cols, affine_relu);
-      } else {
-        map_row(src, dst + i * stride, r.cols, [](auto v) GATESHIFT_INLINE_LAMBDA { return v; });
-      }
+    const acc_t* src = x + r.r0 * W + r.c0;
+    if (affine) {
+      map_rows_padded(src, W, r.rows, r.cols, dst, stride, affine_relu);
+    } else {
+      map_rows_padded(src, W, r.rows, r.cols, dst, stride, [](auto v) GATESHIFT_INLINE_LAMBDA { return v; });
     }
   } else {
     for_each_run(r, W, [&](int64_t at, int64_t d, int64_t len) GATESHIFT_INLINE_LAMBDA {
