@@ -161,13 +161,13 @@ def test_non_finite_gate_weights_propagate_as_in_the_reference(impl, tap, value,
 @pytest.mark.parametrize("residual_tap", [pytest.param(1.0, id="f=0"), pytest.param(-1.0, id="f=1")])
 def test_infinite_input_gives_the_published_modules_infinities_and_nans(impl, residual_tap, gen):
     # x = -inf at one pixel of a gated channel: BN (a positive scale) and ReLU make it 0,
-    # so the gates stay finite,
-    # and with every gate near -1 (small weights, bias -10) the residual r = x - g x is
-    # -inf there. At the first frame of group 0 (the last of group 1) no shifted part
-    # carries it to a frame beside it, so with only the fusion conv's centre tap on the
-    # residual means, weighted +-1 (no bias), f = sigmoid(-+inf) is exactly 0 or 1 for
-    # that channel and frame. The published f ys + (1 - f) r is then -inf (f = 0) or
-    # NaN (f = 1) at the pixel; a form like r + f (ys - r) would give NaN at f = 0.
+    # so the gates stay finite, and with every gate near -1 (small weights, bias -10) the
+    # residual r = x - g x is -inf there. At the first frame of group 0 (the last of
+    # group 1) no shifted part carries it to a frame beside it, so with only the fusion
+    # conv's centre tap on the residual means, weighted +-1 (no bias), f = sigmoid(-+inf)
+    # is exactly 0 or 1 for that channel and frame. The published f ys + (1 - f) r is
+    # then -inf (f = 0) or NaN (f = 1) at the pixel; a form like r + f (ys - r) would
+    # give NaN at f = 0.
     case = Case(2, 4, 8, 5, 6)
     x, weight, bias, bn_scale, bn_shift, fuse_weight, fuse_bias = fuse_inputs(case, gen)
     weight, bias, bn_scale = weight * 0.01, torch.full_like(bias, -10.0), bn_scale.abs() + 0.1

@@ -129,14 +129,14 @@ def test_the_plane_copy_is_announced_once(module, gen, monkeypatch):
 def test_a_broadcast_gradient_is_copied_without_a_warning(module, gen, monkeypatch):
     # out.sum().backward() hands the op an expanded gradient (zero strides): every kernel
     # materialises it, so there is no layout to warn about; its gradient is still right.
-    # An input broadcast over its frames keeps contiguous planes: read as it is.
+    # So is an input broadcast along its rows (its planes not contiguous): copied, silently.
     monkeypatch.setattr(gateshift._ops, "_plane_copy_warned", False)
     published, fused = published_and_fused(module, gen)
     x = torch.randn(6, 8, 5, 7, generator=gen, dtype=torch.float64, requires_grad=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         (grad,) = torch.autograd.grad(fused(x).sum(), x)
-        x_broadcast = torch.randn(1, 8, 5, 7, generator=gen, dtype=torch.float64).expand(6, 8, 5, 7)
+        x_broadcast = torch.randn(6, 8, 5, 1, generator=gen, dtype=torch.float64).expand(6, 8, 5, 7)
         out_broadcast = fused(x_broadcast)
     (expected,) = torch.autograd.grad(published(x).sum(), x)
     torch.testing.assert_close(grad, expected)
