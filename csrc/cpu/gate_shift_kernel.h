@@ -105,18 +105,26 @@ GATESHIFT_ALWAYS_INLINE void map_row(const T* __restrict src, T* __restrict dst,
 }
 
 // Rows of n values where every row's vector may run past its end into the rows'
-// padding: n <= L <= n + 2 for one of the vector sizes (L lanes), 0 otherwise. Then a
-// row takes one vector, where map_row takes two (7 values: 4 + 4; 14: 8 + 8): on 7x7
-// planes the gate input's row loop was a fifth of the forward's samples.
-template <typename T>
-GATESHIFT_ALWAYS_INLINE int row_vector_bytes(int64_t n) {
-  for (int bytes : {16, 32, 64}) {
+// padding: where n <= L <= n + 2 for one of the vector sizes (L lanes), f(SimdOf of that
+// size) and true; else false. Then a row takes one vector, where map_row takes two
+// (7 values: 4 + 4; 14: 8 + 8): on 7x7 planes the gate input's row loop was a fifth of
+// the forward's samples.
+template <typename T, typename F>
+GATESHIFT_ALWAYS_INLINE bool with_one_vector_a_row(int64_t n, F&& f) {
+  const auto fits = [n](int bytes) GATESHIFT_INLINE_LAMBDA {
     const int64_t lanes = bytes / int64_t(sizeof(T));
-    if (n <= lanes && lanes <= n + 2) {
-      return bytes;
-    }
+    return n <= lanes && lanes <= n + 2;
+  };
+  if (fits(16)) {
+    f(SimdOf<T, 16>{});
+  } else if (fits(32)) {
+    f(SimdOf<T, 32>{});
+  } else if (fits(64)) {
+    f(SimdOf<T, 64>{});
+  } else {
+    return false;
   }
-  return 0;
+  return true;
 }
 
 // 16 values of all ones, then 16 zeros: from position 16 - n, a vector mask of the first n lanes.
@@ -126,51 +134,36 @@ struct OnesThenZeros {
   alignas(64) static constexpr index_t kValues[32] = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
 };
 
-// dst row i (dst_stride apart, with at least two padding values after each row, which
-// must stay zero) = f(src row i) for the `rows` rows of n values (src_stride apart), one
-// vector of `bytes` a row (row_vector_bytes), the lanes past the row cleared. A row's
-// vector reads up to two values past its end, so the last row, which has none after it
-// in src, goes through map_row.
-template <typename T, int bytes, typename F>
-GATESHIFT_ALWAYS_INLINE void map_rows_into_padding(
-    const T* __restrict src, int64_t src_stride, int64_t rows, int64_t n, T* __restrict dst, int64_t dst_stride,
-    F&& f) {
-  using Simd = SimdOf<T, bytes>;
-  using index_t = typename Simd::index_t;
-  typedef index_t lanes_t __attribute__((vector_size(bytes)));
-  // Lanes < n all ones, the rest zero: read from a constant table (GCC built a vector
-  // compare of lane indices lane by lane in scalar code, and a table on the stack
-  // stalled its load on the store before it).
-  lanes_t in_row;
-  std::memcpy(&in_row, OnesThenZeros<index_t>::kValues + (OnesThenZeros<index_t>::kOnes - n), sizeof(in_row));
-  for (int64_t i = 0; i + 1 < rows; ++i) {
-    const typename Simd::type y = f(Simd::load(src + i * src_stride));
-    Simd::store(dst + i * dst_stride, reinterpret_cast<typename Simd::type>(reinterpret_cast<lanes_t>(y) & in_row));
-  }
-  if (rows > 0) {
-    map_row(src + (rows - 1) * src_stride, dst + (rows - 1) * dst_stride, n, f);
-  }
-}
-
-// map_rows_into_padding with the vector size of n (row_vector_bytes), or map_row row by row.
+// dst row i (dst_stride apart) = f(src row i) for the `rows` rows of n values (src_stride
+// apart). Where n fits one vector (with_one_vector_a_row) and dst has at least two
+// padding values after each row, which must stay zero, each row but the last is one
+// vector, the lanes past the row cleared; it reads up to two values past the row's end,
+// so the last row, which has none after it in src, goes through map_row.
 template <typename T, typename F>
 GATESHIFT_ALWAYS_INLINE void map_rows_padded(
     const T* __restrict src, int64_t src_stride, int64_t rows, int64_t n, T* __restrict dst, int64_t dst_stride,
     F&& f) {
-  switch (dst_stride >= n + 2 ? row_vector_bytes<T>(n) : 0) {
-    case 16:
-      map_rows_into_padding<T, 16>(src, src_stride, rows, n, dst, dst_stride, f);
-      break;
-    case 32:
-      map_rows_into_padding<T, 32>(src, src_stride, rows, n, dst, dst_stride, f);
-      break;
-    case 64:
-      map_rows_into_padding<T, 64>(src, src_stride, rows, n, dst, dst_stride, f);
-      break;
-    default:
-      for (int64_t i = 0; i < rows; ++i) {
-        map_row(src + i * src_stride, dst + i * dst_stride, n, f);
-      }
+  const auto one_vector_a_row = [&](auto vector) GATESHIFT_INLINE_LAMBDA {
+    using Simd = decltype(vector);
+    using index_t = typename Simd::index_t;
+    typedef index_t lanes_t __attribute__((vector_size(sizeof(typename Simd::type))));
+    // Lanes < n all ones, the rest zero: read from a constant table (GCC built a vector
+    // compare of lane indices lane by lane in scalar code, and a table on the stack
+    // stalled its load on the store before it).
+    lanes_t in_row;
+    std::memcpy(&in_row, OnesThenZeros<index_t>::kValues + (OnesThenZeros<index_t>::kOnes - n), sizeof(in_row));
+    for (int64_t i = 0; i + 1 < rows; ++i) {
+      const typename Simd::type y = f(Simd::load(src + i * src_stride));
+      Simd::store(dst + i * dst_stride, reinterpret_cast<typename Simd::type>(reinterpret_cast<lanes_t>(y) & in_row));
+    }
+    if (rows > 0) {
+      map_row(src + (rows - 1) * src_stride, dst + (rows - 1) * dst_stride, n, f);
+    }
+  };
+  if (dst_stride < n + 2 || !with_one_vector_a_row<T>(n, one_vector_a_row)) {
+    for (int64_t i = 0; i < rows; ++i) {
+      map_row(src + i * src_stride, dst + i * dst_stride, n, f);
+    }
   }
 }
 
@@ -181,8 +174,8 @@ GATESHIFT_ALWAYS_INLINE void scatter_rows(const T* __restrict dense, int64_t H, 
 }
 
 // Dense rows from rows `stride` (>= W + 2) apart. Where W fits one vector
-// (row_vector_bytes), each row but the last is one vector copy whose lanes past the
-// row land at the start of the next dense row, which its own copy overwrites after.
+// (with_one_vector_a_row), each row but the last is one vector copy whose lanes past
+// the row land at the start of the next dense row, which its own copy overwrites after.
 template <typename T>
 GATESHIFT_ALWAYS_INLINE void gather_rows(const T* __restrict rows, int64_t stride, int64_t H, int64_t W, T* __restrict dense) {
   const auto copy = [](auto v) GATESHIFT_INLINE_LAMBDA { return v; };
@@ -195,20 +188,10 @@ GATESHIFT_ALWAYS_INLINE void gather_rows(const T* __restrict rows, int64_t strid
       map_row(rows + (H - 1) * stride, dense + (H - 1) * W, W, copy);
     }
   };
-  switch (stride >= W + 2 ? row_vector_bytes<T>(W) : 0) {
-    case 16:
-      one_vector_a_row(SimdOf<T, 16>{});
-      break;
-    case 32:
-      one_vector_a_row(SimdOf<T, 32>{});
-      break;
-    case 64:
-      one_vector_a_row(SimdOf<T, 64>{});
-      break;
-    default:
-      for (int64_t h = 0; h < H; ++h) {
-        map_row(rows + h * stride, dense + h * W, W, copy);
-      }
+  if (stride < W + 2 || !with_one_vector_a_row<T>(W, one_vector_a_row)) {
+    for (int64_t h = 0; h < H; ++h) {
+      map_row(rows + h * stride, dense + h * W, W, copy);
+    }
   }
 }
 
