@@ -87,12 +87,13 @@ GATESHIFT_ALWAYS_INLINE void map_row_in_vectors(const T* __restrict src, T* __re
   }
 }
 
-// dst[i] = f(src[i]) for i < n; f takes a T or a vector of T (SimdOf).
+// dst[i] = f(src[i]) for i < n; f takes a T or a vector of T (SimdOf) of at most
+// max_bytes (widest_vector_bytes).
 template <typename T, typename F>
-GATESHIFT_ALWAYS_INLINE void map_row(const T* __restrict src, T* __restrict dst, int64_t n, F&& f) {
-  if (n >= 64 / int64_t(sizeof(T))) {
+GATESHIFT_ALWAYS_INLINE void map_row(const T* __restrict src, T* __restrict dst, int64_t n, int max_bytes, F&& f) {
+  if (max_bytes >= 64 && n >= 64 / int64_t(sizeof(T))) {
     map_row_in_vectors<T, 64>(src, dst, n, f);
-  } else if (n >= 32 / int64_t(sizeof(T))) {
+  } else if (max_bytes >= 32 && n >= 32 / int64_t(sizeof(T))) {
     map_row_in_vectors<T, 32>(src, dst, n, f);
   } else if (n >= 16 / int64_t(sizeof(T))) {
     map_row_in_vectors<T, 16>(src, dst, n, f);
@@ -105,21 +106,21 @@ GATESHIFT_ALWAYS_INLINE void map_row(const T* __restrict src, T* __restrict dst,
 }
 
 // Rows of n values where every row's vector may run past its end into the rows'
-// padding: where n <= L <= n + 2 for one of the vector sizes (L lanes), f(SimdOf of that
-// size) and true; else false. Then a row takes one vector, where map_row takes two
+// padding: where n <= L <= n + 2 for one of the vector sizes up to max_bytes (L lanes),
+// f(SimdOf of that size) and true; else false. Then a row takes one vector, where map_row takes two
 // (7 values: 4 + 4; 14: 8 + 8): on 7x7 planes the gate input's row loop was a fifth of
 // the forward's samples.
 template <typename T, typename F>
-GATESHIFT_ALWAYS_INLINE bool with_one_vector_a_row(int64_t n, F&& f) {
+GATESHIFT_ALWAYS_INLINE bool with_one_vector_a_row(int64_t n, int max_bytes, F&& f) {
   const auto fits = [n](int bytes) GATESHIFT_INLINE_LAMBDA {
     const int64_t lanes = bytes / int64_t(sizeof(T));
     return n <= lanes && lanes <= n + 2;
   };
   if (fits(16)) {
     f(SimdOf<T, 16>{});
-  } else if (fits(32)) {
+  } else if (max_bytes >= 32 && fits(32)) {
     f(SimdOf<T, 32>{});
-  } else if (fits(64)) {
+  } else if (max_bytes >= 64 && fits(64)) {
     f(SimdOf<T, 64>{});
   } else {
     return false;
@@ -135,14 +136,14 @@ struct OnesThenZeros {
 };
 
 // dst row i (dst_stride apart) = f(src row i) for the `rows` rows of n values (src_stride
-// apart). Where n fits one vector (with_one_vector_a_row) and dst has at least two
-// padding values after each row, which must stay zero, each row but the last is one
-// vector, the lanes past the row cleared; it reads up to two values past the row's end,
-// so the last row, which has none after it in src, goes through map_row.
+// apart), in vectors of at most max_bytes. Where n fits one vector (with_one_vector_a_row)
+// and dst has at least two padding values after each row, which must stay zero, each row
+// but the last is one vector, the lanes past the row cleared; it reads up to two values
+// past the row's end, so the last row, which has none after it in src, goes through map_row.
 template <typename T, typename F>
 GATESHIFT_ALWAYS_INLINE void map_rows_padded(
     const T* __restrict src, int64_t src_stride, int64_t rows, int64_t n, T* __restrict dst, int64_t dst_stride,
-    F&& f) {
+    int max_bytes, F&& f) {
   const auto one_vector_a_row = [&](auto vector) GATESHIFT_INLINE_LAMBDA {
     using Simd = decltype(vector);
     using index_t = typename Simd::index_t;
@@ -157,27 +158,29 @@ GATESHIFT_ALWAYS_INLINE void map_rows_padded(
       Simd::store(dst + i * dst_stride, reinterpret_cast<typename Simd::type>(reinterpret_cast<lanes_t>(y) & in_row));
     }
     if (rows > 0) {
-      map_row(src + (rows - 1) * src_stride, dst + (rows - 1) * dst_stride, n, f);
+      map_row(src + (rows - 1) * src_stride, dst + (rows - 1) * dst_stride, n, max_bytes, f);
     }
   };
-  if (dst_stride < n + 2 || !with_one_vector_a_row<T>(n, one_vector_a_row)) {
+  if (dst_stride < n + 2 || !with_one_vector_a_row<T>(n, max_bytes, one_vector_a_row)) {
     for (int64_t i = 0; i < rows; ++i) {
-      map_row(src + i * src_stride, dst + i * dst_stride, n, f);
+      map_row(src + i * src_stride, dst + i * dst_stride, n, max_bytes, f);
     }
   }
 }
 
 // A dense H x W plane into rows `stride` apart whose padding stays zero.
 template <typename T>
-GATESHIFT_ALWAYS_INLINE void scatter_rows(const T* __restrict dense, int64_t H, int64_t W, T* __restrict rows, int64_t stride) {
-  map_rows_padded(dense, W, H, W, rows, stride, [](auto v) GATESHIFT_INLINE_LAMBDA { return v; });
+GATESHIFT_ALWAYS_INLINE void scatter_rows(
+    const T* __restrict dense, int64_t H, int64_t W, T* __restrict rows, int64_t stride, int max_bytes) {
+  map_rows_padded(dense, W, H, W, rows, stride, max_bytes, [](auto v) GATESHIFT_INLINE_LAMBDA { return v; });
 }
 
 // Dense rows from rows `stride` (>= W + 2) apart. Where W fits one vector
 // (with_one_vector_a_row), each row but the last is one vector copy whose lanes past
 // the row land at the start of the next dense row, which its own copy overwrites after.
 template <typename T>
-GATESHIFT_ALWAYS_INLINE void gather_rows(const T* __restrict rows, int64_t stride, int64_t H, int64_t W, T* __restrict dense) {
+GATESHIFT_ALWAYS_INLINE void gather_rows(
+    const T* __restrict rows, int64_t stride, int64_t H, int64_t W, T* __restrict dense, int max_bytes) {
   const auto copy = [](auto v) GATESHIFT_INLINE_LAMBDA { return v; };
   const auto one_vector_a_row = [&](auto vector) GATESHIFT_INLINE_LAMBDA {
     using Simd = decltype(vector);
@@ -185,12 +188,12 @@ GATESHIFT_ALWAYS_INLINE void gather_rows(const T* __restrict rows, int64_t strid
       Simd::store(dense + h * W, Simd::load(rows + h * stride));
     }
     if (H > 0) {
-      map_row(rows + (H - 1) * stride, dense + (H - 1) * W, W, copy);
+      map_row(rows + (H - 1) * stride, dense + (H - 1) * W, W, max_bytes, copy);
     }
   };
-  if (stride < W + 2 || !with_one_vector_a_row<T>(W, one_vector_a_row)) {
+  if (stride < W + 2 || !with_one_vector_a_row<T>(W, max_bytes, one_vector_a_row)) {
     for (int64_t h = 0; h < H; ++h) {
-      map_row(rows + h * stride, dense + h * W, W, copy);
+      map_row(rows + h * stride, dense + h * W, W, max_bytes, copy);
     }
   }
 }
@@ -340,7 +343,7 @@ struct Scratch {
 template <typename scalar_t, typename acc_t>
 GATESHIFT_ALWAYS_INLINE void gate_input_rows(
     const scalar_t* __restrict x, int64_t W, const Rect& r, bool affine, acc_t sc, acc_t sh, acc_t* __restrict dense,
-    acc_t* __restrict dst, int64_t stride) {
+    acc_t* __restrict dst, int64_t stride, int max_bytes) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     const auto affine_relu = [sc, sh](auto v) GATESHIFT_INLINE_LAMBDA {
       using value_t = decltype(v);
@@ -355,9 +358,9 @@ GATESHIFT_ALWAYS_INLINE void gate_input_rows(
     };
     const acc_t* src = x + r.r0 * W + r.c0;
     if (affine) {
-      map_rows_padded(src, W, r.rows, r.cols, dst, stride, affine_relu);
+      map_rows_padded(src, W, r.rows, r.cols, dst, stride, max_bytes, affine_relu);
     } else {
-      map_rows_padded(src, W, r.rows, r.cols, dst, stride, [](auto v) GATESHIFT_INLINE_LAMBDA { return v; });
+      map_rows_padded(src, W, r.rows, r.cols, dst, stride, max_bytes, [](auto v) GATESHIFT_INLINE_LAMBDA { return v; });
     }
   } else {
     for_each_run(r, W, [&](int64_t at, int64_t d, int64_t len) GATESHIFT_INLINE_LAMBDA {
@@ -373,7 +376,7 @@ GATESHIFT_ALWAYS_INLINE void gate_input_rows(
         }
       }
     });
-    scatter_rows(dense, r.rows, r.cols, dst, stride);
+    scatter_rows(dense, r.rows, r.cols, dst, stride, max_bytes);
   }
 }
 
@@ -393,8 +396,9 @@ GATESHIFT_ALWAYS_INLINE acc_t* padded_halo(
 // The dense values over a tile's halo, into the zero-padded plane `padded`.
 template <typename acc_t>
 GATESHIFT_ALWAYS_INLINE void place_padded(
-    const acc_t* dense, const TileGeometry& box, int64_t Wp, acc_t* padded, const Scratch<acc_t>& scratch) {
-  scatter_rows(dense, box.halo.rows, box.halo.cols, padded_halo(box, Wp, padded, scratch), Wp);
+    const acc_t* dense, const TileGeometry& box, int64_t Wp, acc_t* padded, const Scratch<acc_t>& scratch,
+    int max_bytes) {
+  scatter_rows(dense, box.halo.rows, box.halo.cols, padded_halo(box, Wp, padded, scratch), Wp, max_bytes);
 }
 
 // --------------------------------------------------------------------------
@@ -463,6 +467,7 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
   Scratch<acc_t> scratch(p.tile_h, p.tile_w, kForwardScratchPlanes);
   const int64_t Wp = scratch.Wp;
   const VectorShape shape = cpu_vector_shape();
+  const int max_bytes = widest_vector_bytes(shape);
   acc_t* u_chunk[kChannelChunk];  // padded gate inputs of a chunk of channels of one frame,
   for (auto& plane : u_chunk) {   // consecutive (plane_size apart)
     plane = scratch.plane();
@@ -572,7 +577,7 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
         const auto finish_gate_frame = [&](int64_t tg) GATESHIFT_INLINE_LAMBDA {
           for (int k = 0; k < 2; ++k) {
             acc_t* g = gate[tg % 3][k];
-            gather_rows(acc[tg % 3][k], Wp, own.rows, own.cols, g);
+            gather_rows(acc[tg % 3][k], Wp, own.rows, own.cols, g, max_bytes);
 #pragma omp simd
             for (int64_t i = 0; i < own.size(); ++i) {
               g[i] = tanh_vectorizable(g[i]);
@@ -610,7 +615,7 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
               const scalar_t* xc = x_frames.plane(b, s, c);
               const acc_t sc = affine ? p.scale[c] : acc_t(1);
               const acc_t sh = affine ? p.shift[c] : acc_t(0);
-              gate_input_rows(xc, W, box.halo, affine, sc, sh, u_dense, padded_halo(box, Wp, u_chunk[j], scratch), Wp);
+              gate_input_rows(xc, W, box.halo, affine, sc, sh, u_dense, padded_halo(box, Wp, u_chunk[j], scratch), Wp, max_bytes);
             }
             const acc_t* kernels[3];
             acc_t* targets_of[3] = {nullptr, nullptr, nullptr};
@@ -689,6 +694,7 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
   Scratch<acc_t> scratch(p.tile_h, p.tile_w, 6 + 2 + 2 + 2);
   const int64_t Wp = scratch.Wp;
   const VectorShape shape = cpu_vector_shape();
+  const int max_bytes = widest_vector_bytes(shape);
   acc_t* da[3][2];  // padded da planes, by frame % 3 and group
   for (int r = 0; r < 3; ++r) {
     for (int k = 0; k < 2; ++k) {
@@ -779,7 +785,7 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
                 }
               }
             }
-            place_padded(d, box, Wp, da[f % 3][k], scratch);
+            place_padded(d, box, Wp, da[f % 3][k], scratch, max_bytes);
             da_sum[f % 3][k] = sum;
           }
         };
@@ -818,7 +824,7 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
             if (!box.whole) {  // a narrower tile than the last leaves junk in the columns past it
               std::fill(u, u + n, acc_t(0));
             }
-            gate_input_rows(xc, W, own, affine, sc, sh, u_dense, u, Wp);
+            gate_input_rows(xc, W, own, affine, sc, sh, u_dense, u, Wp, max_bytes);
             std::fill(du, du + n, acc_t(0));
             // Frame tap i of the conv links u at frame t with da at frame t - i + 1.
             for (int i = 0; i < 3; ++i) {
@@ -844,7 +850,7 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
             const std::pair<acc_t, acc_t> shifted =
                 has_next ? g.coef(2, b, tn, c, T, P) : std::pair<acc_t, acc_t>{acc_t(0), acc_t(0)};
             const acc_t ar = residual.first, br = residual.second, ay = shifted.first, by = shifted.second;
-            gather_rows(du, Wp, own.rows, own.cols, du_dense);
+            gather_rows(du, Wp, own.rows, own.cols, du_dense, max_bytes);
             if (affine) {
               acc_t ds = 0, dh = 0;
               for_each_run(own, W, [&](int64_t at, int64_t o, int64_t len) GATESHIFT_INLINE_LAMBDA {

@@ -168,6 +168,21 @@ inline VectorShape cpu_vector_shape() {
   return forced < 0 ? native_vector_shape() : static_cast<VectorShape>(forced);
 }
 
+// The widest vector, in bytes, that loops may use on a CPU of `shape`. Generic vectors
+// wider than the registers compile, but not always to a few narrower instructions: in
+// the AVX2 clone GCC built a 64-byte vector's compare (the gate input's ReLU) lane by
+// lane through the stack, which took three quarters of the forward on an AVX2-only CPU.
+inline int widest_vector_bytes(VectorShape shape) {
+  switch (shape) {
+    case VectorShape::k512x32:
+      return 64;
+    case VectorShape::k256x16:
+      return 32;
+    default:
+      return 16;
+  }
+}
+
 // acc_m[o] += the chunk's correlation (the note at the top), for the NT targets m:
 // u holds `channels` zero-padded planes plane_stride apart; weights[m] is the first
 // channel's 3x3 kernel of target m's frame tap.
