@@ -17,9 +17,16 @@ namespace gateshift::cpu {
 
 __attribute__((always_inline)) inline float tanh_vectorizable(float x) {
   // tanh(9.02) rounds to 1.0f already; clamping keeps 2^k a normal number.
-  // (Comparisons, not std::fmin/std::nearbyint: those are library calls here.)
-  const float abs_x = std::fabs(x);
-  const float a = abs_x > 9.5f ? 9.5f : abs_x;
+  // Clamp and NaN test on the bits as integers (a non-negative float orders as its
+  // bits do; NaNs' bits are above infinity's): GCC if-converts a float comparison
+  // (which may trap) only where AVX-512 masks it, so with `abs_x > 9.5f ? ...` the
+  // AVX2 clone ran this loop in scalar code. (std::fmin is a library call here.)
+  const int32_t abs_bits = std::bit_cast<int32_t>(std::fabs(x));
+  constexpr int32_t kCap = std::bit_cast<int32_t>(9.5f), kInfinity = std::bit_cast<int32_t>(INFINITY);
+  const float a = std::bit_cast<float>(abs_bits < kCap ? abs_bits : kCap);
+  // All ones for a NaN x (bits above infinity's), else 0: a shift, not a select, which
+  // GCC would turn into a branch around the division.
+  const int32_t nan_mask = (kInfinity - abs_bits) >> 31;
   const float y = -2.0f * a;
   // k = round(y / ln2): adding 1.5 * 2^23 rounds to an integer, which then sits in
   // the low mantissa bits (float-to-int conversions would stop GCC vectorising).
@@ -40,8 +47,9 @@ __attribute__((always_inline)) inline float tanh_vectorizable(float x) {
   const float two_k = std::bit_cast<float>((k_int + 127) << 23);
   const float m = two_k * p + (two_k - 1.0f);  // expm1(y); 2^k - 1 is exact for k >= -24
   const float t = -m / (2.0f + m);
-  // copysign keeps the sign of zero and makes tanh(NaN) NaN, as std::tanh does.
-  return x != x ? x : std::copysign(t, x);
+  // copysign keeps the sign of zero; a NaN x's bits ORed in make the result NaN (tanh
+  // of the clamp is about 1, whose bits are within a quiet NaN's), as std::tanh's is.
+  return std::bit_cast<float>(std::bit_cast<int32_t>(std::copysign(t, x)) | (nan_mask & abs_bits));
 }
 
 __attribute__((always_inline)) inline double tanh_vectorizable(double x) {
