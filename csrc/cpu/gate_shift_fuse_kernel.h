@@ -18,9 +18,11 @@
 // planes too large for one tile, which run on contiguous copies: gate_shift_launch.h).
 #pragma once
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "../common/dtypes.h"
 #include "../common/channel_order.h"
@@ -43,7 +45,16 @@ template <typename acc_t>
 GATESHIFT_ALWAYS_INLINE acc_t fused_output(acc_t f, acc_t ys, acc_t r) {
   const acc_t blended = r + f * (ys - r);
   const acc_t published = f * ys + (acc_t(1) - f) * r;
-  return std::abs(blended) <= std::numeric_limits<acc_t>::max() ? blended : published;
+  // The choice on the bits as integers: GCC does not if-convert a float comparison
+  // (which may trap) without AVX-512's masks, and the AVX2 clone of these loops ran
+  // in scalar code. |v| >= infinity (infinite or NaN) where its bits, sign cleared,
+  // are at least infinity's: then the difference's sign bit spreads into all ones.
+  using bits_t = std::conditional_t<sizeof(acc_t) == 8, int64_t, int32_t>;
+  constexpr bits_t kInfinity = std::bit_cast<bits_t>(std::numeric_limits<acc_t>::infinity());
+  const bits_t blended_bits = std::bit_cast<bits_t>(blended);
+  const bits_t not_finite =
+      (kInfinity - 1 - (blended_bits & std::numeric_limits<bits_t>::max())) >> (8 * sizeof(bits_t) - 1);
+  return std::bit_cast<acc_t>((blended_bits & ~not_finite) | (std::bit_cast<bits_t>(published) & not_finite));
 }
 
 // Forward pass (3), one plane: out[t] = f ys + (1 - f) r (fused_output), with
