@@ -107,9 +107,9 @@ GATESHIFT_ALWAYS_INLINE void map_row(const T* __restrict src, T* __restrict dst,
 
 // Rows of n values where every row's vector may run past its end into the rows'
 // padding: where n <= L <= n + 2 for one of the vector sizes up to max_bytes (L lanes),
-// f(SimdOf of that size) and true; else false. Then a row takes one vector, where map_row takes two
-// (7 values: 4 + 4; 14: 8 + 8): on 7x7 planes the gate input's row loop was a fifth of
-// the forward's samples.
+// f(SimdOf of that size) and true; else false. Then a row takes one vector, where
+// map_row takes two (7 values: 4 + 4; 14: 8 + 8): on 7x7 planes the gate input's row
+// loop was a fifth of the forward's samples.
 template <typename T, typename F>
 GATESHIFT_ALWAYS_INLINE bool with_one_vector_a_row(int64_t n, int max_bytes, F&& f) {
   const auto fits = [n](int bytes) GATESHIFT_INLINE_LAMBDA {
@@ -615,7 +615,8 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
               const scalar_t* xc = x_frames.plane(b, s, c);
               const acc_t sc = affine ? p.scale[c] : acc_t(1);
               const acc_t sh = affine ? p.shift[c] : acc_t(0);
-              gate_input_rows(xc, W, box.halo, affine, sc, sh, u_dense, padded_halo(box, Wp, u_chunk[j], scratch), Wp, max_bytes);
+              gate_input_rows(
+                  xc, W, box.halo, affine, sc, sh, u_dense, padded_halo(box, Wp, u_chunk[j], scratch), Wp, max_bytes);
             }
             const acc_t* kernels[3];
             acc_t* targets_of[3] = {nullptr, nullptr, nullptr};
