@@ -15,6 +15,7 @@
 #include "../common/compile_target.h"
 #include "../common/dtypes.h"
 #include "../common/layout.h"
+#include "element_conversion.h"
 #include "frame_staging.h"
 
 namespace gateshift::cpu {
@@ -25,7 +26,7 @@ GATESHIFT_ALWAYS_INLINE void plane_moments(const scalar_t* plane, int64_t HW, ac
   acc_t plane_sum = 0, plane_squares = 0;
 #pragma omp simd reduction(+ : plane_sum, plane_squares)
   for (int64_t i = 0; i < HW; ++i) {
-    const acc_t d = static_cast<acc_t>(plane[i]) - k;
+    const acc_t d = widen<acc_t>(plane[i]) - k;
     plane_sum += d;
     plane_squares += d * d;
   }
@@ -52,7 +53,7 @@ GATESHIFT_CPU_MULTIVERSION void batch_stats_channels(PlaneTensor<const scalar_t>
                                                      acc_type<scalar_t>* var) {
   using acc_t = acc_type<scalar_t>;
   for (int64_t c = c_begin; c < c_end; ++c) {
-    const acc_t k = static_cast<acc_t>(x.plane(0, 0, c)[0]);
+    const acc_t k = widen<acc_t>(x.plane(0, 0, c)[0]);
     double sum = 0, squares = 0;
     for (int64_t b = 0; b < n.B; ++b) {
       for (int64_t t = 0; t < n.T; ++t) {
@@ -77,7 +78,7 @@ GATESHIFT_CPU_MULTIVERSION void batch_stats_plane_moments(
   FrameReader<scalar_t> x_frames(x, T, 1);
   for (int64_t frame = frame_begin; frame < frame_end; ++frame) {
     for (int64_t c = 0; c < channels; ++c) {
-      const acc_t k = static_cast<acc_t>(x.data[c]);  // the channel's first element
+      const acc_t k = widen<acc_t>(x.data[c]);  // the channel's first element
       acc_t* m = moments + (frame * channels + c) * 2;
       plane_moments(x_frames.plane(frame / T, frame % T, c), x.HW, k, m[0], m[1]);
     }
@@ -104,12 +105,12 @@ GATESHIFT_ALWAYS_INLINE void batch_stats_backward_plane(
   if (gi != nullptr) {
 #pragma omp simd
     for (int64_t i = 0; i < HW; ++i) {
-      gc[i] = static_cast<scalar_t>(static_cast<acc_t>(gi[i]) + (slope * (static_cast<acc_t>(xc[i]) - m) + offset));
+      store_rounded(gc[i], widen<acc_t>(gi[i]) + (slope * (widen<acc_t>(xc[i]) - m) + offset));
     }
   } else {
 #pragma omp simd
     for (int64_t i = 0; i < HW; ++i) {
-      gc[i] = static_cast<scalar_t>(slope * (static_cast<acc_t>(xc[i]) - m) + offset);
+      store_rounded(gc[i], slope * (widen<acc_t>(xc[i]) - m) + offset);
     }
   }
 }
@@ -169,14 +170,13 @@ void batch_stats_backward_pixel_major_frames(
         const scalar_t* gp = gf + i * C;
 #pragma omp simd
         for (int64_t c = 0; c < channels; ++c) {
-          op[c] = static_cast<scalar_t>(static_cast<acc_t>(gp[c]) +
-                                        (slope[c] * (static_cast<acc_t>(xp[c]) - m[c]) + offset[c]));
+          store_rounded(op[c], widen<acc_t>(gp[c]) + (slope[c] * (widen<acc_t>(xp[c]) - m[c]) + offset[c]));
         }
         std::copy(gp + channels, gp + C, op + channels);
       } else {
 #pragma omp simd
         for (int64_t c = 0; c < channels; ++c) {
-          op[c] = static_cast<scalar_t>(slope[c] * (static_cast<acc_t>(xp[c]) - m[c]) + offset[c]);
+          store_rounded(op[c], slope[c] * (widen<acc_t>(xp[c]) - m[c]) + offset[c]);
         }
         std::fill(op + channels, op + C, scalar_t(0));
       }

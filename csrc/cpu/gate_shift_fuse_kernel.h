@@ -86,14 +86,14 @@ GATESHIFT_ALWAYS_INLINE void combine_plane(
     const scalar_t* xn = x_frames.plane(b, tn, c);
 #pragma omp simd
     for (int64_t i = 0; i < HW; ++i) {
-      const acc_t r = static_cast<acc_t>(xc[i]) - g[i] * static_cast<acc_t>(xc[i]);
-      o[i] = static_cast<scalar_t>(fused_output(f, gn[i] * static_cast<acc_t>(xn[i]), r));
+      const acc_t r = widen<acc_t>(xc[i]) - g[i] * widen<acc_t>(xc[i]);
+      store_rounded(o[i], fused_output(f, gn[i] * widen<acc_t>(xn[i]), r));
     }
   } else {
 #pragma omp simd
     for (int64_t i = 0; i < HW; ++i) {
-      const acc_t r = static_cast<acc_t>(xc[i]) - g[i] * static_cast<acc_t>(xc[i]);
-      o[i] = static_cast<scalar_t>(fused_output(f, acc_t(0), r));
+      const acc_t r = widen<acc_t>(xc[i]) - g[i] * widen<acc_t>(xc[i]);
+      store_rounded(o[i], fused_output(f, acc_t(0), r));
     }
   }
 }
@@ -119,12 +119,12 @@ GATESHIFT_CPU_MULTIVERSION void combine_pixel_major_frames(
             GATESHIFT_INLINE_LAMBDA {
               const acc_t f = fusion[table_index(b, t, 2, k * half + q, T, 3, P)];
               const acc_t gv = gates[((b * T + t) * 2 + k) * HW + i];
-              const acc_t r = static_cast<acc_t>(xp[q]) - gv * static_cast<acc_t>(xp[q]);
+              const acc_t r = widen<acc_t>(xp[q]) - gv * widen<acc_t>(xp[q]);
               if (!has_next) {
-                return static_cast<scalar_t>(fused_output(f, acc_t(0), r));
+                return fused_output(f, acc_t(0), r);
               }
               const acc_t gnv = gates[((b * T + (k == 0 ? t + 1 : t - 1)) * 2 + k) * HW + i];
-              return static_cast<scalar_t>(fused_output(f, gnv * static_cast<acc_t>(xnp[q]), r));
+              return fused_output(f, gnv * widen<acc_t>(xnp[q]), r);
             });
   }
 }
@@ -176,14 +176,14 @@ GATESHIFT_CPU_MULTIVERSION void fusion_gradient_planes(
       const scalar_t* xn = x_frames.plane(b, tn, c);
 #pragma omp simd reduction(+ : sum)
       for (int64_t i = 0; i < HW; ++i) {
-        const acc_t xv = static_cast<acc_t>(xc[i]);
-        sum += static_cast<acc_t>(dz[i]) * (gn[i] * static_cast<acc_t>(xn[i]) - (xv - g[i] * xv));
+        const acc_t xv = widen<acc_t>(xc[i]);
+        sum += widen<acc_t>(dz[i]) * (gn[i] * widen<acc_t>(xn[i]) - (xv - g[i] * xv));
       }
     } else {
 #pragma omp simd reduction(+ : sum)
       for (int64_t i = 0; i < HW; ++i) {
-        const acc_t xv = static_cast<acc_t>(xc[i]);
-        sum -= static_cast<acc_t>(dz[i]) * (xv - g[i] * xv);
+        const acc_t xv = widen<acc_t>(xc[i]);
+        sum -= widen<acc_t>(dz[i]) * (xv - g[i] * xv);
       }
     }
     df[table_index(b, t, 0, c, T, 1, P)] = sum;

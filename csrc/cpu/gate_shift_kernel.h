@@ -47,6 +47,7 @@
 #include "../common/compile_target.h"
 #include "../common/fusion_math.h"
 #include "../common/layout.h"
+#include "element_conversion.h"
 #include "frame_staging.h"
 #include "register_blocked_correlation.h"
 #include "vectorizable_tanh.h"
@@ -367,12 +368,12 @@ GATESHIFT_ALWAYS_INLINE void gate_input_rows(
       if (affine) {
 #pragma omp simd
         for (int64_t i = 0; i < len; ++i) {
-          dense[d + i] = relu(sc * static_cast<acc_t>(x[at + i]) + sh);
+          dense[d + i] = relu(sc * widen<acc_t>(x[at + i]) + sh);
         }
       } else {
 #pragma omp simd
         for (int64_t i = 0; i < len; ++i) {
-          dense[d + i] = static_cast<acc_t>(x[at + i]);
+          dense[d + i] = widen<acc_t>(x[at + i]);
         }
       }
     });
@@ -421,8 +422,9 @@ struct ForwardOutputs {
 // time (GSM's output pass here, GSF's in gate_shift_fuse_kernel.h): per group k, its
 // channels in runs over each pixel, placed in the output channel order, then the
 // pass-through channels copied. value(k, has_next, i, xp, xnp, q) is the output of the
-// group's channel q at pixel i, xp and xnp pointing at the group's channels of x at
-// frames t and tn (t + 1 for group 0, t - 1 for group 1; has_next: tn is in the clip).
+// group's channel q at pixel i in acc_t (rounded here), xp and xnp pointing at the
+// group's channels of x at frames t and tn (t + 1 for group 0, t - 1 for group 1;
+// has_next: tn is in the clip).
 template <typename scalar_t, typename Value>
 GATESHIFT_ALWAYS_INLINE void write_pixel_major_output_frame(
     const Problem<scalar_t>& p, int64_t b, int64_t t, const Frames<scalar_t>& out, Value&& value) {
@@ -442,13 +444,13 @@ GATESHIFT_ALWAYS_INLINE void write_pixel_major_output_frame(
       if (p.interleaved) {
 #pragma omp simd
         for (int64_t j = 0; j < quarter; ++j) {
-          op[2 * j] = value(k, has_next, i, xp, xnp, j);
-          op[2 * j + 1] = value(k, has_next, i, xp, xnp, quarter + j);
+          store_rounded(op[2 * j], value(k, has_next, i, xp, xnp, j));
+          store_rounded(op[2 * j + 1], value(k, has_next, i, xp, xnp, quarter + j));
         }
       } else {
 #pragma omp simd
         for (int64_t q = 0; q < half; ++q) {
-          op[q] = value(k, has_next, i, xp, xnp, q);
+          store_rounded(op[q], value(k, has_next, i, xp, xnp, q));
         }
       }
     }
@@ -509,11 +511,10 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
                 p, b, t, y.out,
                 [&](int k, bool has_next, int64_t i, const scalar_t* xp, const scalar_t* xnp, int64_t q)
                     GATESHIFT_INLINE_LAMBDA {
-                      const acc_t xv = static_cast<acc_t>(xp[q]), gv = gate[t % 3][k][i];
-                      return has_next ? static_cast<scalar_t>(
-                                            xv - gv * xv + gate[(k == 0 ? t + 1 : t - 1) % 3][k][i] *
-                                                               static_cast<acc_t>(xnp[q]))
-                                      : static_cast<scalar_t>(xv - gv * xv);
+                      const acc_t xv = widen<acc_t>(xp[q]), gv = gate[t % 3][k][i];
+                      return has_next
+                          ? xv - gv * xv + gate[(k == 0 ? t + 1 : t - 1) % 3][k][i] * widen<acc_t>(xnp[q])
+                          : xv - gv * xv;
                     });
             return;
           }
@@ -539,14 +540,14 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
                 if (has_next) {
 #pragma omp simd
                   for (int64_t i = 0; i < len; ++i) {
-                    const acc_t xv = static_cast<acc_t>(xc[at + i]);
-                    oc[at + i] = static_cast<scalar_t>(xv - g[d + i] * xv + gn[d + i] * static_cast<acc_t>(xn[at + i]));
+                    const acc_t xv = widen<acc_t>(xc[at + i]);
+                    store_rounded(oc[at + i], xv - g[d + i] * xv + gn[d + i] * widen<acc_t>(xn[at + i]));
                   }
                 } else {
 #pragma omp simd
                   for (int64_t i = 0; i < len; ++i) {
-                    const acc_t xv = static_cast<acc_t>(xc[at + i]);
-                    oc[at + i] = static_cast<scalar_t>(xv - g[d + i] * xv);
+                    const acc_t xv = widen<acc_t>(xc[at + i]);
+                    store_rounded(oc[at + i], xv - g[d + i] * xv);
                   }
                 }
               });
@@ -555,9 +556,9 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
               for_each_run(own, W, [&](int64_t at, int64_t d, int64_t len) GATESHIFT_INLINE_LAMBDA {
 #pragma omp simd reduction(+ : shifted, residual)
                 for (int64_t i = 0; i < len; ++i) {
-                  const acc_t xv = static_cast<acc_t>(xc[at + i]);
+                  const acc_t xv = widen<acc_t>(xc[at + i]);
                   residual += xv - g[d + i] * xv;
-                  shifted += gn[d + i] * static_cast<acc_t>(xn[at + i]);
+                  shifted += gn[d + i] * widen<acc_t>(xn[at + i]);
                 }
               });
               // Tiles add their shares of the means in tile order.
@@ -753,15 +754,15 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
               for_each_run(halo, W, [&](int64_t at, int64_t o, int64_t len) GATESHIFT_INLINE_LAMBDA {
 #pragma omp simd
                 for (int64_t i = 0; i < len; ++i) {
-                  d[o + i] += static_cast<acc_t>(xc[at + i]) *
-                      ((ay * static_cast<acc_t>(dzn[at + i]) + by) - (ar * static_cast<acc_t>(dz[at + i]) + br));
+                  d[o + i] += widen<acc_t>(xc[at + i]) *
+                      ((ay * widen<acc_t>(dzn[at + i]) + by) - (ar * widen<acc_t>(dz[at + i]) + br));
                 }
               });
             } else {
               for_each_run(halo, W, [&](int64_t at, int64_t o, int64_t len) GATESHIFT_INLINE_LAMBDA {
 #pragma omp simd
                 for (int64_t i = 0; i < len; ++i) {
-                  d[o + i] -= static_cast<acc_t>(xc[at + i]) * (ar * static_cast<acc_t>(dz[at + i]) + br);
+                  d[o + i] -= widen<acc_t>(xc[at + i]) * (ar * widen<acc_t>(dz[at + i]) + br);
                 }
               });
             }
@@ -858,14 +859,14 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
 #pragma omp simd reduction(+ : ds, dh)
                 for (int64_t q = 0; q < len; ++q) {
                   const acc_t gv = gk[at + q];
-                  const acc_t xv = static_cast<acc_t>(xc[at + q]);
+                  const acc_t xv = widen<acc_t>(xc[at + q]);
                   // ReLU passes du where its input was positive; the affine scales it.
                   const acc_t dum = sc * xv + sh > acc_t(0) ? du_dense[o + q] : acc_t(0);
                   ds += dum * xv;
                   dh += dum;
-                  dxc[at + q] = static_cast<scalar_t>(
-                      (acc_t(1) - gv) * (ar * static_cast<acc_t>(dz[at + q]) + br) +
-                      next_weight * gv * (ay * static_cast<acc_t>(dzn[at + q]) + by) + dum * sc);
+                  store_rounded(dxc[at + q],
+                      (acc_t(1) - gv) * (ar * widen<acc_t>(dz[at + q]) + br) +
+                      next_weight * gv * (ay * widen<acc_t>(dzn[at + q]) + by) + dum * sc);
                 }
               });
               dscale[c] += ds;
@@ -875,9 +876,9 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
 #pragma omp simd
                 for (int64_t q = 0; q < len; ++q) {
                   const acc_t gv = gk[at + q];
-                  dxc[at + q] = static_cast<scalar_t>(
-                      (acc_t(1) - gv) * (ar * static_cast<acc_t>(dz[at + q]) + br) +
-                      next_weight * gv * (ay * static_cast<acc_t>(dzn[at + q]) + by) + du_dense[o + q]);
+                  store_rounded(dxc[at + q],
+                      (acc_t(1) - gv) * (ar * widen<acc_t>(dz[at + q]) + br) +
+                      next_weight * gv * (ay * widen<acc_t>(dzn[at + q]) + by) + du_dense[o + q]);
                 }
               });
             }
