@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import Case, fuse_inputs
 
 from gateshift._ops import ops
 
@@ -19,21 +20,21 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 MEMORY_FORMATS = ("contiguous", "channels_last")
 
 
+# 4-lane and 8-lane rows with remainders, and channels past P that pass through.
+CASE = Case(B=2, T=4, C=12, H=5, W=7, P=8)
+
+
 def _random_inputs(gen, dtype, fuse: bool, memory_format: str):
-    b, t, c, h, w = 2, 4, 12, 5, 7  # 4-lane and 8-lane rows with remainders; a pass-through channel group
-    p = 8
-    x = torch.randn(b, t, c, h, w, generator=gen).to(dtype)
-    if memory_format == "channels_last":  # pixel-major frames, read in place
-        x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (b, t))
-    weight = (torch.randn(2, p // 2, 3, 3, 3, generator=gen) * 0.3).to(dtype)
-    bias = torch.randn(2, generator=gen).to(dtype)
-    scale = torch.rand(p, generator=gen) + 0.5  # float32: the folded BN affine of half-precision x
-    shift = torch.randn(p, generator=gen) * 0.2
-    params = [weight, bias, scale, shift]
-    if fuse:
-        params += [(torch.randn(2, 2, 3, 3, generator=gen) * 0.3).to(dtype), torch.randn(2, generator=gen).to(dtype)]
+    """helpers.fuse_inputs' x, parameters (the BN affine in float32, as the ops take it
+    for half-precision x) and an output gradient, in ``dtype``; x and grad_out
+    (B, T, C, H, W), pixel-major for ``channels_last``."""
+    x, weight, bias, scale, shift, fuse_weight, fuse_bias = fuse_inputs(CASE, gen, dtype=dtype)
     grad_out = torch.randn(x.shape, generator=gen).to(dtype)
-    return x, params, grad_out, p
+    if memory_format == "channels_last":  # pixel-major frames, read in place
+        x = x.contiguous(memory_format=torch.channels_last)
+    x, grad_out = (t.unflatten(0, (CASE.B, CASE.T)) for t in (x, grad_out))
+    params = [weight, bias, scale.float(), shift.float()] + ([fuse_weight, fuse_bias] if fuse else [])
+    return x, params, grad_out, CASE.gated
 
 
 def _widened(t):

@@ -47,7 +47,8 @@ GATESHIFT_ALWAYS_INLINE acc_t fused_output(acc_t f, acc_t ys, acc_t r) {
   const acc_t published = f * ys + (acc_t(1) - f) * r;
   // The choice on the bits as integers: GCC does not if-convert a float comparison
   // (which may trap) without AVX-512's masks, and the AVX2 clone of these loops ran
-  // in scalar code. |v| >= infinity (infinite or NaN) where its bits, sign cleared,
+  // in scalar code (setup.py's -fno-trapping-math lifts that; this form does not
+  // depend on the flag). |v| >= infinity (infinite or NaN) where its bits, sign cleared,
   // are at least infinity's: then the difference's sign bit spreads into all ones.
   using bits_t = std::conditional_t<sizeof(acc_t) == 8, int64_t, int32_t>;
   constexpr bits_t kInfinity = std::bit_cast<bits_t>(std::numeric_limits<acc_t>::infinity());

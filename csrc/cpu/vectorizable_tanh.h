@@ -20,7 +20,8 @@ __attribute__((always_inline)) inline float tanh_vectorizable(float x) {
   // Clamp and NaN test on the bits as integers (a non-negative float orders as its
   // bits do; NaNs' bits are above infinity's): GCC if-converts a float comparison
   // (which may trap) only where AVX-512 masks it, so with `abs_x > 9.5f ? ...` the
-  // AVX2 clone ran this loop in scalar code. (std::fmin is a library call here.)
+  // AVX2 clone ran this loop in scalar code. setup.py's -fno-trapping-math lifts that;
+  // this form does not depend on the flag. (std::fmin is a library call here.)
   const int32_t abs_bits = std::bit_cast<int32_t>(std::fabs(x));
   constexpr int32_t kCap = std::bit_cast<int32_t>(9.5f), kInfinity = std::bit_cast<int32_t>(INFINITY);
   const float a = std::bit_cast<float>(abs_bits < kCap ? abs_bits : kCap);
