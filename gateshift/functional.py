@@ -131,6 +131,10 @@ def _unfused_autograd_mode(*tensors) -> bool:
     which every autograd mode differentiates. True as well inside :func:`standard_ops`."""
     if torch._C._are_functorch_transforms_active() or getattr(_standard_ops, "depth", 0):
         return True
+    # Tangents exist only inside a dual level; outside one (nearly every call) the
+    # per-tensor query below, a few microseconds a call, can be skipped.
+    if fwAD._current_level < 0:
+        return False
     return any(isinstance(t, Tensor) and fwAD.unpack_dual(t).tangent is not None for t in tensors)
 
 
@@ -147,19 +151,23 @@ def _reference_kwargs(x, bn_scale, bn_shift, channels, channel_order) -> dict:
     return dict(bn_scale=cast(bn_scale), bn_shift=cast(bn_shift), channels=channels, channel_order=channel_order)
 
 
+def _autocast_enabled(x: Tensor) -> bool:
+    """Whether ``torch.autocast`` is on for x's device."""
+    device = x.device.type
+    # "meta" and other devices without autocast raise on the second query
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+
+
 def _autocast(x, params: tuple, affine: tuple):
     """Under ``torch.autocast`` for x's device, the op runs in the autocast dtype: x and
     the convolution parameters are cast to it (accumulation stays float32 in the kernels)
     and the folded BatchNorm affine goes to float32, as autocast keeps normalisation in
     float32. float64 is left alone, as autocast leaves it."""
-    if not isinstance(x, Tensor):
+    if not isinstance(x, Tensor) or not _autocast_enabled(x):
         return x, params, affine
-    device = x.device.type
-    if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
-        return x, params, affine  # "meta" and other devices without autocast raise on the query
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return x, params, affine
-    dtype = torch.get_autocast_dtype(device)
+    dtype = torch.get_autocast_dtype(x.device.type)
 
     def cast(t, to):
         return t.to(to) if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != torch.float64 else t

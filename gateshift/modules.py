@@ -15,7 +15,7 @@ from torch.nn.utils.weight_norm import WeightNorm
 from ._ops import accumulation_dtype, frames_input, ops
 from . import reference
 from ._training_node import GateShiftWithBatchStats, fold_batch_norm
-from .functional import _autocast, _check_args, _unfused_autograd_mode, gate_shift, gate_shift_fuse, temporal_shift
+from .functional import _autocast, _autocast_enabled, _check_args, _unfused_autograd_mode, gate_shift, gate_shift_fuse, temporal_shift
 from .reference import gsf_channels
 
 __all__ = ["GSM", "GSF", "TemporalShift", "batch_mean_var", "folded_batch_norm"]
@@ -98,11 +98,14 @@ def _update_running_statistics(bn: nn.modules.batchnorm._BatchNorm, mean, var, c
     while they are tracked, as BatchNorm does (with the unbiased variance)."""
     if not (bn.training and bn.track_running_stats and bn.running_mean is not None):
         return
-    # detach(): no gradient, nor a forward-mode tangent, flows into the buffers.
+    # detach(): no gradient, nor a forward-mode tangent, flows into the buffers. Both
+    # buffers in one multi-tensor op per step: this runs on every training call.
     with torch.no_grad():
-        unbiased = var.detach() * (count / (count - 1))
-        bn.running_mean.mul_(1 - factor).add_(mean.detach().to(bn.running_mean.dtype), alpha=factor)
-        bn.running_var.mul_(1 - factor).add_(unbiased.to(bn.running_var.dtype), alpha=factor)
+        running = [bn.running_mean, bn.running_var]
+        batch = [mean.detach(), var.detach() * (count / (count - 1))]
+        batch = [b if b.dtype == r.dtype else b.to(r.dtype) for b, r in zip(batch, running)]
+        torch._foreach_mul_(running, 1 - factor)
+        torch._foreach_add_(running, batch, alpha=factor)
 
 
 def _synchronised_group(bn: nn.modules.batchnorm._BatchNorm):
@@ -274,7 +277,9 @@ def _training_with_batch_statistics(module: GSM | GSF, x5: Tensor, params: tuple
         return None
     # The dtype the op runs in and its parameters, under autocast: from an empty slice of
     # x, so that x itself is cast once, inside the node, not also here.
-    op_x, op_params, _ = _autocast(x5.narrow(0, 0, 0), params, ())
+    op_x, op_params = x5, params
+    if _autocast_enabled(x5):
+        op_x, op_params, _ = _autocast(x5.narrow(0, 0, 0), params, ())
     _check_args(op_x, x5.shape[2], op_params[0], op_params[1], None, None, module.fPlane, "interleaved")
     factor = _running_statistics_factor(bn)
     out5, mean, var = GateShiftWithBatchStats.apply(x5, op_x.dtype, bn.weight, bn.bias, bn.eps, module.fPlane, *op_params)
