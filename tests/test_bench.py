@@ -116,10 +116,10 @@ def test_every_implementation_computes_the_reference_output():
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
     w = workloads.op_workload(workloads.OPS["gsm"], workloads.Shape(2, 4, 16, 7, 9), gen)
     records = runner.benchmark_workload(
-        w, torch.float32, torch.device("cpu"), ["eager", "compile", "fused"], warmup=1, repeat=2,
+        w, torch.float32, torch.device("cpu"), ["eager", "compile", "fused", "op"], warmup=1, repeat=2,
         bandwidth=timing.copy_bandwidth(torch.device("cpu"), repeat=2), gen=gen,
     )
-    assert [r.impl for r in records] == ["eager", "compile", "fused"]
+    assert [r.impl for r in records] == ["eager", "compile", "fused", "op"]
     for r in records:
         assert r.max_abs_err < 1e-4, f"{r.impl} differs from the reference by {r.max_abs_err}"
     # Saved for backward: x and the two gate planes (2/C of x), plus parameter-sized bits.
@@ -130,8 +130,9 @@ def test_temporal_shift_joins_through_the_same_code_path():
     gen = torch.Generator().manual_seed(0)
     w = workloads.op_workload(workloads.OPS["tsm"], workloads.Shape(2, 4, 16, 5, 5), gen)
     records = runner.benchmark_workload(
-        w, torch.float32, torch.device("cpu"), ["eager", "fused"], warmup=1, repeat=2, bandwidth=1e10, gen=gen
+        w, torch.float32, torch.device("cpu"), ["eager", "fused", "op"], warmup=1, repeat=2, bandwidth=1e10, gen=gen
     )
+    # "op" is left out: the fused shift module is the op itself.
     assert [r.op for r in records] == ["tsm", "tsm"] and all(r.max_abs_err == 0 for r in records)
     assert records[1].saved_bytes == 0  # a shift saves nothing for backward
 
@@ -140,10 +141,37 @@ def test_gsf_joins_through_the_same_code_path():
     gen = torch.Generator().manual_seed(0)
     w = workloads.op_workload(workloads.OPS["gsf"], workloads.Shape(2, 4, 16, 5, 5), gen)
     records = runner.benchmark_workload(
-        w, torch.float32, torch.device("cpu"), ["eager", "fused"], warmup=1, repeat=2, bandwidth=1e10, gen=gen
+        w, torch.float32, torch.device("cpu"), ["eager", "fused", "op"], warmup=1, repeat=2, bandwidth=1e10, gen=gen
     )
-    assert [r.op for r in records] == ["gsf", "gsf"] and records[1].max_abs_err < 1e-4
+    assert [r.op for r in records] == ["gsf"] * 3 and all(r.max_abs_err < 1e-4 for r in records[1:])
     assert records[1].saved_bytes < records[0].saved_bytes
+
+
+@pytest.mark.parametrize("op", ["gsm", "gsf"])
+def test_op_alone_is_the_eval_module_forward_and_backward(op):
+    # impl "op": the fused op with the module's BN folded beforehand. Its output and
+    # gradients are the eval-mode module's, whose BN normalises with the same running
+    # statistics (random here, so that the fold is not the identity).
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
+    w = workloads.op_workload(workloads.OPS[op], workloads.Shape(2, 4, 16, 5, 7), gen)
+    module = copy.deepcopy(w.fused).double()
+    with torch.no_grad():
+        module.bn.running_mean.normal_(generator=gen)
+        module.bn.running_var.uniform_(0.5, 2, generator=gen)
+    alone = workloads.FoldedOp(copy.deepcopy(module)).train()  # train mode too: no batch statistics
+    module.eval()
+    x = torch.randn(w.input_shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(w.input_shape, generator=gen, dtype=torch.float64)
+    results = []
+    for m in (module, alone):
+        x.grad = None
+        out = m(x)
+        out.backward(grad)
+        weight = m.conv3D.weight if m is module else m.module.conv3D.weight
+        results.append((out.detach(), x.grad.clone(), weight.grad.clone()))
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert workloads.OPS["tsm"].op_alone is None and workloads.OPS["gst"].op_alone is None
 
 
 def test_gst_joins_on_request():

@@ -13,7 +13,7 @@ from gateshift.bench.report import format_table, write_csv, write_json, write_pl
 from gateshift.bench.runner import benchmark_all, device_name, network_repeat, network_warmup
 from gateshift.bench.timing import copy_bandwidth, matmul_rate
 from gateshift.bench.workloads import (
-    DEFAULT_OPS, IMPLS, NETWORKS, OPS, PRESETS, network_workload, op_workload, parse_shape, preset_shapes,
+    DEFAULT_IMPLS, DEFAULT_OPS, IMPLS, NETWORKS, OPS, PRESETS, network_workload, op_workload, parse_shape, preset_shapes,
 )
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -45,8 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clips of 8 frames per network step (default: 1 on cpu, 8 on cuda)")
     p.add_argument("--network-size", type=int, default=None,
                    help="frame size of the network cases (default: the authors' crop, 224 or 229)")
-    p.add_argument("--impls", default=",".join(IMPLS),
-                   help=f"comma-separated implementations (default: {','.join(IMPLS)})")
+    p.add_argument("--impls", default=",".join(DEFAULT_IMPLS),
+                   help=f"comma-separated implementations of {','.join(IMPLS)} (default: {','.join(DEFAULT_IMPLS)}); "
+                        "op: GSM's and GSF's fused op alone, the BN folded beforehand (no batch statistics, no "
+                        "module around it)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per measurement")
     p.add_argument("--repeat", type=int, default=None, help="timed calls per measurement (medians reported)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")

@@ -109,8 +109,10 @@ def benchmark_workload(
     torch._dynamo.reset()
     models = {}
     for impl in impls:
-        m = with_memory_format(copy.deepcopy(w.fused if impl == "fused" else w.published).to(device=device, dtype=dtype),
-                               memory_format)
+        source = {"fused": w.fused, "op": w.op_alone}.get(impl, w.published)
+        if source is None:  # impl "op" of a case without one (TSM, GST, networks)
+            continue
+        m = with_memory_format(copy.deepcopy(source).to(device=device, dtype=dtype), memory_format)
         models[impl] = torch.compile(m) if impl == "compile" else m
     if w.baseline is not None:
         models["baseline"] = with_memory_format(copy.deepcopy(w.baseline).to(device=device, dtype=dtype), memory_format)

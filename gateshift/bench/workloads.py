@@ -13,6 +13,7 @@ time gives the temporal modules' share of each.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 from collections.abc import Callable, Sequence
 
@@ -21,9 +22,12 @@ from torch import nn
 
 import gateshift
 from gateshift import models, reference
+from gateshift.modules import folded_batch_norm
 
-# How a case's modules are run: the published module op for op, torch.compile of it, ours.
-IMPLS = ("eager", "compile", "fused")
+# How a case's modules are run: the published module op for op, torch.compile of it, ours,
+# and (on request) our op alone, the BN folded beforehand (FoldedOp).
+IMPLS = ("eager", "compile", "fused", "op")
+DEFAULT_IMPLS = ("eager", "compile", "fused")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +57,34 @@ def _shift_floor(x_bytes: int) -> tuple[int, int]:
     return 2 * x_bytes, 2 * x_bytes
 
 
+class FoldedOp(nn.Module):
+    """A fused GSM or GSF module's op alone (impl ``op``): ``gateshift.gate_shift`` or
+    ``gate_shift_fuse`` with the module's BatchNorm folded once, here, from its running
+    statistics, as a user who folds it beforehand calls them. The time of a call is the
+    op's, with its Python entry point and autograd, but without what the module adds
+    around it: the batch statistics of training mode, the fold, the module's checks.
+    Its output is the eval-mode module's (training mode too: no batch statistics)."""
+
+    def __init__(self, module: gateshift.GSM | gateshift.GSF):
+        super().__init__()
+        self.module = module  # its parameters, and the weights the op reads
+        with torch.no_grad():
+            # An eval-mode BN's fold reads its running statistics, not x: an empty x will do.
+            x5 = module.conv3D.weight.new_empty((0, 0, module.fPlane, 0, 0))
+            scale, shift = folded_batch_norm(module.bn.eval(), x5, module.fPlane)
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        args = dict(num_segments=m.num_segments, bn_scale=self.scale, bn_shift=self.shift, channels=m.fPlane)
+        if isinstance(m, gateshift.GSF):
+            fuse_weight = torch.cat((m.channel_conv1.weight, m.channel_conv2.weight))
+            fuse_bias = torch.cat((m.channel_conv1.bias, m.channel_conv2.bias))
+            return gateshift.gate_shift_fuse(x, m.conv3D.weight, m.conv3D.bias, fuse_weight, fuse_bias, **args)
+        return gateshift.gate_shift(x, m.conv3D.weight, m.conv3D.bias, **args)
+
+
 @dataclasses.dataclass(frozen=True)
 class OpSpec:
     """An op that joins the benchmark: its published-semantics and fused modules."""
@@ -66,6 +98,8 @@ class OpSpec:
     # multiply-adds forward, its transpose and weight gradient backward (issue 15's count);
     # None for ops without arithmetic to speak of.
     flop_per_element: tuple[int, int] | None = (54, 108)
+    # The fused module's op alone (impl "op"), or None where the module is the op.
+    op_alone: Callable[[nn.Module], nn.Module] | None = FoldedOp
 
 
 OPS = {
@@ -77,6 +111,7 @@ OPS = {
         lambda c, t: gateshift.TemporalShift(None, t, 8),
         _shift_floor,
         flop_per_element=None,
+        op_alone=None,
     ),
     # GST as a bottleneck's 3x3 convolution (alpha 4, beta 2), on frames in TSN layout.
     "gst": OpSpec(
@@ -84,6 +119,7 @@ OPS = {
         lambda c, t: reference.GST(c, c, 4, 2, 1, num_segments=t),
         lambda c, t: gateshift.GST(c, c, 4, 2, 1, num_segments=t),
         flop_per_element=None,  # convolutions: PyTorch's own, not ours
+        op_alone=None,
     ),
 }
 DEFAULT_OPS = ("gsm", "gsf", "tsm")  # gst, a pair of convolutions, on request (--ops gst)
@@ -105,6 +141,8 @@ class Workload:
     # A network case's backbone without temporal modules (timed as impl "baseline").
     baseline: nn.Module | None = None
     flop_per_element: tuple[int, int] | None = None  # as OpSpec's
+    # The fused module's op alone (impl "op"), or None where there is none.
+    op_alone: nn.Module | None = None
 
     @property
     def is_model(self) -> bool:
@@ -132,6 +170,7 @@ def op_workload(spec: OpSpec, shape: Shape, gen: torch.Generator) -> Workload:
     return Workload(
         spec.name, str(shape), shape.label, published, fused, (rows, shape.channels, shape.height, shape.width),
         floor_bytes=spec.floor_bytes, flop_per_element=spec.flop_per_element,
+        op_alone=None if spec.op_alone is None else spec.op_alone(copy.deepcopy(fused)),
     )
 
 
