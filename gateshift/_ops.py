@@ -169,6 +169,10 @@ def _batch_stats_backward_fake(grad_mean, grad_var, x, mean, channels, grad_in=N
     return empty_output_like(x)
 
 
+def _batch_stats_backward_inplace_fake(grad_mean, grad_var, x, mean, channels, grad_x):
+    return None
+
+
 # ---------------------------------------------------------------------------
 # Autograd
 # ---------------------------------------------------------------------------
@@ -282,6 +286,7 @@ _FAKE_KERNELS = {
     "temporal_shift": _temporal_shift_fake,
     "batch_stats": _batch_stats_fake,
     "batch_stats_backward": _batch_stats_backward_fake,
+    "batch_stats_backward_": _batch_stats_backward_inplace_fake,
 }
 _AUTOGRAD = {
     "gate_shift_forward": (_make_forward_backward, "gate_shift_backward", _forward_setup_context),
@@ -292,6 +297,9 @@ _AUTOGRAD = {
     "temporal_shift": (_make_temporal_shift_backward, "temporal_shift", _temporal_shift_setup_context),
     "batch_stats": (_make_batch_stats_backward, "batch_stats_backward", _batch_stats_setup_context),
     "batch_stats_backward": None,
+    # In place, so no torch.library autograd (which takes functional ops only): it runs
+    # inside the training node's backward, where nothing differentiates it.
+    "batch_stats_backward_": "in place",
 }
 
 
@@ -320,6 +328,8 @@ def register_fake_and_autograd(namespace: str, *, pixel_major_frames: bool = Tru
     for name, fake in _FAKE_KERNELS.items():
         fake = fake if pixel_major_frames else _copying_pixel_major_frames(fake)
         torch.library.register_fake(f"{namespace}::{name}")(fake)
+        if _AUTOGRAD[name] == "in place":
+            continue
         if _AUTOGRAD[name] is None:
             torch.library.register_autograd(f"{namespace}::{name}", _double_backward, setup_context=_no_setup_context)
         else:

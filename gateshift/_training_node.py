@@ -89,11 +89,14 @@ class GateShiftWithBatchStats(torch.autograd.Function):
         grad_x5 = None
         if ctx.needs_input_grad[0]:
             # grad_x plus the statistics' gradient, g_mean / n + 2 g_var (x - mean) / n, in
-            # one pass of the batch_stats_backward op: in the accumulation dtype around the
+            # one pass of the batch_stats_backward_ op: in the accumulation dtype around the
             # mean, rounded once to x's dtype (rounding grad + slope * x to half precision
             # before subtracting slope * mean would cancel away the digits that matter).
-            grad_in = grad_x.to(x5.dtype) if grad_x.dtype != x5.dtype else grad_x  # autocast
-            grad_x5 = ops.batch_stats_backward(g_mean, g_var, x5, mean, p, grad_in)
+            # In place: grad_x is this node's own, and a second tensor of x's size would
+            # be fresh memory every step (on a CPU, page faults and cache misses that cost
+            # more than the pass itself).
+            grad_x5 = grad_x.to(x5.dtype) if grad_x.dtype != x5.dtype else grad_x  # autocast
+            ops.batch_stats_backward_(g_mean, g_var, x5, mean, p, grad_x5)
         g_bn_weight = None if bn_weight is None else (g_scale_total * invstd).to(bn_weight.dtype)
         g_bn_bias = None if ctx.bn_bias_dtype is None else g_shift.to(ctx.bn_bias_dtype)
         return (

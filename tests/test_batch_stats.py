@@ -163,3 +163,72 @@ def test_opcheck(impl, channels, requires_grad, gen):
 def test_runs_on_the_current_stream_and_the_device_of_x(gen):
     x5 = torch.randn(2, 4, 16, 9, 9, generator=gen)
     check_runs_on_the_current_stream_and_device(lambda x5: ops.batch_stats(x5, 12), x5)
+
+
+def _frames_in_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """(B, T, C, H, W) ``t``'s values, laid out as named (pixel-major frames: channels_last)."""
+    if layout == "channels_last":
+        return t.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, t.shape[:2])
+    if layout == "every other frame":  # a view into a tensor of twice the frames
+        base = torch.full((t.shape[0], 2 * t.shape[1], *t.shape[2:]), 7.0, dtype=t.dtype)
+        base[:, ::2] = t
+        return base[:, ::2]
+    return t.contiguous()
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "x_layout,grad_layout",
+    [("contiguous", "contiguous"), ("channels_last", "channels_last"), ("contiguous", "channels_last"),
+     ("channels_last", "contiguous"), ("contiguous", "every other frame")],
+)
+def test_in_place_backward_writes_the_out_of_place_result_into_grad_x(impl, dtype, x_layout, grad_layout, gen):
+    # batch_stats_backward_ (the training node's) adds the statistics' gradient into grad_x:
+    # the bits of batch_stats_backward with grad_in = grad_x, in grad_x's own memory and
+    # strides, whether the kernels write it directly (grad_x laid out as their output) or
+    # through a copy; the channels without statistics (6 of 8 have them) keep grad_x's values.
+    shape = (2, 3, 8, 5, 6)
+    x = _frames_in_layout((torch.randn(shape, generator=gen, dtype=torch.float64) * 3 + 1).to(dtype), x_layout)
+    grad = _frames_in_layout(torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype), grad_layout)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    gm, gv = torch.randn(6, generator=gen, dtype=acc), torch.randn(6, generator=gen, dtype=acc)
+    mean, _ = impl.batch_stats(impl.to(x), 6)
+    expected = impl.ops.batch_stats_backward(impl.to(gm), impl.to(gv), impl.to(x), mean, 6, impl.to(grad)).cpu()
+    target = impl.to(grad)
+    before = target.clone()
+    address, strides = target.data_ptr(), target.stride()
+    assert impl.ops.batch_stats_backward_(impl.to(gm), impl.to(gv), impl.to(x), mean, 6, target) is None
+    assert (target.data_ptr(), target.stride()) == (address, strides)
+    assert not torch.equal(target[:, :, :6], before[:, :, :6])
+    assert torch.equal(target.cpu(), expected)
+    assert torch.equal(target[:, :, 6:], before[:, :, 6:])
+    if grad_layout == "every other frame" and target._base is not None:  # (a GPU's .to copied the view)
+        # the frames between, which the view skips, are not touched
+        assert torch.all(target._base[:, 1::2] == 7)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_in_place_backward_errors(impl, gen):
+    x = impl.to(torch.randn(2, 3, 8, 4, 5, generator=gen))
+    gm, gv, mean = (impl.to(torch.randn(6, generator=gen)) for _ in range(3))
+    with pytest.raises(ValueError, match=r"^batch_stats_backward_: grad_x must not share memory with x"):
+        impl.ops.batch_stats_backward_(gm, gv, x, mean, 6, x)
+    with pytest.raises(ValueError, match=r"^batch_stats_backward_: grad_x must have the shape of x"):
+        impl.ops.batch_stats_backward_(gm, gv, x, mean, 6, impl.to(torch.randn(2, 3, 8, 4, 4)))
+    with pytest.raises(TypeError, match=r"^batch_stats_backward_: grad_x must have the dtype of x"):
+        impl.ops.batch_stats_backward_(gm, gv, x, mean, 6, x.double())
+    with pytest.raises(ValueError, match=r"^batch_stats_backward_: channels must be in \[1, C = 8\], got 9"):
+        impl.ops.batch_stats_backward_(gm, gv, x, mean, 9, torch.empty_like(x))
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_in_place_backward_opcheck(impl, gen):
+    # The schema declares the mutation of grad_x (and nothing else), and the fake kernel
+    # traces it (torch.compile of the training node's backward).
+    x5 = impl.to(torch.randn(2, 3, 8, 4, 5, generator=gen))
+    mean, _ = impl.batch_stats(x5, 6)
+    gm, gv = impl.to(torch.randn(6, generator=gen)), impl.to(torch.randn(6, generator=gen))
+    args = (gm, gv, x5, mean, 6, impl.to(torch.randn(x5.shape, generator=gen)))
+    torch.library.opcheck(getattr(impl.ops, "batch_stats_backward_").default, args,
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))

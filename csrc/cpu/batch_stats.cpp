@@ -12,6 +12,7 @@ namespace gateshift::cpu {
 TORCH_LIBRARY_IMPL(gateshift, CPU, m) {
   m.impl("batch_stats", &ops::batch_stats<Backend>);
   m.impl("batch_stats_backward", &ops::batch_stats_backward<Backend>);
+  m.impl("batch_stats_backward_", &ops::batch_stats_backward_<Backend>);
 }
 
 }  // namespace gateshift::cpu

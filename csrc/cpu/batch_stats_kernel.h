@@ -133,8 +133,8 @@ void batch_stats_backward_planes(
     const int64_t c = plane % n.C, t = (plane / n.C) % n.T, b = plane / (n.C * n.T);
     const scalar_t* gi = grad_in != nullptr ? grad_in_frames.plane(b, t, c) : nullptr;
     scalar_t* gc = grad_x_frames.plane(b, t, c);
-    if (c >= channels) {  // no statistics: grad_in as it is
-      for (int64_t i = 0; i < n.HW; ++i) {
+    if (c >= channels) {  // no statistics: grad_in as it is (in place: nothing to do)
+      for (int64_t i = 0; i < n.HW && gc != gi; ++i) {
         gc[i] = gi != nullptr ? gi[i] : scalar_t(0);
       }
     } else {
@@ -172,7 +172,9 @@ void batch_stats_backward_pixel_major_frames(
         for (int64_t c = 0; c < channels; ++c) {
           store_rounded(op[c], widen<acc_t>(gp[c]) + (slope[c] * (widen<acc_t>(xp[c]) - m[c]) + offset[c]));
         }
-        std::copy(gp + channels, gp + C, op + channels);
+        if (gp != op) {  // in place (batch_stats_backward_): the rest is already there
+          std::copy(gp + channels, gp + C, op + channels);
+        }
       } else {
 #pragma omp simd
         for (int64_t c = 0; c < channels; ++c) {

@@ -12,6 +12,7 @@ namespace gateshift::cuda {
 TORCH_LIBRARY_IMPL(gateshift, CUDA, m) {
   m.impl("batch_stats", &ops::batch_stats<Backend>);
   m.impl("batch_stats_backward", &ops::batch_stats_backward<Backend>);
+  m.impl("batch_stats_backward_", &ops::batch_stats_backward_<Backend>);
 }
 
 }  // namespace gateshift::cuda

@@ -65,12 +65,11 @@ std::tuple<at::Tensor, at::Tensor> batch_stats(const at::Tensor& x, int64_t chan
   return {p.mean, p.var};
 }
 
+// The params of either backward entry below, but for grad_in and grad_x.
 template <class Backend>
-at::Tensor batch_stats_backward(
-    const at::Tensor& grad_mean, const at::Tensor& grad_var, const at::Tensor& x, const at::Tensor& mean,
-    int64_t channels, const std::optional<at::Tensor>& grad_in) {
-  constexpr const char* op = "batch_stats_backward";
-  Backend backend(op, x);
+BatchStatsBackwardParams batch_stats_backward_params(
+    const char* op, Backend& backend, const at::Tensor& grad_mean, const at::Tensor& grad_var, const at::Tensor& x,
+    const at::Tensor& mean, int64_t channels) {
   check_batch_stats_args(op, x, channels);
   const std::vector<int64_t> shape{channels};
   check_accumulation_table(op, "grad_mean", grad_mean, shape, x);
@@ -81,17 +80,56 @@ at::Tensor batch_stats_backward(
   p.grad_mean = contiguous(backend.input(grad_mean));
   p.grad_var = contiguous(backend.input(grad_var));
   p.mean = contiguous(backend.input(mean));
+  p.channels = channels;
+  p.count = x.size(0) * x.size(1) * x.size(3) * x.size(4);
+  return p;
+}
+
+template <class Backend>
+at::Tensor batch_stats_backward(
+    const at::Tensor& grad_mean, const at::Tensor& grad_var, const at::Tensor& x, const at::Tensor& mean,
+    int64_t channels, const std::optional<at::Tensor>& grad_in) {
+  constexpr const char* op = "batch_stats_backward";
+  Backend backend(op, x);
+  BatchStatsBackwardParams p = batch_stats_backward_params(op, backend, grad_mean, grad_var, x, mean, channels);
   if (grad_in.has_value()) {
     check_like_x(op, "grad_in", *grad_in, x);
     p.grad_in = frames_input(backend, *grad_in);
   }
-  p.channels = channels;
-  p.count = x.size(0) * x.size(1) * x.size(3) * x.size(4);
   p.grad_x = empty_output_like(backend, p.x);
   if (p.x.numel() != 0) {
     backend.run(p);
   }
   return p.grad_x;
+}
+
+// In place: the kernels read grad_x as grad_in and write their result over it. That
+// is safe because every element is read, then written, by one thread at one index,
+// and the plane-by-plane and pixel-major loops touch no other element of another
+// frame in between; so it is done only where those loops run on grad_x's own
+// memory: grad_x read without a copy and laid out as the output would be (x's
+// layout). Otherwise (a layout the kernels copy, or the emulator's guarded copies)
+// the result goes to a fresh output and is copied into grad_x.
+template <class Backend>
+void batch_stats_backward_(
+    const at::Tensor& grad_mean, const at::Tensor& grad_var, const at::Tensor& x, const at::Tensor& mean,
+    int64_t channels, const at::Tensor& grad_x) {
+  constexpr const char* op = "batch_stats_backward_";
+  Backend backend(op, x);
+  BatchStatsBackwardParams p = batch_stats_backward_params(op, backend, grad_mean, grad_var, x, mean, channels);
+  check_like_x(op, "grad_x", grad_x, x);
+  TORCH_CHECK_VALUE(
+      !grad_x.is_alias_of(x), op, ": grad_x must not share memory with x (it is written while x is read)");
+  p.grad_in = frames_input(backend, grad_x);
+  const bool in_place = p.grad_in.is_same(grad_x) && grad_x.strides() == at::IntArrayRef(output_strides(p.x));
+  p.grad_x = in_place ? grad_x : empty_output_like(backend, p.x);
+  if (p.x.numel() == 0) {
+    return;
+  }
+  backend.run(p);
+  if (!in_place) {
+    grad_x.copy_(p.grad_x);
+  }
 }
 
 }  // namespace ops

@@ -46,12 +46,18 @@
 // training-mode BatchNorm folds them into bn_scale/bn_shift), and their gradient:
 // grad_mean / N + grad_var * 2 (x - mean) / N for those channels, zero for the rest,
 // plus grad_in where given (the rest of x's gradient, added before the one rounding
-// to x's dtype: the training node's whole grad_x in one pass).
+// to x's dtype: the training node's whole grad_x in one pass). batch_stats_backward_
+// adds that gradient into grad_x in place, with the same bits as batch_stats_backward
+// with grad_in = grad_x: the training node's backward, which owns the op's grad_x,
+// needs no second tensor of x's size.
 #define GATESHIFT_BATCH_STATS_OPS(X)                                                  \
   X(batch_stats, "batch_stats(Tensor x, int channels) -> (Tensor mean, Tensor var)") \
   X(batch_stats_backward,                                                            \
     "batch_stats_backward(Tensor grad_mean, Tensor grad_var, Tensor x, Tensor mean, int channels, "  \
-    "Tensor? grad_in=None) -> Tensor grad_x")
+    "Tensor? grad_in=None) -> Tensor grad_x")                                        \
+  X(batch_stats_backward_,                                                           \
+    "batch_stats_backward_(Tensor grad_mean, Tensor grad_var, Tensor x, Tensor mean, int channels, " \
+    "Tensor(a!) grad_x) -> ()")
 
 #define GATESHIFT_FOR_EACH_OP(X)   \
   GATESHIFT_GATE_SHIFT_OPS(X)      \
