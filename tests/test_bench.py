@@ -108,8 +108,9 @@ def test_json_and_csv_records(tmp_path, capsys):
 def test_record_fields_are_the_keys_of_the_committed_results():
     # JSON keys and CSV columns are the record's field names: renaming one would
     # silently break the summaries of results already written.
-    committed = json.loads((ROOT / "benchmarks/results/cpu-quick.json").read_text())
-    assert [f.name for f in dataclasses.fields(runner.Record)] == list(committed["records"][0])
+    # New fields may follow the committed ones.
+    committed = list(json.loads((ROOT / "benchmarks/results/cpu-quick.json").read_text())["records"][0])
+    assert [f.name for f in dataclasses.fields(runner.Record)][: len(committed)] == committed
 
 
 def test_every_implementation_computes_the_reference_output():
@@ -421,8 +422,12 @@ def test_roofline_reports_the_useful_flop_rate_against_sgemm(tmp_path, capsys):
     assert "fwd % sgemm" in table and "fwd+bwd % sgemm" in table and "infer % sgemm" in table
     assert "sgemm" in table.splitlines()[1]
     data = json.loads(out_json.read_text())
-    rate = data["meta"]["matmul_GFLOPs"] * 1e9
     fused = data["records"][1]
+    # Each case against the rate measured just before it; the run's median in the meta.
+    rate = fused["matmul_gflops"] * 1e9
+    assert rate > 0 and data["records"][0]["matmul_gflops"] == fused["matmul_gflops"]
+    assert data["meta"]["matmul_GFLOPs"] == fused["matmul_gflops"] == data["meta"]["matmul_GFLOPs_range"][0]
+    assert "sgemm GFLOP/s" in table and "# sgemm before each case:" in table
     numel = 1 * 3 * 8 * 5 * 6
     assert fused["matmul_frac"] == pytest.approx(54 * numel / (fused["fwd_ms"] / 1e3) / rate)
     assert fused["matmul_frac_fwd_bwd"] == pytest.approx(162 * numel / (fused["fwd_bwd_ms"] / 1e3) / rate)
@@ -430,6 +435,22 @@ def test_roofline_reports_the_useful_flop_rate_against_sgemm(tmp_path, capsys):
     if data["records"][0]["device"].startswith("cpu") and not math.isnan(timing.minor_page_faults()):
         assert "faults/step" in table
         assert all(r["fwd_bwd_faults"] >= 0 for r in data["records"])
+
+
+def test_roofline_measures_sgemm_before_each_case(monkeypatch, tmp_path):
+    # A drifting machine: each case's fractions use the rate measured just before it.
+    rates = iter([100e9, 300e9])
+    monkeypatch.setattr(runner, "measure_matmul_rate", lambda device: next(rates))
+    out_json = tmp_path / "r.json"
+    argv = ["--shape", "1,3,8,5,6", "--shape", "1,3,8,4,4", "--ops", "gsm", "--impls", "fused", "--repeat", "2",
+            "--warmup", "1", "--network", "none", "--no-progress", "--roofline", "--json", str(out_json)]
+    assert cli.main(argv) == 0
+    data = json.loads(out_json.read_text())
+    first, second = data["records"]
+    assert (first["matmul_gflops"], second["matmul_gflops"]) == (100, 300)
+    assert first["matmul_frac"] == pytest.approx(54 * 720 / (first["fwd_ms"] / 1e3) / 100e9)
+    assert second["matmul_frac"] == pytest.approx(54 * 384 / (second["fwd_ms"] / 1e3) / 300e9)
+    assert data["meta"]["matmul_GFLOPs"] == 200 and data["meta"]["matmul_GFLOPs_range"] == [100, 300]
 
 
 def test_columns_nothing_measured_are_left_out(capsys):

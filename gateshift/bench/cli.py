@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import statistics
 import sys
 from collections.abc import Sequence
 
@@ -11,7 +13,7 @@ import torch
 import gateshift
 from gateshift.bench.report import format_table, write_csv, write_json, write_plot
 from gateshift.bench.runner import benchmark_all, device_name, network_repeat, network_warmup
-from gateshift.bench.timing import copy_bandwidth, matmul_rate
+from gateshift.bench.timing import copy_bandwidth
 from gateshift.bench.workloads import (
     DEFAULT_IMPLS, DEFAULT_OPS, IMPLS, NETWORKS, OPS, PRESETS, network_workload, op_workload, parse_shape, preset_shapes,
 )
@@ -56,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-model", action="store_true",
                    help="also torch.compile the published network in network cases (minutes on CPUs)")
     p.add_argument("--roofline", action="store_true",
-                   help="also measure the matrix-product (sgemm) rate on the same threads and report each GSM/GSF "
-                        "case's useful FLOP rate (54 FLOP per element forward, 162 forward+backward) as a fraction; "
+                   help="also measure the matrix-product (sgemm) rate on the same threads, just before each GSM/GSF "
+                        "case, and report the case's useful FLOP rate (54 FLOP per element forward, 162 "
+                        "forward+backward) as a fraction of it; "
                         "on the CPU also every case's minor page faults per training step")
     p.add_argument("--channels-last", action="store_true",
                    help="inputs, output gradients and network weights in channels_last, as in a channels_last "
@@ -130,14 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device, dtype = args.device, DTYPES[args.dtype]
     bandwidth = copy_bandwidth(device)
-    rate = matmul_rate(device) if args.roofline else None
     meta = {
         "gateshift": gateshift.__version__,
         "torch": torch.__version__,
         "device": device_name(device),
         "dtype": args.dtype,
         "copy_bandwidth_GBps": bandwidth / 1e9,
-        "matmul_GFLOPs": None if rate is None else rate / 1e9,
         "warmup": args.warmup,
         "repeat": args.repeat,
         "memory_format": "channels_last" if args.channels_last else "contiguous",
@@ -145,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     print(f"# {meta['command']}")
     print(f"# {meta['device']}, torch {meta['torch']}, {args.dtype}, copy bandwidth {bandwidth / 1e9:.1f} GB/s, "
-          + ("" if rate is None else f"sgemm {rate / 1e9:.0f} GFLOP/s, ")
+          + ("sgemm measured before each case, " if args.roofline else "")
           + ("channels_last, " if args.channels_last else "")
           + f"medians of {args.repeat} after {args.warmup} warm-up"
           + (f" (networks: {network_repeat(args.repeat)} interleaved rounds after {network_warmup(args.warmup)})"
@@ -155,11 +156,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     workloads += [lambda n=n: network_workload(n, args.network_clips, 8, gen, args.network_size) for n in args.networks]
     records = benchmark_all(
         workloads, dtype, device, args.impls,
-        warmup=args.warmup, repeat=args.repeat, bandwidth=bandwidth, gen=gen, matmul_rate=rate,
+        warmup=args.warmup, repeat=args.repeat, bandwidth=bandwidth, gen=gen, roofline=args.roofline,
         compile_model=args.compile_model, profile_dir=args.profile, progress=not args.no_progress,
         memory_format=torch.channels_last if args.channels_last else torch.contiguous_format,
     )
     print(format_table(records))
+    # The run's sgemm rates, one a case, in one number each for summaries: median and range.
+    rates = sorted({(r.op, r.shape, r.label): r.matmul_gflops for r in records if not math.isnan(r.matmul_gflops)}.values())
+    meta["matmul_GFLOPs"] = statistics.median(rates) if rates else None
+    meta["matmul_GFLOPs_range"] = [rates[0], rates[-1]] if rates else None
+    if rates:
+        print(f"# sgemm before each case: {rates[0]:.0f}-{rates[-1]:.0f} GFLOP/s, median {meta['matmul_GFLOPs']:.0f}")
     if args.json:
         write_json(args.json, records, meta)
     if args.csv:

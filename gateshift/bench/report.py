@@ -36,6 +36,7 @@ TABLE_COLUMNS = [
     ("fwd_bw_frac", "fwd % floor", "{:.0%}"),
     ("temporal_share", "temporal % step", "{:.0%}"),
     ("temporal_share_infer", "temporal % infer", "{:.0%}"),
+    ("matmul_gflops", "sgemm GFLOP/s", "{:.0f}"),
     ("matmul_frac", "fwd % sgemm", "{:.0%}"),
     ("matmul_frac_fwd_bwd", "fwd+bwd % sgemm", "{:.0%}"),
     ("matmul_frac_infer", "infer % sgemm", "{:.0%}"),

@@ -13,7 +13,9 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm import tqdm
 
-from gateshift.bench.timing import CallTimes, peak_bytes, saved_bytes, time_calls, time_interleaved, write_profile
+from gateshift.bench.timing import (
+    CallTimes, matmul_rate as measure_matmul_rate, peak_bytes, saved_bytes, time_calls, time_interleaved, write_profile,
+)
 from gateshift.bench.workloads import Workload
 
 
@@ -57,6 +59,9 @@ class Record:
     # --roofline on the CPU: minor page faults per training step (forward+backward), the
     # mean over its timed calls (timing.minor_page_faults); NaN where not counted.
     fwd_bwd_faults: float = math.nan
+    # --roofline: the matrix-product rate the fractions above are taken against, in
+    # GFLOP/s, measured just before this case (a shared machine's speed drifts during a run).
+    matmul_gflops: float = math.nan
 
     @property
     def saved_mb(self) -> float:
@@ -204,6 +209,7 @@ def benchmark_workload(
             records[-1].matmul_frac = fwd_flop / (fwd[impl].median_ms / 1e3) / matmul_rate
             records[-1].matmul_frac_fwd_bwd = fwd_bwd_flop / (fwd_bwd[impl].median_ms / 1e3) / matmul_rate
             records[-1].matmul_frac_infer = fwd_flop / (infer[impl].median_ms / 1e3) / matmul_rate
+            records[-1].matmul_gflops = matmul_rate / 1e9
         if matmul_rate and device.type == "cpu":
             records[-1].fwd_bwd_faults = fwd_bwd[impl].minor_faults
     by_impl = {r.impl: r for r in records}
@@ -250,13 +256,15 @@ def benchmark_all(
     compile_model: bool = False,
     profile_dir: str | None = None,
     progress: bool = True,
-    matmul_rate: float | None = None,
+    roofline: bool = False,
     memory_format: torch.memory_format = torch.contiguous_format,
 ) -> list[Record]:
     """Every case in order, with the model-level case's own rules. ``workloads`` are
     factories: a case is built just before it runs, so one case's modules are in memory at
     a time and ``gen`` is drawn in one order (a case's weights, then its inputs), which
-    keeps a seed's weights and inputs what they have been."""
+    keeps a seed's weights and inputs what they have been. ``roofline``: the matrix-product
+    rate is measured just before each case with useful FLOP (a fraction taken against one
+    rate measured at the start mixed two moments of a drifting machine)."""
     records: list[Record] = []
     with progress_bar(len(workloads), enabled=progress) as bar:
         for make in workloads:
@@ -268,11 +276,12 @@ def benchmark_all(
                 # Compiling a whole network takes minutes on a CPU: a network case compares
                 # eager and fused unless --impls names compile alone or --compile-model is given.
                 case_impls = [i for i in case_impls if i != "compile"]
+            rate = measure_matmul_rate(device) if roofline and w.flop_per_element is not None else None
             records += benchmark_workload(
                 w, dtype, device, case_impls,
                 warmup=network_warmup(warmup) if model_case else warmup,
                 repeat=network_repeat(repeat) if model_case else repeat,
-                bandwidth=bandwidth, gen=gen, profile_dir=profile_dir, matmul_rate=matmul_rate,
+                bandwidth=bandwidth, gen=gen, profile_dir=profile_dir, matmul_rate=rate,
                 memory_format=memory_format,
             )
             bar.update()
