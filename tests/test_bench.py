@@ -442,11 +442,15 @@ def test_roofline_measures_sgemm_before_each_case(monkeypatch, tmp_path):
     rates = iter([100e9, 300e9])
     monkeypatch.setattr(runner, "measure_matmul_rate", lambda device: next(rates))
     out_json = tmp_path / "r.json"
-    argv = ["--shape", "1,3,8,5,6", "--shape", "1,3,8,4,4", "--ops", "gsm", "--impls", "fused", "--repeat", "2",
+    argv = ["--shape", "1,3,8,5,6", "--shape", "1,3,8,4,4", "--ops", "gsm,tsm", "--impls", "fused", "--repeat", "2",
             "--warmup", "1", "--network", "none", "--no-progress", "--roofline", "--json", str(out_json)]
     assert cli.main(argv) == 0
     data = json.loads(out_json.read_text())
-    first, second = data["records"]
+    first, second, *shifts = data["records"]
+    # The shift has no useful FLOP to count (no sgemm measured for it), but its page faults.
+    assert [r["op"] for r in shifts] == ["tsm", "tsm"] and all(r["matmul_gflops"] is None for r in shifts)
+    if not math.isnan(timing.minor_page_faults()):
+        assert all(r["fwd_bwd_faults"] >= 0 for r in data["records"])
     assert (first["matmul_gflops"], second["matmul_gflops"]) == (100, 300)
     assert first["matmul_frac"] == pytest.approx(54 * 720 / (first["fwd_ms"] / 1e3) / 100e9)
     assert second["matmul_frac"] == pytest.approx(54 * 384 / (second["fwd_ms"] / 1e3) / 300e9)

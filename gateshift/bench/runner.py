@@ -102,11 +102,13 @@ def benchmark_workload(
     gen: torch.Generator,
     profile_dir: str | None = None,
     matmul_rate: float | None = None,
+    page_faults: bool = False,
     memory_format: torch.memory_format = torch.contiguous_format,
 ) -> list[Record]:
     """Time and measure each of ``impls`` on one case; ``bandwidth`` (bytes/s) turns the
     case's floor bytes into floor times, ``matmul_rate`` (FLOP/s, optional) its useful
-    FLOP into fractions of the compute ceiling. ``memory_format`` is the input's and the
+    FLOP into fractions of the compute ceiling; ``page_faults``: the training step's page
+    faults are recorded (on the CPU). ``memory_format`` is the input's and the
     output gradient's (and a network's weights'): ``torch.channels_last`` stands for the
     activations of a channels_last network."""
     # Every case compiles the same forward code anew; without a reset dynamo would
@@ -210,7 +212,7 @@ def benchmark_workload(
             records[-1].matmul_frac_fwd_bwd = fwd_bwd_flop / (fwd_bwd[impl].median_ms / 1e3) / matmul_rate
             records[-1].matmul_frac_infer = fwd_flop / (infer[impl].median_ms / 1e3) / matmul_rate
             records[-1].matmul_gflops = matmul_rate / 1e9
-        if matmul_rate and device.type == "cpu":
+        if page_faults and device.type == "cpu":
             records[-1].fwd_bwd_faults = fwd_bwd[impl].minor_faults
     by_impl = {r.impl: r for r in records}
     for r in records:
@@ -281,7 +283,7 @@ def benchmark_all(
                 w, dtype, device, case_impls,
                 warmup=network_warmup(warmup) if model_case else warmup,
                 repeat=network_repeat(repeat) if model_case else repeat,
-                bandwidth=bandwidth, gen=gen, profile_dir=profile_dir, matmul_rate=rate,
+                bandwidth=bandwidth, gen=gen, profile_dir=profile_dir, matmul_rate=rate, page_faults=roofline,
                 memory_format=memory_format,
             )
             bar.update()
