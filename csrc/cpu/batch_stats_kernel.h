@@ -133,9 +133,11 @@ void batch_stats_backward_planes(
     const int64_t c = plane % n.C, t = (plane / n.C) % n.T, b = plane / (n.C * n.T);
     const scalar_t* gi = grad_in != nullptr ? grad_in_frames.plane(b, t, c) : nullptr;
     scalar_t* gc = grad_x_frames.plane(b, t, c);
-    if (c >= channels) {  // no statistics: grad_in as it is (in place: nothing to do)
-      for (int64_t i = 0; i < n.HW && gc != gi; ++i) {
-        gc[i] = gi != nullptr ? gi[i] : scalar_t(0);
+    if (c >= channels) {  // no statistics: grad_in as it is
+      if (gc != gi) {  // in place (batch_stats_backward_), it is there already
+        for (int64_t i = 0; i < n.HW; ++i) {
+          gc[i] = gi != nullptr ? gi[i] : scalar_t(0);
+        }
       }
     } else {
       batch_stats_backward_plane(x_frames.plane(b, t, c), gi, gc, n.HW, acc_t(2) * grad_var[c] * inv_count, mean[c],
