@@ -297,10 +297,11 @@ _AUTOGRAD = {
     "temporal_shift": (_make_temporal_shift_backward, "temporal_shift", _temporal_shift_setup_context),
     "batch_stats": (_make_batch_stats_backward, "batch_stats_backward", _batch_stats_setup_context),
     "batch_stats_backward": None,
-    # In place, so no torch.library autograd (which takes functional ops only): it runs
-    # inside the training node's backward, where nothing differentiates it.
-    "batch_stats_backward_": "in place",
 }
+# Ops that write into an argument: torch.library's autograd takes functional ops only,
+# and these run inside backward passes (the training node's), where nothing
+# differentiates them: a fake kernel, no autograd.
+_IN_PLACE_OPS = ("batch_stats_backward_",)
 
 
 def _copying_pixel_major_frames(fake):
@@ -328,7 +329,7 @@ def register_fake_and_autograd(namespace: str, *, pixel_major_frames: bool = Tru
     for name, fake in _FAKE_KERNELS.items():
         fake = fake if pixel_major_frames else _copying_pixel_major_frames(fake)
         torch.library.register_fake(f"{namespace}::{name}")(fake)
-        if _AUTOGRAD[name] == "in place":
+        if name in _IN_PLACE_OPS:
             continue
         if _AUTOGRAD[name] is None:
             torch.library.register_autograd(f"{namespace}::{name}", _double_backward, setup_context=_no_setup_context)

@@ -15,7 +15,9 @@ from torch.nn.utils.weight_norm import WeightNorm
 from ._ops import accumulation_dtype, frames_input, ops
 from . import reference
 from ._training_node import GateShiftWithBatchStats, fold_batch_norm
-from .functional import _autocast, _autocast_enabled, _check_args, _unfused_autograd_mode, gate_shift, gate_shift_fuse, temporal_shift
+from .functional import (
+    _autocast, _autocast_enabled, _check_args, _unfused_autograd_mode, gate_shift, gate_shift_fuse, temporal_shift,
+)
 from .reference import gsf_channels
 
 __all__ = ["GSM", "GSF", "TemporalShift", "batch_mean_var", "folded_batch_norm"]

@@ -15,7 +15,8 @@ from gateshift.bench.report import format_table, write_csv, write_json, write_pl
 from gateshift.bench.runner import benchmark_all, device_name, network_repeat, network_warmup
 from gateshift.bench.timing import copy_bandwidth
 from gateshift.bench.workloads import (
-    DEFAULT_IMPLS, DEFAULT_OPS, IMPLS, NETWORKS, OPS, PRESETS, network_workload, op_workload, parse_shape, preset_shapes,
+    DEFAULT_IMPLS, DEFAULT_OPS, IMPLS, NETWORKS, OPS, PRESETS, network_workload, op_workload, parse_shape,
+    preset_shapes,
 )
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -162,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(format_table(records))
     # The run's sgemm rates, one a case, in one number each for summaries: median and range.
-    rates = sorted({(r.op, r.shape, r.label): r.matmul_gflops for r in records if not math.isnan(r.matmul_gflops)}.values())
+    per_case = {(r.op, r.shape, r.label): r.matmul_gflops for r in records if not math.isnan(r.matmul_gflops)}
+    rates = sorted(per_case.values())
     meta["matmul_GFLOPs"] = statistics.median(rates) if rates else None
     meta["matmul_GFLOPs_range"] = [rates[0], rates[-1]] if rates else None
     if rates:
