@@ -457,6 +457,19 @@ def test_roofline_measures_sgemm_before_each_case(monkeypatch, tmp_path):
     assert data["meta"]["matmul_GFLOPs"] == 200 and data["meta"]["matmul_GFLOPs_range"] == [100, 300]
 
 
+def test_op_alone_from_the_command_line(tmp_path, capsys):
+    # As the README runs it: the op alone beside each module, TSM left with the module only.
+    out_json = tmp_path / "r.json"
+    argv = ["--shape", "1,3,8,5,6", "--ops", "gsm,gsf,tsm", "--impls", "fused,op", "--repeat", "2", "--warmup", "1",
+            "--network", "none", "--no-progress", "--json", str(out_json)]
+    assert cli.main(argv) == 0
+    records = json.loads(out_json.read_text())["records"]
+    assert [(r["op"], r["impl"]) for r in records] == [
+        ("gsm", "fused"), ("gsm", "op"), ("gsf", "fused"), ("gsf", "op"), ("tsm", "fused")]
+    assert all(r["max_abs_err"] < 1e-4 for r in records)
+    assert " op " in capsys.readouterr().out
+
+
 def test_columns_nothing_measured_are_left_out(capsys):
     assert cli.main([*TINY, "--impls", "fused"]) == 0
     header = capsys.readouterr().out.splitlines()[2]
