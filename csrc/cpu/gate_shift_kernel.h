@@ -554,12 +554,15 @@ GATESHIFT_CPU_MULTIVERSION void forward_tasks(
             } else {
               acc_t shifted = 0, residual = 0;
               for_each_run(own, W, [&](int64_t at, int64_t d, int64_t len) GATESHIFT_INLINE_LAMBDA {
-#pragma omp simd reduction(+ : shifted, residual)
+                acc_t run_shifted = 0, run_residual = 0;  // in registers (as the backward's run_ds)
+#pragma omp simd reduction(+ : run_shifted, run_residual)
                 for (int64_t i = 0; i < len; ++i) {
                   const acc_t xv = widen<acc_t>(xc[at + i]);
-                  residual += xv - g[d + i] * xv;
-                  shifted += gn[d + i] * widen<acc_t>(xn[at + i]);
+                  run_residual += xv - g[d + i] * xv;
+                  run_shifted += gn[d + i] * widen<acc_t>(xn[at + i]);
                 }
+                shifted += run_shifted;
+                residual += run_residual;
               });
               // Tiles add their shares of the means in tile order.
               const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(HW);
@@ -856,18 +859,26 @@ GATESHIFT_CPU_MULTIVERSION void backward_tasks(
             if (affine) {
               acc_t ds = 0, dh = 0;
               for_each_run(own, W, [&](int64_t at, int64_t o, int64_t len) GATESHIFT_INLINE_LAMBDA {
-#pragma omp simd reduction(+ : ds, dh)
+                // The run's own sums, added after it: as the loop's reductions, the captured
+                // ds and dh stayed on the stack in GCC's code, a store and a reload on every
+                // iteration's dependency chain (and `dum` a masked load merged into a stack
+                // slot); as locals they stay in registers (backward 5% faster at 28x28).
+                acc_t run_ds = 0, run_dh = 0;
+#pragma omp simd reduction(+ : run_ds, run_dh)
                 for (int64_t q = 0; q < len; ++q) {
                   const acc_t gv = gk[at + q];
                   const acc_t xv = widen<acc_t>(xc[at + q]);
                   // ReLU passes du where its input was positive; the affine scales it.
-                  const acc_t dum = sc * xv + sh > acc_t(0) ? du_dense[o + q] : acc_t(0);
-                  ds += dum * xv;
-                  dh += dum;
+                  const acc_t du_q = du_dense[o + q];
+                  const acc_t dum = sc * xv + sh > acc_t(0) ? du_q : acc_t(0);
+                  run_ds += dum * xv;
+                  run_dh += dum;
                   store_rounded(dxc[at + q],
                       (acc_t(1) - gv) * (ar * widen<acc_t>(dz[at + q]) + br) +
                       next_weight * gv * (ay * widen<acc_t>(dzn[at + q]) + by) + dum * sc);
                 }
+                ds += run_ds;
+                dh += run_dh;
               });
               dscale[c] += ds;
               dshift[c] += dh;
